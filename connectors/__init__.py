@@ -1,0 +1,1 @@
+"""Connectors: one module per partner or medium; each a source, a sink, or both."""

@@ -1,0 +1,245 @@
+"""The MoEngage Data API as a sink (reference §1).
+
+Requests go to ``https://api-{dc}.moengage.com/v1/...`` with Basic auth (workspace ID and
+Data API key) and ``MOE-APPKEY``. In ``bulk`` mode (the default) events and user updates
+travel in ``transition`` requests; ``single`` mode uses the event and customer endpoints.
+Routed events carry ``project_code`` in the query string; user attributes always stay at
+portfolio level. Every request body stays within ``max_request_bytes`` (100 KB: the
+strictest limit the docs give).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import orjson
+
+from engine.connector import (
+    DeliveryOutcome,
+    EventOut,
+    RateLimit,
+    Sink,
+    SinkEncoder,
+    UserOut,
+    WireRequest,
+)
+
+__all__ = ["DATA_CENTERS", "MoEngageDataSink", "retry_after_seconds"]
+
+DATA_CENTERS = {
+    "01": "https://api-01.moengage.com", "02": "https://api-02.moengage.com",
+    "03": "https://api-03.moengage.com", "04": "https://api-04.moengage.com",
+    "05": "https://api-05.moengage.com", "06": "https://api-06.moengage.com",
+    "101": "https://api-101.moengage.com",
+}
+DEFAULT_MAX_BYTES = 100 * 1024
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class _Pending:
+    """One request being filled: pre-serialised elements and the items they carry."""
+
+    __slots__ = ("elements", "items", "last_customer", "size")
+
+    def __init__(self) -> None:
+        self.elements: list[list[bytes]] = []  # [head, action, action, ...] per element
+        self.items: list[EventOut | UserOut] = []
+        self.size = 0
+        self.last_customer: bytes | None = None
+
+
+_EVENT_HEAD = b'{"type":"event","customer_id":'
+_ACTIONS = b',"actions":['
+_TAIL = b"]}"
+_TRANSITION_HEAD = b'{"type":"transition","elements":['
+
+
+class _Encoder(SinkEncoder):
+    def __init__(self, sink: MoEngageDataSink) -> None:
+        self.sink = sink
+        self.pending: dict[str | None, _Pending] = {}
+        self.users = _Pending()
+
+    def add(self, item: EventOut | UserOut) -> list[WireRequest]:
+        sink = self.sink
+        out: list[WireRequest] = []
+        if isinstance(item, UserOut):
+            piece = orjson.dumps({"type": "customer", "customer_id": item.identity,
+                                  "attributes": item.attributes})
+            if sink.bulk:
+                return self._append(None, [piece], item, None, out)
+            return [sink.request("customer", None, piece, [item])]
+        action: dict[str, Any] = {"action": item.name, "attributes": item.attributes}
+        if item.fields:
+            action.update(item.fields)
+        piece = orjson.dumps(action)
+        customer = orjson.dumps(item.identity)
+        return self._append(item.project, [piece], item, customer, out)
+
+    def _append(self, project: str | None, pieces: list[bytes], item: EventOut | UserOut,
+                customer: bytes | None, out: list[WireRequest]) -> list[WireRequest]:
+        sink = self.sink
+        key = project if (customer is not None or not sink.bulk) else None
+        pending = self.pending.setdefault(key, _Pending()) if customer is not None else (
+            self.pending.setdefault(None, _Pending()) if sink.bulk else self.users)
+        piece = pieces[0]
+        merge = customer is not None and pending.last_customer == customer and pending.elements
+        if merge:
+            grow = len(piece) + 1
+        elif customer is not None:
+            grow = len(_EVENT_HEAD) + len(customer) + len(_ACTIONS) + len(piece) + len(_TAIL) + 1
+        else:
+            grow = len(piece) + 1
+        overhead = len(_TRANSITION_HEAD) + 2 if sink.bulk else 0
+        if pending.elements and pending.size + grow + overhead > sink.max_bytes or (
+            not sink.bulk and customer is not None and not merge and pending.elements
+        ):
+            out.append(self._close(key, pending))
+            pending = self.pending[key] = _Pending()
+            merge = False
+            grow = (len(_EVENT_HEAD) + len(customer) + len(_ACTIONS) + len(piece) + len(_TAIL) + 1
+                    if customer is not None else len(piece) + 1)
+        if merge:
+            pending.elements[-1].append(piece)
+        elif customer is not None:
+            pending.elements.append([_EVENT_HEAD + customer + _ACTIONS, piece])
+            pending.last_customer = customer
+        else:
+            pending.elements.append([piece])
+            pending.last_customer = None
+        pending.items.append(item)
+        pending.size += grow
+        return out
+
+    def _close(self, project: str | None, pending: _Pending) -> WireRequest:
+        parts = []
+        for element in pending.elements:
+            if len(element) > 1 or element[0].startswith(_EVENT_HEAD):
+                parts.append(element[0] + b",".join(element[1:]) + _TAIL)
+            else:
+                parts.append(element[0])
+        if self.sink.bulk:
+            body = _TRANSITION_HEAD + b",".join(parts) + b"]}"
+            return self.sink.request("transition", project, body, pending.items)
+        return self.sink.request("event", project, parts[0], pending.items)
+
+    def flush(self) -> list[WireRequest]:
+        out = [self._close(key, p) for key, p in self.pending.items() if p.elements]
+        self.pending.clear()
+        return out
+
+
+class MoEngageDataSink(Sink):
+    """Sends mapped events and user attributes to the MoEngage Data API."""
+
+    name: ClassVar[str] = "moengage"
+    supports_routing: ClassVar[bool] = True
+    required_settings: ClassVar[frozenset[str]] = frozenset({"workspace_id", "data_api_key"})
+    secret_settings: ClassVar[frozenset[str]] = frozenset({"data_api_key"})
+    settings_doc: ClassVar[dict[str, str]] = {
+        "workspace_id": "Workspace ID (formerly App ID): Basic-auth user and MOE-APPKEY",
+        "data_api_key": "Data API key: Basic-auth password (secret; use ${ENV_VAR})",
+        "data_center": "01-06 or 101: picks https://api-{dc}.moengage.com (default 01)",
+        "endpoint": "base URL overriding the data-center host (proxies, local emulator)",
+        "mode": "bulk (transition requests, default) or single (event/customer endpoints)",
+        "max_request_bytes": "largest request body (default 100 KB)",
+        "requests_per_second": "rate limit (default 500, the partner-feed limit)",
+        "requests_per_minute": "rate limit (default 15000, the partner-feed limit)",
+    }
+    event_fields: ClassVar[dict[str, str]] = {
+        "current_time": "UTC time of the event (epoch seconds or ISO-8601)",
+        "user_time": "local time of the event",
+        "user_timezone_offset": "seconds, between -54000 and 54000",
+        "platform": "ANDROID, iOS, web, TV or unknown",
+        "app_version": "app version string",
+        "moe_os_type": "only for the TV platform",
+    }
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        super().__init__(settings)
+        self.workspace_id = str(self.settings.get("workspace_id", ""))
+        self.api_key = str(self.settings.get("data_api_key", ""))
+        dc = str(self.settings.get("data_center", "01"))
+        self.host = str(self.settings.get("endpoint") or DATA_CENTERS.get(dc, "")).rstrip("/")
+        self.bulk = str(self.settings.get("mode", "bulk")) == "bulk"
+        self.max_bytes = int(self.settings.get("max_request_bytes", DEFAULT_MAX_BYTES))
+        token = base64.b64encode(f"{self.workspace_id}:{self.api_key}".encode()).decode()
+        self.headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/json",
+            "MOE-APPKEY": self.workspace_id,
+        }
+
+    def check_settings(self) -> list[tuple[str, str]]:
+        problems = super().check_settings()
+        dc = str(self.settings.get("data_center", "01"))
+        if dc not in DATA_CENTERS:
+            problems.append(("data_center", f"unknown data center {dc!r}; use one of "
+                             f"{', '.join(DATA_CENTERS)}"))
+        if str(self.settings.get("mode", "bulk")) not in ("bulk", "single"):
+            problems.append(("mode", "mode is `bulk` or `single`"))
+        endpoint = self.settings.get("endpoint")
+        if endpoint and not str(endpoint).startswith(("http://", "https://")):
+            problems.append(("endpoint", "endpoint must be an http:// or https:// URL"))
+        try:
+            if int(self.settings.get("max_request_bytes", DEFAULT_MAX_BYTES)) < 1024:
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(("max_request_bytes", "max_request_bytes is a number >= 1024"))
+        return problems
+
+    def url(self, endpoint: str, project: str | None) -> str:
+        ws = quote(self.workspace_id, safe="${}")
+        url = f"{self.host}/v1/{endpoint}/{ws}?app_id={ws}"
+        if project is not None:
+            url += f"&project_code={quote(project, safe='${}')}"
+        return url
+
+    def request(self, endpoint: str, project: str | None, body: bytes,
+                items: list[EventOut | UserOut]) -> WireRequest:
+        return WireRequest("POST", self.url(endpoint, project), dict(self.headers), body,
+                           list(items), limit_key=endpoint)
+
+    def encoder(self) -> SinkEncoder:
+        return _Encoder(self)
+
+    def rate_limits(self) -> list[RateLimit]:
+        return [
+            RateLimit(int(self.settings.get("requests_per_second", 500)), 1.0),
+            RateLimit(int(self.settings.get("requests_per_minute", 15000)), 60.0),
+        ]
+
+    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
+        excerpt = body[:300].decode("utf-8", "replace")
+        if 200 <= status < 300:
+            try:
+                parsed = orjson.loads(body) if body else {}
+            except orjson.JSONDecodeError:
+                parsed = {}
+            if isinstance(parsed, dict) and parsed.get("status") == "fail":
+                return DeliveryOutcome(status, error="rejected in a 2xx answer", excerpt=excerpt)
+            return DeliveryOutcome(status, ok=True)
+        if status == 429 or status == 408 or status >= 500:
+            return DeliveryOutcome(status, retry=True,
+                                   retry_after=retry_after_seconds(headers.get("retry-after")),
+                                   error=f"HTTP {status}", excerpt=excerpt)
+        return DeliveryOutcome(status, error=f"HTTP {status}", excerpt=excerpt)

@@ -1,0 +1,178 @@
+"""The engine's Python API; the CLI is a thin layer over these functions.
+
+>>> from engine.api import load_bundle, dry_run
+>>> compiled = load_bundle("mparticle-to-moengage")          # doctest: +SKIP
+>>> report = dry_run(compiled, ["input.jsonl"], sys.stdout.buffer)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from engine.compiler import CompiledBundle, compile_bundle
+from engine.connector import WireRequest
+from engine.deadletter import DeadLetterWriter
+from engine.errors import Position, Problem, RuleError
+from engine.loading import LDict, load_yaml
+from engine.overlay import BUNDLE_FILE, apply_sets, find_bundle, load_bundle_document
+from engine.pipeline import Pipeline
+from engine.report import RunReport
+from engine.validation import did_you_mean
+
+__all__ = [
+    "collect_rule_files",
+    "dry_run",
+    "iter_lines",
+    "load_bundle",
+    "request_json",
+    "resolve_bundle",
+    "validate_paths",
+]
+
+
+def resolve_bundle(ref: str) -> Path:
+    """A bundle file from a path or a shipped name; RuleError naming the alternatives if not."""
+    path = find_bundle(ref)
+    if path is None:
+        from engine.overlay import shipped_bundles
+
+        hint = did_you_mean(ref, shipped_bundles())
+        raise RuleError([Problem(Position(ref), f"no bundle file or shipped bundle named "
+                                 f"{ref!r}{hint}; `moerules bundles` lists the shipped ones")])
+    return path
+
+
+def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = False,
+                env: Mapping[str, str] | None = None) -> CompiledBundle:
+    """Load, overlay, override and compile a bundle; RuleError lists every problem."""
+    path = ref if isinstance(ref, Path) else resolve_bundle(ref)
+    doc = load_bundle_document(path)
+    sets = list(sets)
+    if sets:
+        doc = apply_sets(doc, sets)
+    return compile_bundle(doc, trace=trace, env=env)
+
+
+def collect_rule_files(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[Problem]]:
+    """Bundle files and test files under ``paths`` (files or directories)."""
+    bundles: list[Path] = []
+    tests: list[Path] = []
+    problems: list[Problem] = []
+    for ref in paths:
+        path = Path(ref)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")
+                           and p.is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            shipped = find_bundle(ref)
+            if shipped is not None:
+                files = [shipped, *sorted((shipped.parent / "tests").glob("*.y*ml"))]
+            else:
+                problems.append(Problem(Position(ref), "no such file, directory or shipped "
+                                                       "bundle"))
+                continue
+        for file in files:
+            kind = _kind(file)
+            if kind == "bundle":
+                bundles.append(file)
+            elif kind == "tests":
+                tests.append(file)
+    return bundles, tests, problems
+
+
+def _kind(path: Path) -> str | None:
+    if path.name == BUNDLE_FILE:
+        return "bundle"
+    if path.parent.name == "tests":
+        return "tests"
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return None
+    for line in head.splitlines():
+        if line.startswith("bundle:"):
+            return "bundle"
+        if line.startswith("cases:"):
+            return "tests"
+    return None
+
+
+def validate_paths(paths: Iterable[str]) -> tuple[int, list[Problem]]:
+    """Validate every bundle and test file under ``paths``; (files checked, problems)."""
+    from engine.testing import load_test_file
+
+    bundles, tests, problems = collect_rule_files(paths)
+    for path in bundles:
+        try:
+            compile_bundle(load_bundle_document(path))
+        except RuleError as exc:
+            problems += exc.problems
+    for path in tests:
+        try:
+            load_test_file(path)
+        except RuleError as exc:
+            problems += exc.problems
+    return len(bundles) + len(tests), problems
+
+
+def iter_lines(source: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for every non-blank line of a file, or of stdin for ``-``."""
+    stream: IO[bytes] = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    try:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                yield number, line
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def request_json(request: WireRequest, secret_headers: frozenset[str],
+                 secrets: frozenset[str] = frozenset()) -> bytes:
+    """One dry-run output line: method, url, redacted headers and the body, as JSON."""
+    head = orjson.dumps({"method": request.method, "url": request.url,
+                         "headers": request.redacted_headers(secret_headers)})
+    line = head[:-1] + b',"body":' + request.body + b"}\n"
+    for secret in secrets:
+        line = line.replace(secret.encode(), b"***")
+    return line
+
+
+def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes]], out: IO[bytes],
+            *, dead_letter: Path | None = None, report: RunReport | None = None) -> RunReport:
+    """Map every line and write the requests that would be sent; nothing goes on the wire."""
+    report = report or RunReport(bundle=compiled.model.bundle, dry_run=True)
+    dead = DeadLetterWriter(dead_letter, compiled.model.bundle, compiled.secrets)
+    pipeline = Pipeline(compiled, report, dead)
+    secret_headers = compiled.sink.secret_headers
+    started = time.perf_counter()
+    write = out.write
+    try:
+        for request in pipeline.run(iter(lines)):
+            report.requests += 1
+            report.request_bytes += len(request.body)
+            write(request_json(request, secret_headers, compiled.secrets))
+    finally:
+        dead.close()
+        report.elapsed_seconds = time.perf_counter() - started
+    if compiled.missing_env:
+        report.warnings.append("not set, shown as placeholders: " + ", ".join(
+            compiled.missing_env))
+    return report
+
+
+def load_document(path: Path) -> Any:
+    """A YAML file as LDict/LList data (test files, overlays)."""
+    doc = load_yaml(path)
+    if not isinstance(doc, LDict):
+        raise RuleError([Problem(getattr(doc, "pos", Position(str(path))),
+                                 "expected a mapping at the top of the file")])
+    return doc

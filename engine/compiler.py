@@ -1,0 +1,629 @@
+"""Compiles a validated bundle into Python functions, once, so per record only generated code runs.
+
+The compiler checks everything a rule file can get wrong beyond its structure (JMESPath that
+does not parse, paths that start nowhere, templates outside the sandboxed grammar, unknown
+transforms, tables and connectors, duplicate rule names, bad routing) and reports every
+problem with its position. When the bundle is sound it generates one module with three
+functions, ``identity``, ``user`` and ``event``, whose bodies are straight-line subscripts,
+comparisons and dict building, much as a person would write them by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.codegen import Codegen, PathCache
+from engine.connector import Sink, Source, connector_names, load_connector
+from engine.errors import Position, Problem, RuleError
+from engine.expressions import ExpressionError, ValueCompiler, parse, root_fields
+from engine.loading import LDict, position_of
+from engine.model import Bundle, EventRule, FieldSpec, Spread
+from engine.overlay import resolve_env
+from engine.templates import TemplateCheck, TemplateError, environment, simple_variable
+from engine.transforms import CASTS, TransformSpecError, check_transform, emit_transform, to_string
+from engine.validation import did_you_mean, validate_document
+
+__all__ = [
+    "ROUTE_BLANK",
+    "ROUTE_MISSING",
+    "ROUTE_UNKNOWN",
+    "CompiledBundle",
+    "compile_bundle",
+]
+
+Loc = tuple[str | int, ...]
+SCOPE = {"batch": "batch", "event": "event"}
+ROUTE_MISSING, ROUTE_BLANK, ROUTE_UNKNOWN, ROUTE_NONE = -1, -2, -3, -4
+_CAST_FAST = {"string": "str", "int": "int", "float": "float", "bool": "bool"}
+
+
+@dataclass
+class CompiledBundle:
+    """A bundle ready to run: its model, connectors and generated functions."""
+
+    model: Bundle
+    source: Source
+    sink: Sink
+    identity: Callable[..., tuple[str | None, str | None]] | None
+    identity_per_batch: bool
+    user: Callable[..., dict[str, Any] | None] | None
+    event: Callable[..., tuple[Any, ...]]
+    rule_names: list[str]
+    drop_reasons: list[str | None]
+    emits: list[str]
+    projects: list[tuple[str, str]]  # (name, code)
+    source_code: str
+    missing_env: list[str] = field(default_factory=list)
+    secrets: frozenset[str] = frozenset()
+    traced: bool = False
+
+
+class _Compiler:
+    def __init__(self, raw: LDict, bundle: Bundle, trace: bool,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.env_vars = os.environ if env is None else env
+        self.raw = raw
+        self.bundle = bundle
+        self.trace = trace
+        self.problems: list[Problem] = []
+        self.cg = Codegen()
+        self.cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
+        self.values = ValueCompiler(self.cg)
+        self.tables = {
+            name: (
+                {(k.casefold() if t.ignore_case else k): v for k, v in t.values.items()},
+                t.default, t.ignore_case,
+            )
+            for name, t in bundle.tables.items()
+        }
+        self.env = environment({n: t[0] for n, t in self.tables.items()})
+        self.templates = TemplateCheck(self.env)
+
+    # -- problems ----------------------------------------------------------------------
+    def error(self, loc: Loc, message: str, *, key: bool = False) -> None:
+        pos = position_of(self.raw, loc, key=key) or Position(self.raw.pos.path)
+        self.problems.append(Problem(pos, message))
+
+    def expr(self, text: str, loc: Loc, roots: frozenset[str] | None) -> dict[str, Any] | None:
+        try:
+            ast = parse(text)
+        except ExpressionError as exc:
+            self.error(loc, str(exc))
+            return None
+        if roots is not None:
+            for name in sorted(root_fields(ast) - roots):
+                hint = did_you_mean(name, roots)
+                self.error(loc, f"path {text!r} starts at {name!r}{hint}; paths here start "
+                                f"with {' or '.join(repr(r + '.') for r in sorted(roots))}")
+                return None
+        return ast
+
+    # -- values -------------------------------------------------------------------------
+    def tr(self, line: str) -> None:
+        if self.trace:
+            self.cg.emit(f"_tr.append({line})")
+
+    def field(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
+              roots: frozenset[str] | None) -> str | None:
+        """Emit code computing one field into a fresh local; return the local's name."""
+        cg = self.cg
+        out = cg.name("f")
+        sources = [k for k in ("from", "value", "template", "each") if k in _set(spec)]
+        if len(sources) > 1:
+            self.error(loc, f"{what}: give only one of `from`, `value`, `template` or `each`")
+            return None
+        if spec.each is not None:
+            return self.each(spec, loc, cache, what, roots, out)
+        if spec.from_ is not None:
+            ast = self.expr(spec.from_, (*loc, "from") if "from" in _keys(self.raw, loc) else loc,
+                            roots)
+            if ast is None:
+                return None
+            cg.emit(f"{out} = {self.values.value(spec.from_, ast, cache)}")
+            origin = spec.from_
+        elif spec.template is not None:
+            if not self.template(spec.template, (*loc, "template"), cache, out, roots):
+                return None
+            origin = spec.template
+        elif "value" in _set(spec):
+            cg.emit(f"{out} = {cg.literal(spec.value)}")
+            origin = "constant"
+        elif spec.attributes is not None:
+            obj = self.object(spec, loc, cache, what, roots)
+            cg.emit(f"{out} = {obj}")
+            origin = "object"
+        else:
+            self.error(loc, f"{what}: say where the value comes from: `from`, `value` or "
+                            "`template`")
+            return None
+        self.transforms(spec, loc, out, what)
+        self.tr(f"('field', {cg.literal(what)}, {cg.literal(origin)}, "
+                f"{cg.literal(_steps(spec))}, {out})")
+        return out
+
+    def transforms(self, spec: FieldSpec | Spread, loc: Loc, var: str, what: str) -> None:
+        steps: list[tuple[str, Any]] = []
+        if isinstance(spec, FieldSpec) and spec.as_ is not None:
+            cast = CASTS.get(spec.as_)
+            if cast is None:
+                self.error((*loc, "as"), f"unknown cast {spec.as_!r}{did_you_mean(spec.as_, CASTS)}"
+                                         f"; use one of {', '.join(sorted(set(CASTS.values())))}")
+                return
+        for i, step in enumerate(spec.transform):
+            try:
+                steps.append(check_transform(step, self.tables))
+            except TransformSpecError as exc:
+                name = step if isinstance(step, str) else next(iter(step), "") if isinstance(
+                    step, dict) else ""
+                from engine.transforms import TRANSFORMS
+                hint = did_you_mean(str(name), TRANSFORMS) if "unknown transform" in str(
+                    exc) else ""
+                if "unknown table" in str(exc):
+                    hint = did_you_mean(str(step[name]) if isinstance(step, dict) else "",
+                                        self.tables)
+                self.error((*loc, "transform", i) if _keys(self.raw, loc) else loc,
+                           f"{exc}{hint}")
+        for name, argument in steps:
+            emit_transform(self.cg, var, name, argument, what, self.tables)
+        if isinstance(spec, FieldSpec):
+            if spec.as_ is not None:
+                emit_transform(self.cg, var, CASTS[spec.as_], None, what, self.tables)
+            if "default" in _set(spec):
+                emit_transform(self.cg, var, "default", spec.default, what, self.tables)
+
+    def template(self, source: str, loc: Loc, cache: PathCache, out: str,
+                 roots: frozenset[str] | None) -> bool:
+        names = frozenset(roots) if roots is not None else frozenset({"item"})
+        try:
+            compiled = self.templates.compile(source, names | {"tables"})
+        except TemplateError as exc:
+            self.error(loc, str(exc))
+            return False
+        if "{" not in source:
+            self.cg.emit(f"{out} = {self.cg.literal(source)}")
+            return True
+        path = simple_variable(self.env, source)
+        stringify = self.cg.const(to_string, "t_string")
+        if path is not None and (roots is None or path[0] in roots):
+            local = self.values.path(path if roots is not None else path[1:] or path, cache)
+            self.cg.emit(f"{out} = '' if {local} is None else {local} if type({local}) is str "
+                         f"else {stringify}({local}, '')")
+            return True
+        tpl = self.cg.const(compiled, "tpl")
+        args = ", ".join(f"{k}={v}" for k, v in cache.roots.items() if k != "@")
+        if roots is None:
+            args = f"item={cache.roots['@']}"
+        render = self.cg.name("render")
+        self.cg.namespace[render] = _renderer(compiled)
+        del tpl
+        self.cg.emit(f"{out} = {render}({args})")
+        return True
+
+    def each(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
+             roots: frozenset[str] | None, out: str) -> str | None:
+        cg = self.cg
+        assert spec.each is not None
+        ast = self.expr(spec.each, (*loc, "each"), roots)
+        if spec.attributes is None:
+            self.error(loc, f"{what}: `each` needs `attributes` to map every item")
+            return None
+        if ast is None:
+            return None
+        items = self.values.value(spec.each, ast, cache)
+        item = cg.name("item")
+        cg.emit(f"{out} = None")
+        with cg.block(f"if type({items}) is list:"):
+            cg.emit(f"{out} = []")
+            with cg.block(f"for {item} in {items}:"):
+                inner = PathCache({"@": item})
+                obj = self.object(spec, loc, inner, f"{what}[]", None)
+                cg.emit(f"{out}.append({obj})")
+        self.tr(f"('field', {cg.literal(what)}, {cg.literal('each ' + spec.each)}, [], {out})")
+        return out
+
+    def object(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
+               roots: frozenset[str] | None) -> str:
+        """An object built from ``spec.spread`` then ``spec.attributes``."""
+        obj = self.cg.name("obj")
+        self.cg.emit(f"{obj} = {{}}")
+        for i, spread in enumerate(spec.spread):
+            self.spread(spread, (*loc, "spread", i), cache, obj, roots)
+        return self.attributes(spec.attributes or {}, (*loc, "attributes"), cache, what, roots,
+                               obj)
+
+    def attributes(self, specs: Mapping[str, FieldSpec], loc: Loc, cache: PathCache, what: str,
+                   roots: frozenset[str] | None, target: str | None = None) -> str:
+        obj = target or self.cg.name("obj")
+        if target is None:
+            self.cg.emit(f"{obj} = {{}}")
+        for name, spec in specs.items():
+            label = f"{what}.{name}" if what else name
+            local = self.field(spec, (*loc, name), cache, label, roots)
+            if local is not None:
+                self.cg.emit(f"if {local} is not None: {obj}[{self.cg.literal(name)}] = {local}")
+        return obj
+
+    def spread(self, spread: Spread, loc: Loc, cache: PathCache, obj: str,
+               roots: frozenset[str] | None) -> None:
+        cg = self.cg
+        rename: dict[str, str] | None = None
+        if isinstance(spread.rename, str):
+            if spread.rename not in self.tables:
+                self.error((*loc, "rename"), f"unknown table {spread.rename!r}"
+                                             f"{did_you_mean(spread.rename, self.tables)}")
+                return
+            rename = {str(k): str(v) for k, v in self.tables[spread.rename][0].items()}
+        elif spread.rename is not None:
+            rename = dict(spread.rename)
+        if rename is not None and spread.ignore_case:
+            rename = {k.casefold(): v for k, v in rename.items()}
+        if spread.renamed_only and rename is None:
+            self.error(loc, "`renamed_only` needs a `rename` table")
+            return
+        source = self.expr(spread.from_, (*loc, "from"), roots)
+        if source is None:
+            return
+        value_ast = self.expr(spread.value, (*loc, "value"), None) if spread.value else None
+        src = self.values.value(spread.from_, source, cache)
+        table = cg.const(rename, "rename") if rename is not None else None
+        fold = ".casefold()" if spread.ignore_case else ""
+        if spread.key is not None:  # one pair whose name is data
+            key_ast = self.expr(spread.key, (*loc, "key"), roots)
+            if key_ast is None:
+                return
+            key = self.values.value(spread.key, key_ast, cache)
+            with cg.block(f"if type({key}) is str and {key} and {src} is not None:"):
+                self._spread_entry(spread, loc, key, src, table, fold, obj, None)
+            return
+        k, v = cg.name("k"), cg.name("v")
+        with cg.block(f"if type({src}) is dict:"), cg.block(f"for {k}, {v} in {src}.items():"):
+            if spread.exclude:
+                cg.emit(f"if {k} in {cg.const(frozenset(spread.exclude), 'set')}: continue")
+            if spread.only is not None:
+                cg.emit(f"if {k} not in {cg.const(frozenset(spread.only), 'set')}: continue")
+            self._spread_entry(spread, loc, k, v, table, fold, obj, value_ast)
+
+    def _spread_entry(self, spread: Spread, loc: Loc, k: str, v: str, table: str | None,
+                      fold: str, obj: str, value_ast: dict[str, Any] | None) -> None:
+        cg = self.cg
+        name = cg.name("n")
+        if table is None:
+            cg.emit(f"{name} = {k}")
+        elif spread.renamed_only:
+            cg.emit(f"{name} = {table}.get({k}{fold})")
+            cg.emit(f"if {name} is None: continue")
+        else:
+            cg.emit(f"{name} = {table}.get({k}{fold}, {k})")
+        if spread.prefix or spread.suffix:
+            cg.emit(f"{name} = {cg.literal(spread.prefix)} + {name} + {cg.literal(spread.suffix)}")
+        val = cg.name("sv")
+        if value_ast is not None and spread.value is not None:
+            inner = PathCache({"@": v})
+            cg.emit(f"{val} = {self.values.value(spread.value, value_ast, inner)}")
+        else:
+            cg.emit(f"{val} = {v}")
+        self.transforms(spread, loc, val, f"spread {spread.from_}")
+        cg.emit(f"if {val} is not None: {obj}[{name}] = {val}")
+        self.tr(f"('field', {name}, {cg.literal('spread ' + spread.from_)}, [], {val})")
+
+    # -- sections -----------------------------------------------------------------------
+    def gen_identity(self) -> tuple[bool, list[str]]:
+        ident = self.bundle.identity
+        cg = self.cg
+        params = "batch, event, _tr" if self.trace else "batch, event"
+        if ident is None:
+            return True, []
+        names = list(ident.candidates)
+        order = ident.precedence if ident.precedence is not None else names
+        for i, name in enumerate(order):
+            if name not in ident.candidates:
+                self.error(("identity", "precedence", i),
+                           f"unknown identity candidate {name!r}{did_you_mean(name, names)}; "
+                           f"candidates: {', '.join(names)}")
+        reject = cg.const(frozenset(v.strip().casefold() for v in ident.reject), "reject")
+        stringify = cg.const(to_string, "t_string")
+        uses_event = False
+        with cg.block(f"def identity({params}):"):
+            cache = PathCache(dict(SCOPE))
+            for name in order:
+                spec = ident.candidates.get(name)
+                if spec is None:
+                    continue
+                loc: Loc = ("identity", "candidates", name)
+                for expr in (spec.from_,):
+                    if expr is not None:
+                        try:
+                            uses_event |= "event" in root_fields(parse(expr))
+                        except ExpressionError:
+                            pass
+                local = self.field(spec, loc, cache, f"identity {name}", frozenset(SCOPE))
+                if local is None:
+                    continue
+                cg.emit(f"if {local} is not None and type({local}) is not str: "
+                        f"{local} = {stringify}({local}, '')")
+                ok = (f"{local} is not None and {local}.strip() != '' and "
+                      f"{local}.strip().casefold() not in {reject}")
+                self.tr(f"('identity', {cg.literal(name)}, {local}, {ok})")
+                with cg.block(f"if {ok}:"):
+                    cg.emit(f"return {local}.strip(), {cg.literal(name)}")
+            cg.emit("return None, None")
+        return not uses_event, list(order)
+
+    def gen_user(self) -> None:
+        user = self.bundle.user
+        if user is None:
+            return
+        cg = self.cg
+        params = "batch, event, _tr" if self.trace else "batch, event"
+        roots = frozenset(SCOPE)
+        with cg.block(f"def user({params}):"):
+            cache = PathCache(dict(SCOPE))
+            if user.when is not None:
+                ast = self.expr(user.when, ("user", "when"), roots)
+                if ast is not None:
+                    cond = self.values.condition(user.when, ast, cache)
+                    with cg.block(f"if not {cond}:"):
+                        cg.emit("return None")
+            obj = cg.name("attrs")
+            cg.emit(f"{obj} = {{}}")
+            for i, spread in enumerate(user.spread):
+                self.spread(spread, ("user", "spread", i), cache, obj, roots)
+            self.attributes(user.attributes, ("user", "attributes"), cache, "", roots, obj)
+            cg.emit(f"return {obj}")
+
+    def gen_routing(self, attrs: str, cache: PathCache) -> tuple[str, str]:
+        routing = self.bundle.routing
+        cg = self.cg
+        route = cg.name("route")
+        if routing is None:
+            cg.emit(f"{route} = {ROUTE_NONE}")
+            return route, "None"
+        ast = self.expr(routing.from_, ("routing", "from"), frozenset(SCOPE))
+        if ast is None:
+            cg.emit(f"{route} = {ROUTE_NONE}")
+            return route, "None"
+        value = self.values.value(routing.from_, ast, cache)
+        index = cg.const({p.name: i for i, p in enumerate(routing.projects)}, "projects")
+        names = cg.const(tuple(p.name for p in routing.projects), "project_names")
+        attr = cg.literal(routing.attribute)
+        with cg.block(f"if {value} is None:"):
+            cg.emit(f"{route} = {ROUTE_MISSING}")
+        with cg.block(f"elif type({value}) is str:"):
+            cg.emit(f"{route} = {index}.get({value}, {ROUTE_UNKNOWN}) if {value}.strip() "
+                    f"else {ROUTE_BLANK}")
+        with cg.block("else:"):
+            cg.emit(f"{route} = {ROUTE_UNKNOWN}")
+        with cg.block(f"if {route} >= 0:"):
+            cg.emit(f"{attrs}[{attr}] = {names}[{route}]")
+        with cg.block("else:"):
+            # Portfolio-level events must not claim a project they were not routed to.
+            cg.emit(f"{attrs}.pop({attr}, None)")
+        self.tr(f"('route', {cg.literal(routing.from_)}, {value}, {route})")
+        return route, value
+
+    def gen_events(self, sink: Sink) -> None:
+        cg = self.cg
+        params = "batch, event, _tr" if self.trace else "batch, event"
+        roots = frozenset(SCOPE)
+        seen: dict[str, int] = {}
+        with cg.block(f"def event({params}):"):
+            top = PathCache(dict(SCOPE))
+            for i, rule in enumerate(self.bundle.events):
+                loc: Loc = ("events", i)
+                if rule.name in seen:
+                    self.error((*loc, "name"), f"duplicate rule name {rule.name!r} "
+                                               f"(rule {seen[rule.name] + 1} has it too)")
+                seen.setdefault(rule.name, i)
+                cond = "True"
+                if rule.when is not None:
+                    ast = self.expr(rule.when, (*loc, "when"), roots)
+                    if ast is not None:
+                        cond = self.values.condition(rule.when, ast, top)
+                if self.trace:
+                    matched = cg.name("m")
+                    cg.emit(f"{matched} = bool({cond})")
+                    self.tr(f"('rule', {cg.literal(rule.name)}, {cg.literal(rule.when)}, "
+                            f"{matched})")
+                    cond = matched
+                with cg.block(f"if {cond}:"):
+                    self.gen_rule(rule, i, loc, top.child(), sink)
+            cg.emit("return -1, None, None, None, None, None")
+
+    def gen_rule(self, rule: EventRule, i: int, loc: Loc, cache: PathCache, sink: Sink) -> None:
+        cg = self.cg
+        roots = frozenset(SCOPE)
+        if rule.drop is not None:
+            extra = [k for k in ("event_name", "attributes", "spread", "fields") if getattr(
+                rule, k)]
+            if extra:
+                self.error((*loc, extra[0]), f"rule {rule.name!r} drops records; "
+                                             f"`{extra[0]}` would never be used")
+            cg.emit(f"return {i}, None, None, None, None, None")
+            return
+        name = "None"
+        if rule.emit == "event":
+            if rule.event_name is None:
+                self.error(loc, f"rule {rule.name!r} needs `event_name` (or `drop:` a reason)")
+            else:
+                name = self.field(rule.event_name, (*loc, "event_name"), cache, "event name",
+                                  roots) or "None"
+        elif rule.event_name is not None:
+            self.error((*loc, "event_name"), f"rule {rule.name!r} emits a user update; "
+                                             "`event_name` would never be used")
+        attrs = cg.name("attrs")
+        cg.emit(f"{attrs} = {{}}")
+        for j, spread in enumerate(rule.spread):
+            self.spread(spread, (*loc, "spread", j), cache, attrs, roots)
+        self.attributes(rule.attributes, (*loc, "attributes"), cache, "", roots, attrs)
+        fields = "None"
+        if rule.fields:
+            for key in rule.fields:
+                if key not in sink.event_fields:
+                    self.error((*loc, "fields", key), f"destination {sink.name!r} has no event "
+                               f"field {key!r}{did_you_mean(key, sink.event_fields)}; it takes: "
+                               f"{', '.join(sink.event_fields)}", key=True)
+            fields = self.attributes(rule.fields, (*loc, "fields"), cache, "", roots)
+        route, value = str(ROUTE_NONE), "None"
+        if rule.emit == "event":
+            route, value = self.gen_routing(attrs, cache)
+        cg.emit(f"return {i}, {name}, {attrs}, {fields}, {route}, {value}")
+
+    def compile(self) -> CompiledBundle:
+        bundle = self.bundle
+        source_cls = self.connector(bundle.source.connector, "source", Source)
+        sink_cls = self.connector(bundle.destination.connector, "destination", Sink)
+        secrets: set[str] = set()
+        missing: list[str] = []
+        source = sink = None
+        if source_cls is not None:
+            settings, miss = resolve_env(bundle.source.settings, self.env_vars)
+            missing += miss
+            source = source_cls(settings)  # type: ignore[call-arg]
+            for key, message in source.check_settings():
+                self.error(("source", "settings", key) if key in bundle.source.settings
+                           else ("source",), message, key=True)
+        if sink_cls is not None:
+            settings, miss = resolve_env(bundle.destination.settings, self.env_vars)
+            missing += miss
+            sink = sink_cls(settings)  # type: ignore[call-arg]
+            for key, message in sink.check_settings():
+                hint = did_you_mean(key, sink.settings_doc) if "unknown" in message else ""
+                self.error(("destination", "settings", key) if key in
+                           bundle.destination.settings else ("destination",),
+                           message + hint, key=True)
+            secrets |= {str(settings[k]) for k in sink.secret_settings
+                        if k in settings and settings[k] and "${" not in str(settings[k])}
+        projects = self.check_routing(sink)
+        for name, table in bundle.tables.items():
+            if not table.values:
+                self.error(("tables", name), f"table {name!r} is empty")
+        per_batch, _ = self.gen_identity()
+        self.gen_user()
+        if sink is not None:
+            self.gen_events(sink)
+        if self.problems or source is None or sink is None:
+            raise RuleError(self.problems)
+        namespace = self.cg.build(f"<bundle {bundle.bundle}>")
+        routing_missing = [m for _, code in projects for m in _env_names(code)
+                           if m not in self.env_vars]
+        return CompiledBundle(
+            model=bundle, source=source, sink=sink,
+            identity=namespace.get("identity"), identity_per_batch=per_batch,
+            user=namespace.get("user"), event=namespace["event"],
+            rule_names=[r.name for r in bundle.events],
+            drop_reasons=[r.drop for r in bundle.events],
+            emits=[r.emit for r in bundle.events],
+            projects=projects, source_code=self.cg.source(),
+            missing_env=sorted(set(missing + routing_missing)), secrets=frozenset(secrets),
+            traced=self.trace,
+        )
+
+    def connector(self, name: str, role: str, kind: type[Any]) -> Any:
+        cls = load_connector(name)
+        if cls is None or not issubclass(cls, kind):
+            choices = [n for n in connector_names()
+                       if (c := load_connector(n)) is not None and issubclass(c, kind)]
+            self.error((role, "connector"), f"unknown {role} connector {name!r}"
+                       f"{did_you_mean(name, choices)}; available: {', '.join(choices)}")
+            return None
+        return cls
+
+    def check_routing(self, sink: Sink | None) -> list[tuple[str, str]]:
+        routing = self.bundle.routing
+        if routing is None:
+            return []
+        if sink is not None and not sink.supports_routing:
+            self.error(("routing",), f"destination {sink.name!r} does not support portfolio "
+                                     "routing", key=True)
+        names: dict[str, int] = {}
+        codes: dict[str, int] = {}
+        out = []
+        for i, project in enumerate(routing.projects):
+            loc: Loc = ("routing", "projects", i)
+            if not project.name.strip():
+                self.error((*loc, "name"), "project name is blank")
+            if project.name != project.name.strip():
+                self.error((*loc, "name"), f"project name {project.name!r} has surrounding "
+                           "spaces; matching is exact, so no event would ever match it")
+            if project.name in names:
+                self.error((*loc, "name"), f"project {project.name!r} is declared twice "
+                           f"(also project {names[project.name] + 1})")
+            if not project.code.strip():
+                self.error((*loc, "code"), "project code is blank")
+            if project.code in codes:
+                self.error((*loc, "code"), f"project code {project.code!r} is used twice "
+                           f"(also project {codes[project.code] + 1})")
+            names.setdefault(project.name, i)
+            codes.setdefault(project.code, i)
+            code, _ = resolve_env({"code": project.code}, self.env_vars)
+            out.append((project.name, str(code["code"])))
+        return out
+
+
+def _env_names(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+
+
+def _set(spec: Any) -> set[str]:
+    out = set()
+    for name in spec.model_fields_set:
+        info = type(spec).model_fields[name]
+        out.add(info.alias or name)
+    return out
+
+
+def _keys(raw: LDict, loc: Loc) -> set[str]:
+    node: Any = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return set()
+    return set(node) if isinstance(node, dict) else set()
+
+
+def _steps(spec: FieldSpec) -> list[str]:
+    steps = [s if isinstance(s, str) else f"{k}: {v}" for s in spec.transform
+             for k, v in ([(s, None)] if isinstance(s, str) else list(s.items()))]
+    steps = [s for s in steps if s is not None]
+    if spec.as_:
+        steps.append(f"as {spec.as_}")
+    if "default" in _set(spec):
+        steps.append(f"default {spec.default!r}")
+    return steps
+
+
+def _renderer(template: Any) -> Callable[..., str]:
+    def render(**scope: Any) -> str:
+        try:
+            return str(template.render(**scope))
+        except Exception as exc:  # the sandbox's and Jinja's errors: the record is bad
+            from engine.errors import RecordError
+
+            raise RecordError("template failed", f"{type(exc).__name__}: {exc}") from None
+
+    return render
+
+
+def compile_bundle(raw: LDict, *, trace: bool = False,
+                   env: Mapping[str, str] | None = None) -> CompiledBundle:
+    """Validate and compile a merged bundle document; raise RuleError with every problem.
+
+    ``env`` supplies ``${VAR}`` values (default: the process environment).
+    """
+    model, problems = validate_document(raw, Bundle, raw.pos.path)
+    if model is None:
+        raise RuleError(problems)
+    compiler = _Compiler(raw, model, trace, env)
+    try:
+        compiled = compiler.compile()
+    except RuleError as exc:
+        raise RuleError(problems + exc.problems) from None
+    if problems:
+        raise RuleError(problems)
+    return compiled

@@ -1,0 +1,108 @@
+"""The exceptions moerules raises, and the positions rule errors point at.
+
+Hierarchy::
+
+    MoerulesError
+    ├── RuleError                 a bundle or test file is wrong; carries Problems
+    ├── RecordError               one input record cannot be processed (dead-lettered)
+    │   └── TransformError        a transform could not apply to a value
+    └── DeliveryError             a partner answered badly or not at all
+        ├── RetryableError        5xx, timeouts, dropped connections: try again
+        │   └── ThrottledError    429: try again after Retry-After
+        └── PermanentError        other 4xx: dead-letter, do not retry
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DeliveryError",
+    "MoerulesError",
+    "PermanentError",
+    "Position",
+    "Problem",
+    "RecordError",
+    "RetryableError",
+    "RuleError",
+    "ThrottledError",
+    "TransformError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where something stands in a file: 1-based line and column, as editors count."""
+
+    path: str
+    line: int = 1
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a rule file, rendered as ``PATH:LINE:COL: error: message``."""
+
+    position: Position
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.position}: error: {self.message}"
+
+
+class MoerulesError(Exception):
+    """Base of every error moerules raises on purpose."""
+
+
+class RuleError(MoerulesError):
+    """A bundle (or a test file) is invalid. ``problems`` lists every problem found in one pass."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(
+            problems, key=lambda p: (p.position.path, p.position.line, p.position.col)
+        )
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RecordError(MoerulesError):
+    """One input record cannot be processed; it is dead-lettered with ``reason``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class TransformError(RecordError):
+    """A transform met a value it cannot convert (``float('abc')``)."""
+
+
+class DeliveryError(MoerulesError):
+    """A destination did not accept a request."""
+
+    def __init__(self, message: str, status: int | None = None, excerpt: str = "") -> None:
+        self.status = status
+        self.excerpt = excerpt
+        super().__init__(message)
+
+
+class RetryableError(DeliveryError):
+    """Worth another try: 5xx, 408, timeouts, connection errors."""
+
+
+class ThrottledError(RetryableError):
+    """HTTP 429; ``retry_after`` seconds when the partner said so."""
+
+    def __init__(
+        self, message: str, status: int | None = 429, excerpt: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status, excerpt)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help (4xx other than 408/429): dead-letter the records."""

@@ -1,0 +1,227 @@
+"""JMESPath paths and conditions, compiled to Python source where possible.
+
+Most rule expressions are field paths (``event.data.product_action.total_amount``) and simple
+conditions (``event.event_type == 'commerce_event' && event.data.product_action``). Those are
+translated into plain subscripts and comparisons with JMESPath's semantics (a missing field is
+null; truthiness treats ``0`` as true and empty containers as false). Anything richer runs
+through ``jmespath``'s compiled expression, which is still parsed once, at load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+from jmespath import exceptions as jmespath_errors
+from jmespath import functions as jmespath_functions
+
+from engine.codegen import Codegen, PathCache, is_identifier
+
+__all__ = [
+    "ExpressionError",
+    "ValueCompiler",
+    "jmespath_truthy",
+    "parse",
+    "root_fields",
+    "simple_path",
+]
+
+Path = tuple[str | int, ...]
+_MISSING = (KeyError, TypeError, IndexError)
+
+
+class ExpressionError(ValueError):
+    """A JMESPath expression that does not parse, with the parser's explanation."""
+
+
+class _Functions(jmespath_functions.Functions):
+    """JMESPath's built-in functions; nothing added, so rules cannot call out."""
+
+
+_OPTIONS = jmespath.Options(custom_functions=_Functions())
+
+
+def parse(expression: str) -> dict[str, Any]:
+    """Parse ``expression`` and return its AST, or raise ExpressionError with the reason."""
+    try:
+        return jmespath.compile(expression).parsed  # type: ignore[no-any-return]
+    except jmespath_errors.JMESPathError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExpressionError(f"invalid JMESPath {expression!r}: {reason}") from None
+
+
+def simple_path(ast: dict[str, Any]) -> Path | None:
+    """``a.b[0].c`` as ``('a', 'b', 0, 'c')``; None when the expression is more than a path."""
+    kind = ast["type"]
+    if kind == "field":
+        return (ast["value"],)
+    if kind == "subexpression":
+        out: Path = ()
+        for child in ast["children"]:
+            part = simple_path(child)
+            if part is None:
+                return None
+            out += part
+        return out
+    if kind == "index_expression":
+        left_ast, index_ast = ast["children"]
+        left = simple_path(left_ast)
+        if left is not None and index_ast["type"] == "index":
+            return (*left, int(index_ast["value"]))
+    return None
+
+
+_RELATIVE_RIGHT = {
+    "subexpression", "index_expression", "projection", "value_projection",
+    "filter_projection", "flatten", "pipe",
+}
+
+
+def root_fields(ast: dict[str, Any]) -> set[str]:
+    """The field names an expression reads from its root (to check ``event.``/``batch.``)."""
+    kind = ast["type"]
+    children = ast.get("children", [])
+    if kind == "field":
+        return {ast["value"]}
+    if kind in _RELATIVE_RIGHT:
+        return root_fields(children[0]) if children else set()
+    if kind == "key_val_pair":
+        return root_fields(children[0])
+    out: set[str] = set()
+    for child in children:
+        if isinstance(child, dict):
+            out |= root_fields(child)
+    return out
+
+
+def jmespath_truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null and empty strings/lists/objects are false; 0 is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
+    return True
+
+
+class ValueCompiler:
+    """Emits code that computes expressions into locals of the function being generated."""
+
+    def __init__(self, cg: Codegen) -> None:
+        self.cg = cg
+        self.truthy = cg.const(jmespath_truthy, "truthy")
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, path: Path, cache: PathCache) -> str:
+        """A local holding the value at ``path`` (first element names a root), None if absent."""
+        hit = cache.get(path)
+        if hit is not None:
+            return hit
+        if len(path) == 1:
+            root = path[0]
+            if isinstance(root, str) and root in cache.roots:
+                return cache.roots[root]
+        parent = self.path(path[:-1], cache) if len(path) > 1 else None
+        if parent is None:  # a relative path: the root object itself is the parent
+            parent = cache.roots["@"]
+        local = self.cg.name("v")
+        key = path[-1]
+        with self.cg.block("try:"):
+            self.cg.emit(f"{local} = {parent}[{self.cg.literal(key)}]")
+        with self.cg.block("except _MISSING:"):
+            self.cg.emit(f"{local} = None")
+        if isinstance(key, int):
+            # Python's negative index and subscripting a string with an int differ from JMESPath
+            self.cg.emit(f"if type({parent}) is not list: {local} = None")
+        cache.put(path, local)
+        return local
+
+    def value(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
+        """A local holding the expression's value."""
+        path = simple_path(ast)
+        if path is not None and (path[0] in cache.roots or "@" in cache.roots):
+            return self.path(path, cache)
+        return self._fallback(expression, cache)
+
+    def _fallback(self, expression: str, cache: PathCache) -> str:
+        compiled = self.cg.const(jmespath.compile(expression), "jp")
+        options = self.cg.const(_OPTIONS, "jpopt")
+        local = self.cg.name("x")
+        if "@" in cache.roots:
+            scope = cache.roots["@"]
+        else:
+            scope = "{" + ", ".join(f"{k!r}: {v}" for k, v in cache.roots.items()) + "}"
+        self.cg.emit(f"{local} = {compiled}.search({scope}, {options})")
+        return local
+
+    # -- conditions ----------------------------------------------------------------------
+    def condition(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
+        """Python source of a boolean for ``expression`` in a condition position."""
+        translated = self._bool(ast, cache)
+        if translated is not None:
+            return translated
+        return f"{self.truthy}({self._fallback(expression, cache)})"
+
+    def _operand(self, ast: dict[str, Any], cache: PathCache) -> tuple[str, Any] | None:
+        """(source, literal-or-sentinel) for a comparison operand we can translate."""
+        if ast["type"] == "literal":
+            return self.cg.literal(ast["value"]), ast["value"]
+        path = simple_path(ast)
+        if path is not None and (path[0] in cache.roots or "@" in cache.roots):
+            return self.path(path, cache), _NOT_LITERAL
+        return None
+
+    def _bool(self, ast: dict[str, Any], cache: PathCache) -> str | None:
+        kind = ast["type"]
+        children = ast.get("children", [])
+        if kind == "and_expression" or kind == "or_expression":
+            left = self._bool(children[0], cache)
+            right = self._bool(children[1], cache)
+            if left is None or right is None:
+                return None
+            op = "and" if kind == "and_expression" else "or"
+            return f"({left} {op} {right})"
+        if kind == "not_expression":
+            inner = self._bool(children[0], cache)
+            return None if inner is None else f"(not {inner})"
+        if kind == "comparator" and ast["value"] in ("eq", "ne"):
+            left = self._operand(children[0], cache)
+            right = self._operand(children[1], cache)
+            if left is None or right is None:
+                return None
+            literal = right[1] if right[1] is not _NOT_LITERAL else left[1]
+            other = left[0] if right[1] is not _NOT_LITERAL else right[0]
+            if literal is _NOT_LITERAL or not _exact_comparable(literal):
+                return None
+            if literal is None or isinstance(literal, bool):
+                op = "is" if ast["value"] == "eq" else "is not"
+                return f"({other} {op} {literal!r})"
+            op = "==" if ast["value"] == "eq" else "!="
+            return f"({other} {op} {self.cg.literal(literal)})"
+        if kind == "function_expression" and ast["value"] == "contains" and len(children) == 2:
+            haystack, needle = children
+            if haystack["type"] == "literal" and isinstance(haystack["value"], list) and all(
+                isinstance(v, str) for v in haystack["value"]
+            ):
+                operand = self._operand(needle, cache)
+                if operand is None or operand[1] is not _NOT_LITERAL:
+                    return None
+                values = self.cg.const(frozenset(haystack["value"]), "set")
+                return f"(type({operand[0]}) is str and {operand[0]} in {values})"
+            return None
+        path = simple_path(ast)
+        if path is not None and (path[0] in cache.roots or "@" in cache.roots):
+            return f"{self.truthy}({self.path(path, cache)})"
+        return None
+
+
+_NOT_LITERAL = object()
+
+
+def _exact_comparable(value: Any) -> bool:
+    # Strings, null and booleans compare in Python exactly as in JMESPath; numbers do not
+    # (True == 1 in Python), so numeric comparisons stay with jmespath.
+    return value is None or isinstance(value, str | bool)
+
+
+def identifier_ok(name: str) -> bool:
+    return is_identifier(name)

@@ -1,0 +1,165 @@
+"""The per-record path: decode, identity, user attributes, event rules, routing, encode.
+
+Everything here is bookkeeping around the compiled functions: it counts each item's outcome,
+dead-letters what cannot be processed, and hands mapped items to the sink's encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from engine.compiler import ROUTE_BLANK, ROUTE_MISSING, ROUTE_UNKNOWN, CompiledBundle
+from engine.connector import EventOut, UserOut, WireRequest
+from engine.deadletter import DeadLetterWriter
+from engine.errors import RecordError
+from engine.report import RunReport
+from engine.validation import did_you_mean
+
+__all__ = ["NO_IDENTITY", "NO_RULE", "Pipeline"]
+
+NO_IDENTITY = "no usable identity"
+NO_RULE = "no rule matched"
+_FALLBACK = {ROUTE_MISSING: "missing", ROUTE_BLANK: "blank", ROUTE_UNKNOWN: "unknown"}
+
+
+class Pipeline:
+    """Feeds input lines through a compiled bundle, producing the requests to send."""
+
+    def __init__(self, compiled: CompiledBundle, report: RunReport,
+                 dead_letters: DeadLetterWriter) -> None:
+        self.c = compiled
+        self.report = report
+        self.dead = dead_letters
+        self.encoder = compiled.sink.encoder()
+        self.events_key = compiled.source.events_key
+        self.project_codes = [code for _, code in compiled.projects]
+        self.project_names = [name for name, _ in compiled.projects]
+
+    def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
+        """Process one input line; return the requests that filled up."""
+        report = self.report
+        report.lines_in += 1
+        try:
+            batch = self.c.source.decode(line)
+        except RecordError as exc:
+            report.unreadable_lines += 1
+            report.dead_lettered[exc.reason] += 1
+            self.dead.write(exc.reason, raw=line, error=exc.detail, line=line_no)
+            return []
+        try:
+            return self._batch(line_no, batch)
+        except RecordError as exc:  # a failure outside any one event: the whole line
+            report.unreadable_lines += 1
+            report.dead_lettered[exc.reason] += 1
+            self.dead.write(exc.reason, record=batch, error=exc.detail, line=line_no)
+            return []
+
+    def _batch(self, line_no: int, batch: dict[str, Any]) -> list[WireRequest]:
+        c, report = self.c, self.report
+        events = batch.get(self.events_key) if self.events_key else None
+        events = events or []
+        ident = candidate = None
+        if c.identity is not None and c.identity_per_batch:
+            ident, candidate = c.identity(batch, None)
+        out: list[WireRequest] = []
+        if c.user is not None:
+            try:
+                attrs = c.user(batch, None)
+            except RecordError as exc:
+                report.user_updates_in += 1
+                self._dead(exc.reason, batch, exc.detail, line_no, "user")
+                attrs = None
+            if attrs:
+                report.user_updates_in += 1
+                if ident is None:
+                    self._dead(NO_IDENTITY, batch, self._identity_hint(), line_no, "user")
+                else:
+                    out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
+                    report.delivered_user_updates += 1
+        for index, event in enumerate(events):
+            report.events_in += 1
+            if not isinstance(event, dict):
+                self._dead("event is not a JSON object", event, "", line_no, None, index)
+                continue
+            try:
+                rule, name, attrs, fields, route, route_value = c.event(batch, event)
+            except RecordError as exc:
+                self._dead(exc.reason, event, exc.detail, line_no, None, index)
+                continue
+            if rule < 0:
+                report.dropped[NO_RULE] += 1
+                continue
+            reason = c.drop_reasons[rule]
+            if reason is not None:
+                report.dropped[reason] += 1
+                continue
+            if c.identity is not None and not c.identity_per_batch:
+                ident, candidate = c.identity(batch, event)
+            rule_name = c.rule_names[rule]
+            if ident is None:
+                self._dead(NO_IDENTITY, event, self._identity_hint(), line_no, rule_name, index)
+                continue
+            if c.emits[rule] == "user":
+                if attrs:
+                    out += self.encoder.add(UserOut(ident, attrs, (line_no, index), rule_name))
+                    report.delivered_user_updates += 1
+                else:
+                    report.dropped["user update with no attributes"] += 1
+                continue
+            if not name:
+                self._dead("event name is empty", event, f"rule {rule_name!r}", line_no,
+                           rule_name, index)
+                continue
+            project = None
+            if route >= 0:
+                project = self.project_codes[route]
+                report.routing[self.project_names[route]] += 1
+            elif route in _FALLBACK:
+                self._fallback(route, route_value)
+            out += self.encoder.add(EventOut(ident, name, attrs, fields or {}, project,
+                                             (line_no, index), rule_name))
+            report.delivered_events += 1
+        return out
+
+    def _fallback(self, route: int, value: Any) -> None:
+        report = self.report
+        why = _FALLBACK[route]
+        report.routing["portfolio"] += 1
+        report.fallback[why] += 1
+        if route == ROUTE_UNKNOWN:
+            report.unknown_projects[str(value)] += 1
+
+    def _identity_hint(self) -> str:
+        ident = self.c.model.identity
+        order = (ident.precedence or list(ident.candidates)) if ident else []
+        return "none of the identity candidates had a usable value: " + ", ".join(order)
+
+    def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
+              index: int | None = None) -> None:
+        self.report.dead_lettered[reason] += 1
+        self.dead.write(reason, record=record, error=error, line=line_no, rule=rule,
+                        event_index=index)
+
+    def finish(self) -> list[WireRequest]:
+        """Requests for everything the encoder still holds, and the routing warnings."""
+        self.warn_routing()
+        return self.encoder.flush()
+
+    def warn_routing(self) -> None:
+        report = self.report
+        for why in ("missing", "blank"):
+            if report.fallback[why]:
+                report.warnings.append(
+                    f"{report.fallback[why]} events had a {why} project name and went to the "
+                    "portfolio level")
+        for value, n in report.unknown_projects.most_common():
+            hint = did_you_mean(value, self.project_names)
+            report.warnings.append(
+                f"{n} events named unknown project {value!r}{hint}; they went to the "
+                "portfolio level (matching is exact and case-sensitive)")
+
+    def run(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[WireRequest]:
+        for line_no, line in lines:
+            yield from self.feed(line_no, line)
+        yield from self.finish()

@@ -1,0 +1,110 @@
+"""The run report: every item's outcome, counted by reason and by routing target."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunReport"]
+
+
+@dataclass
+class RunReport:
+    """Counts a run's items. Invariant: items_in == delivered + dropped + dead_lettered.
+
+    An item is one event, one user-attribute update, or one input line that could not be
+    read as a record (its events are unknown, so it counts once).
+    """
+
+    bundle: str = ""
+    dry_run: bool = True
+    lines_in: int = 0
+    events_in: int = 0
+    user_updates_in: int = 0
+    unreadable_lines: int = 0
+    delivered_events: int = 0
+    delivered_user_updates: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    routing: Counter[str] = field(default_factory=Counter)
+    fallback: Counter[str] = field(default_factory=Counter)
+    unknown_projects: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    request_bytes: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    throttled: int = 0
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    elapsed_seconds: float = 0.0
+
+    @property
+    def items_in(self) -> int:
+        return self.events_in + self.user_updates_in + self.unreadable_lines
+
+    @property
+    def delivered(self) -> int:
+        return self.delivered_events + self.delivered_user_updates
+
+    def balanced(self) -> bool:
+        return self.items_in == self.delivered + sum(self.dropped.values()) + sum(
+            self.dead_lettered.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle,
+            "dry_run": self.dry_run,
+            "lines_in": self.lines_in,
+            "items_in": self.items_in,
+            "events_in": self.events_in,
+            "user_updates_in": self.user_updates_in,
+            "unreadable_lines": self.unreadable_lines,
+            "delivered": self.delivered,
+            "delivered_events": self.delivered_events,
+            "delivered_user_updates": self.delivered_user_updates,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_total": sum(self.dropped.values()),
+            "dead_lettered": dict(sorted(self.dead_lettered.items())),
+            "dead_lettered_total": sum(self.dead_lettered.values()),
+            "routing": dict(sorted(self.routing.items())),
+            "routing_fallback": dict(sorted(self.fallback.items())),
+            "unknown_projects": dict(self.unknown_projects.most_common()),
+            "requests": self.requests,
+            "request_bytes": self.request_bytes,
+            "statuses": dict(sorted(self.statuses.items())),
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "warnings": list(self.warnings),
+            "interrupted": self.interrupted,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "balanced": self.balanced(),
+        }
+
+    def summary(self) -> str:
+        """The human summary printed to stderr."""
+        verb = "would deliver" if self.dry_run else "delivered"
+        lines = [
+            f"moerules: {self.bundle}{' (dry run)' if self.dry_run else ''}",
+            f"  read      {self.lines_in} lines: {self.events_in} events, "
+            f"{self.user_updates_in} user updates, {self.unreadable_lines} unreadable",
+            f"  {verb:<9} {self.delivered} ({self.delivered_events} events, "
+            f"{self.delivered_user_updates} user updates) in {self.requests} requests",
+            f"  dropped   {sum(self.dropped.values())}",
+        ]
+        lines += [f"    {n:>7}  {reason}" for reason, n in self.dropped.most_common()]
+        lines.append(f"  dead-lettered {sum(self.dead_lettered.values())}")
+        lines += [f"    {n:>7}  {reason}" for reason, n in self.dead_lettered.most_common()]
+        if self.routing:
+            lines.append("  routing")
+            lines += [f"    {n:>7}  {target}" for target, n in self.routing.most_common()]
+            lines += [f"    {n:>7}  portfolio level: {why}" for why, n in
+                      self.fallback.most_common()]
+        if self.statuses:
+            lines.append("  responses " + ", ".join(
+                f"{code}: {n}" for code, n in sorted(self.statuses.items())))
+            lines.append(f"  retries   {self.retries} ({self.throttled} after 429)")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        if self.interrupted:
+            lines.append("  interrupted: stopped before the end of the input")
+        return "\n".join(lines)
