@@ -10,7 +10,9 @@ comparisons and dict building, much as a person would write them by hand.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -333,12 +335,9 @@ class _Compiler:
                 if spec is None:
                     continue
                 loc: Loc = ("identity", "candidates", name)
-                for expr in (spec.from_,):
-                    if expr is not None:
-                        try:
-                            uses_event |= "event" in root_fields(parse(expr))
-                        except ExpressionError:
-                            pass
+                if spec.from_ is not None:
+                    with contextlib.suppress(ExpressionError):  # reported by self.field
+                        uses_event |= "event" in root_fields(parse(spec.from_))
                 local = self.field(spec, loc, cache, f"identity {name}", frozenset(SCOPE))
                 if local is None:
                     continue
@@ -481,14 +480,14 @@ class _Compiler:
         if source_cls is not None:
             settings, miss = resolve_env(bundle.source.settings, self.env_vars)
             missing += miss
-            source = source_cls(settings)  # type: ignore[call-arg]
+            source = source_cls(settings)
             for key, message in source.check_settings():
                 self.error(("source", "settings", key) if key in bundle.source.settings
                            else ("source",), message, key=True)
         if sink_cls is not None:
             settings, miss = resolve_env(bundle.destination.settings, self.env_vars)
             missing += miss
-            sink = sink_cls(settings)  # type: ignore[call-arg]
+            sink = sink_cls(settings)
             for key, message in sink.check_settings():
                 hint = did_you_mean(key, sink.settings_doc) if "unknown" in message else ""
                 self.error(("destination", "settings", key) if key in
@@ -564,8 +563,6 @@ class _Compiler:
 
 
 def _env_names(text: str) -> list[str]:
-    import re
-
     return re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
 
 
@@ -624,6 +621,10 @@ def compile_bundle(raw: LDict, *, trace: bool = False,
         compiled = compiler.compile()
     except RuleError as exc:
         raise RuleError(problems + exc.problems) from None
+    except Exception:
+        if problems:  # a model built around reported problems may not compile: report those
+            raise RuleError(problems) from None
+        raise
     if problems:
         raise RuleError(problems)
     return compiled

@@ -99,6 +99,10 @@ class Source(ABC):
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
 
+    @abstractmethod
+    def decode(self, line: bytes) -> dict[str, Any]:
+        """One input line as a record; RecordError (dead-lettered) when it is not one."""
+
     def check_settings(self) -> list[tuple[str, str]]:
         """Problems with the settings as (setting name, message)."""
         unknown = [k for k in self.settings if k not in self.settings_doc]

@@ -123,7 +123,7 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
                       + (f" ({etype})" if etype else "")})
         trace = []
         try:
-            rule, name, _attrs, _fields_out, route, value = traced.event(batch, event, trace)
+            rule, name, _attrs, _fields_out, route, _value = traced.event(batch, event, trace)
         except RecordError as exc:
             _fields(trace, steps)
             steps.append({"step": "outcome", "outcome": f"dead-lettered: {exc}"})

@@ -44,7 +44,8 @@ _OPTIONS = jmespath.Options(custom_functions=_Functions())
 def parse(expression: str) -> dict[str, Any]:
     """Parse ``expression`` and return its AST, or raise ExpressionError with the reason."""
     try:
-        return jmespath.compile(expression).parsed  # type: ignore[no-any-return]
+        parsed: dict[str, Any] = jmespath.compile(expression).parsed  # type: ignore[assignment]
+        return parsed
     except jmespath_errors.JMESPathError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ExpressionError(f"invalid JMESPath {expression!r}: {reason}") from None
@@ -174,12 +175,12 @@ class ValueCompiler:
         kind = ast["type"]
         children = ast.get("children", [])
         if kind == "and_expression" or kind == "or_expression":
-            left = self._bool(children[0], cache)
-            right = self._bool(children[1], cache)
-            if left is None or right is None:
+            lhs = self._bool(children[0], cache)
+            rhs = self._bool(children[1], cache)
+            if lhs is None or rhs is None:
                 return None
             op = "and" if kind == "and_expression" else "or"
-            return f"({left} {op} {right})"
+            return f"({lhs} {op} {rhs})"
         if kind == "not_expression":
             inner = self._bool(children[0], cache)
             return None if inner is None else f"(not {inner})"

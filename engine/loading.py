@@ -126,7 +126,8 @@ def load_yaml(source: str | Path, text: str | None = None) -> Any:
         try:
             size = Path(path).stat().st_size
         except OSError as exc:
-            raise RuleError([Problem(Position(path), f"cannot read file: {exc.strerror}")]) from None
+            problem = Problem(Position(path), f"cannot read file: {exc.strerror}")
+            raise RuleError([problem]) from None
         if size > MAX_FILE_BYTES:
             raise RuleError([Problem(Position(path),
                 f"file is {size} bytes; rule files are limited to {MAX_FILE_BYTES} bytes")])

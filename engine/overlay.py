@@ -63,6 +63,11 @@ def find_bundle(ref: str, relative_to: Path | None = None) -> Path | None:
     return shipped_bundles().get(ref)
 
 
+def copy_document(node: Any) -> Any:
+    """A deep copy of loaded YAML data that keeps every position."""
+    return _copy(node)
+
+
 def _copy(node: Any) -> Any:
     if isinstance(node, LDict):
         out = LDict(node.pos)
@@ -96,7 +101,7 @@ def _merge(base: Any, over: Any, key: str | None) -> Any:
 
 
 def _merge_rules(base: LList, over: LList) -> LList:
-    out = _copy(base)
+    out: LList = _copy(base)
     index = {r.get("name"): i for i, r in enumerate(out) if isinstance(r, LDict)}
     removed: set[int] = set()
     for pos, rule in zip(over.item_pos, over, strict=True):

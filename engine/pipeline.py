@@ -59,9 +59,9 @@ class Pipeline:
         c, report = self.c, self.report
         events = batch.get(self.events_key) if self.events_key else None
         events = events or []
-        ident = candidate = None
+        ident = None
         if c.identity is not None and c.identity_per_batch:
-            ident, candidate = c.identity(batch, None)
+            ident, _ = c.identity(batch, None)
         out: list[WireRequest] = []
         if c.user is not None:
             try:
@@ -95,7 +95,7 @@ class Pipeline:
                 report.dropped[reason] += 1
                 continue
             if c.identity is not None and not c.identity_per_batch:
-                ident, candidate = c.identity(batch, event)
+                ident, _ = c.identity(batch, event)
             rule_name = c.rule_names[rule]
             if ident is None:
                 self._dead(NO_IDENTITY, event, self._identity_hint(), line_no, rule_name, index)

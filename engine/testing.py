@@ -114,10 +114,10 @@ def subset_mismatch(expected: Any, actual: Any, where: str = "") -> str | None:
             if found:
                 return found
         return None
-    if expected != actual or type(expected) is not type(actual) and not (
+    if expected != actual or (type(expected) is not type(actual) and not (
         isinstance(expected, int | float) and isinstance(actual, int | float)
         and not isinstance(expected, bool) and not isinstance(actual, bool)
-    ):
+    )):
         return f"{where or 'value'}: expected {_short(expected)}, got {_short(actual)}"
     return None
 

@@ -19,7 +19,7 @@ import orjson
 from engine.codegen import Codegen
 from engine.errors import TransformError
 
-__all__ = ["TRANSFORMS", "CASTS", "Transform", "TransformSpecError", "emit_transform"]
+__all__ = ["CASTS", "TRANSFORMS", "Transform", "TransformSpecError", "emit_transform"]
 
 
 class TransformSpecError(ValueError):
@@ -97,12 +97,12 @@ def to_bool(value: Any, what: str) -> Any:
 
 def _epoch_number(value: Any, what: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
+        return float(value)
     if isinstance(value, str):
         try:
             return float(value.strip())
         except ValueError:
-            return iso_to_epoch_s(value, what)
+            return float(iso_to_epoch_s(value, what))
     raise TransformError(f"{what}: not a timestamp", repr(value)[:80])
 
 

@@ -57,12 +57,14 @@ def _model_in(annotation: Any) -> tuple[str, type[BaseModel]] | None:
 
 
 def _check_keys(node: Any, model: type[BaseModel], problems: list[Problem]) -> None:
+    """Report unknown keys (with a suggestion) and remove them, so the rest can be checked."""
     if not isinstance(node, LDict):
         return
     marker = getattr(model, "shorthand_marker", None)
     if isinstance(marker, str) and marker not in node:
         return  # the short form (e.g. a table written as its values); no keys to check
     fields = {(info.alias or name): info for name, info in model.model_fields.items()}
+    unknown: list[str] = []
     for key in node:
         info = fields.get(key)
         if info is None:
@@ -70,6 +72,7 @@ def _check_keys(node: Any, model: type[BaseModel], problems: list[Problem]) -> N
             allowed = ", ".join(sorted(fields))
             problems.append(Problem(node.key_pos[key],
                 f"unknown key {key!r}{hint}; allowed here: {allowed}"))
+            unknown.append(key)
             continue
         found = _model_in(info.annotation)
         if not found:
@@ -84,6 +87,8 @@ def _check_keys(node: Any, model: type[BaseModel], problems: list[Problem]) -> N
         elif kind == "dict" and isinstance(value, LDict):
             for item in value.values():
                 _check_keys(item, inner, problems)
+    for key in unknown:
+        del node[key]
 
 
 def _describe(loc: tuple[str | int, ...]) -> str:
@@ -94,31 +99,67 @@ def _describe(loc: tuple[str | int, ...]) -> str:
 
 
 def validate_document(raw: Any, model: type[M], path: str) -> tuple[M | None, list[Problem]]:
-    """Validate ``raw`` against ``model``; return the model (or None) and all problems found."""
+    """Validate ``raw`` against ``model``; return the model (or None) and all problems found.
+
+    Unknown keys are reported and then ignored, so one pass also finds the type errors (and,
+    in the compiler, the semantic errors) of everything else.
+    """
     problems: list[Problem] = []
     if not isinstance(raw, LDict):
         pos = getattr(raw, "pos", Position(path))
         return None, [Problem(pos, "a rule file must be a mapping of keys to values")]
+    from engine.overlay import copy_document
+
+    raw = copy_document(raw)  # unknown keys are removed from this copy, not the caller's
     _check_keys(raw, model, problems)
-    try:
-        return model.model_validate(raw), problems
-    except ValidationError as exc:
-        for err in exc.errors():
-            if err["type"] == "extra_forbidden":
-                continue  # reported above, with a suggestion
-            loc = _trim_to_document(raw, tuple(err["loc"]))
-            pos = position_of(raw, loc, key=err["type"] == "missing") or raw.pos
-            message = err["msg"]
-            if err["type"] == "missing":
-                message = f"missing required key {err['loc'][-1]!r}"
-                where = _describe(loc)
-                if where:
-                    message += f" in {where}"
-            else:
-                where = _describe(loc)
-                message = f"{where}: {message}" if where else message
-            problems.append(Problem(pos, message))
-        return None, _dedupe(problems)
+    # A wrong value is reported, then removed from the copy and validation tried again, so
+    # one pass reports the rest of the file too. Removing a required key ends the attempt.
+    for attempt in range(5):
+        try:
+            return model.model_validate(raw), problems
+        except ValidationError as exc:
+            errors = exc.errors()
+        missing = any(err["type"] == "missing" for err in errors)
+        if attempt and missing:
+            break  # caused by a removal: the first round's problems are the real ones
+        problems += [p for p in _problems(raw, errors) if p not in problems]
+        if missing or not all(_remove(raw, err["loc"]) for err in errors):
+            break
+    return None, _dedupe(problems)
+
+
+def _remove(raw: Any, loc: tuple[Any, ...]) -> bool:
+    """Delete the optional value at ``loc`` from a document copy; False if it cannot."""
+    doc_loc = _trim_to_document(raw, loc)
+    if not doc_loc or not isinstance(doc_loc[-1], str):
+        return False
+    node = raw
+    for part in doc_loc[:-1]:
+        node = node[part]
+    if not isinstance(node, dict):
+        return False
+    node.pop(doc_loc[-1], None)
+    return True
+
+
+def _problems(raw: Any, errors: list[Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            continue  # reported above, with a suggestion
+        loc = _trim_to_document(raw, tuple(err["loc"]))
+        pos = position_of(raw, loc, key=err["type"] == "missing") or raw.pos
+        message = err["msg"]
+        if err["type"] == "missing":
+            message = f"missing required key {err['loc'][-1]!r}"
+            where = _describe(loc)
+            if where:
+                message += f" in {where}"
+        else:
+            where = _describe(loc)
+            message = f"{where}: {message}" if where else message
+        problems.append(Problem(pos, message))
+    return problems
 
 
 def _trim_to_document(raw: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
@@ -131,7 +172,7 @@ def _trim_to_document(raw: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         else:
-            continue  # a union branch label or similar: skip it
+            continue  # a union branch label such as "str" or "dict[str,any]": skip it
         kept.append(part)
     return tuple(kept)
 
