@@ -55,6 +55,12 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
+def _data_center(value: Any) -> str:
+    """``"02"``, ``2`` and ``"DC-02"`` all name data center 02 (YAML reads 02 as a number)."""
+    text = str(value).strip().upper().removeprefix("DC-").removeprefix("DC")
+    return text.zfill(2) if text.isdigit() and len(text) < 2 else text
+
+
 class _Pending:
     """One request being filled: pre-serialised elements and the items they carry."""
 
@@ -110,7 +116,7 @@ class _Encoder(SinkEncoder):
         else:
             grow = len(piece) + 1
         overhead = len(_TRANSITION_HEAD) + 2 if sink.bulk else 0
-        if pending.elements and pending.size + grow + overhead > sink.max_bytes or (
+        if (pending.elements and pending.size + grow + overhead > sink.max_bytes) or (
             not sink.bulk and customer is not None and not merge and pending.elements
         ):
             out.append(self._close(key, pending))
@@ -178,7 +184,7 @@ class MoEngageDataSink(Sink):
         super().__init__(settings)
         self.workspace_id = str(self.settings.get("workspace_id", ""))
         self.api_key = str(self.settings.get("data_api_key", ""))
-        dc = str(self.settings.get("data_center", "01"))
+        dc = _data_center(self.settings.get("data_center", "01"))
         self.host = str(self.settings.get("endpoint") or DATA_CENTERS.get(dc, "")).rstrip("/")
         self.bulk = str(self.settings.get("mode", "bulk")) == "bulk"
         self.max_bytes = int(self.settings.get("max_request_bytes", DEFAULT_MAX_BYTES))
@@ -191,7 +197,7 @@ class MoEngageDataSink(Sink):
 
     def check_settings(self) -> list[tuple[str, str]]:
         problems = super().check_settings()
-        dc = str(self.settings.get("data_center", "01"))
+        dc = _data_center(self.settings.get("data_center", "01"))
         if dc not in DATA_CENTERS:
             problems.append(("data_center", f"unknown data center {dc!r}; use one of "
                              f"{', '.join(DATA_CENTERS)}"))

@@ -105,8 +105,8 @@ class _Compiler:
 
     # -- values -------------------------------------------------------------------------
     def tr(self, line: str) -> None:
-        if self.trace:
-            self.cg.emit(f"_tr.append({line})")
+        if self.trace:  # a traced bundle also runs untraced, in explain's dry run
+            self.cg.emit(f"if _tr is not None: _tr.append({line})")
 
     def field(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
               roots: frozenset[str] | None) -> str | None:
@@ -315,7 +315,7 @@ class _Compiler:
     def gen_identity(self) -> tuple[bool, list[str]]:
         ident = self.bundle.identity
         cg = self.cg
-        params = "batch, event, _tr" if self.trace else "batch, event"
+        params = "batch, event, _tr=None" if self.trace else "batch, event"
         if ident is None:
             return True, []
         names = list(ident.candidates)
@@ -356,7 +356,7 @@ class _Compiler:
         if user is None:
             return
         cg = self.cg
-        params = "batch, event, _tr" if self.trace else "batch, event"
+        params = "batch, event, _tr=None" if self.trace else "batch, event"
         roots = frozenset(SCOPE)
         with cg.block(f"def user({params}):"):
             cache = PathCache(dict(SCOPE))
@@ -405,7 +405,7 @@ class _Compiler:
 
     def gen_events(self, sink: Sink) -> None:
         cg = self.cg
-        params = "batch, event, _tr" if self.trace else "batch, event"
+        params = "batch, event, _tr=None" if self.trace else "batch, event"
         roots = frozenset(SCOPE)
         seen: dict[str, int] = {}
         with cg.block(f"def event({params}):"):
@@ -489,7 +489,8 @@ class _Compiler:
             missing += miss
             sink = sink_cls(settings)
             for key, message in sink.check_settings():
-                hint = did_you_mean(key, sink.settings_doc) if "unknown" in message else ""
+                hint = did_you_mean(key, sink.settings_doc) if message.startswith(
+                    "unknown setting") else ""
                 self.error(("destination", "settings", key) if key in
                            bundle.destination.settings else ("destination",),
                            message + hint, key=True)
