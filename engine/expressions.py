@@ -16,6 +16,7 @@ from jmespath import exceptions as jmespath_errors
 from jmespath import functions as jmespath_functions
 
 from engine.codegen import Codegen, PathCache, is_identifier
+from engine.errors import RecordError
 
 __all__ = [
     "ExpressionError",
@@ -104,6 +105,24 @@ def jmespath_truthy(value: Any) -> bool:
     return True
 
 
+class _Search:
+    """A compiled JMESPath expression; its runtime type errors make the record bad."""
+
+    __slots__ = ("compiled", "expression")
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        self.compiled = jmespath.compile(expression)
+
+    def __call__(self, scope: Any) -> Any:
+        try:
+            return self.compiled.search(scope, _OPTIONS)
+        except jmespath_errors.JMESPathError as exc:
+            # e.g. length(null): the record lacks what the rule assumes; dead-letter it
+            raise RecordError(f"expression {self.expression!r} failed",
+                              str(exc).splitlines()[0]) from None
+
+
 class ValueCompiler:
     """Emits code that computes expressions into locals of the function being generated."""
 
@@ -144,14 +163,13 @@ class ValueCompiler:
         return self._fallback(expression, cache)
 
     def _fallback(self, expression: str, cache: PathCache) -> str:
-        compiled = self.cg.const(jmespath.compile(expression), "jp")
-        options = self.cg.const(_OPTIONS, "jpopt")
+        compiled = self.cg.const(_Search(expression), "jp")
         local = self.cg.name("x")
         if "@" in cache.roots:
             scope = cache.roots["@"]
         else:
             scope = "{" + ", ".join(f"{k!r}: {v}" for k, v in cache.roots.items()) + "}"
-        self.cg.emit(f"{local} = {compiled}.search({scope}, {options})")
+        self.cg.emit(f"{local} = {compiled}({scope})")
         return local
 
     # -- conditions ----------------------------------------------------------------------

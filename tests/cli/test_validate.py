@@ -51,7 +51,7 @@ def test_yaml_syntax_error_points_at_line(cli: Callable[..., Result],
     path = write("b.yaml", "bundle: x\nevents: [\n  {name: a\n")
     result = cli("validate", str(path))
     assert result.exit_code == 1
-    (line, col, msg), = errors(result)
+    (line, _col, msg), = errors(result)
     assert msg.startswith("invalid YAML")
     assert line >= 3
 
@@ -101,7 +101,7 @@ def test_all_problems_in_one_pass(cli: Callable[..., Result], write: Callable[..
         (21, "has no event field 'curent_time' (did you mean 'current_time'?)"),
     ]
     for line, text in expected:
-        assert any(l == line and text in msg for l, _, msg in found), (
+        assert any(at == line and text in msg for at, _, msg in found), (
             f"line {line}: {text!r} not in\n{messages}")
     assert result.stderr.strip().endswith(f"{len(found)} problems found in 1 files")
 
