@@ -1,7 +1,9 @@
 """The ``moerules`` command line. Commands parse options, call the engine, render results.
 
-Exit codes: 0 success; 1 invalid rules or failed tests; 2 usage error; 3 the run finished but
-dead-lettered records; 4 the run was interrupted or could not deliver.
+Exit codes: 0 success (a run that finished, dead letters included: they are counted, written
+and reported, not lost); 1 invalid rules or failed tests; 2 usage error; 3 the run finished
+with dead letters and ``--fail-on-dead-letter`` was given; 4 the run was interrupted or could
+not deliver.
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ def validate(paths: tuple[str, ...]) -> None:
               help="where checkpoints live (default: .moerules)")
 @click.option("--from-start", is_flag=True, help="ignore the checkpoint; read from line 1")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option("--fail-on-dead-letter", is_flag=True,
+              help="exit 3 when any record was dead-lettered (for CI and cron)")
 def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Path | None,
         sets: tuple[str, ...], dead_letter: Path | None, state_dir: Path | None,
-        from_start: bool, quiet: bool) -> None:
+        from_start: bool, quiet: bool, fail_on_dead_letter: bool) -> None:
     """Run BUNDLE (a path or a shipped bundle's name) over JSON Lines input."""
     from engine.api import dry_run as do_dry_run
     from engine.api import iter_lines, load_bundle
@@ -91,7 +95,7 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
         result = deliver(compiled, input_, dead_letter=dead_letter, state_dir=state_dir,
                          from_start=from_start, quiet=quiet)
     _finish(result, report, dead_letter or (
-        Path("moerules-dead-letter.jsonl") if dry_run else None))
+        Path("moerules-dead-letter.jsonl") if dry_run else None), fail_on_dead_letter)
 
 
 def _stdout() -> Any:
@@ -105,7 +109,8 @@ def _stdout() -> Any:
     return _Keep()
 
 
-def _finish(result: Any, report_path: Path | None, dead_path: Path | None) -> None:
+def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
+            fail_on_dead_letter: bool = False) -> None:
     click.echo(result.summary(), err=True)
     dead = sum(result.dead_lettered.values())
     if dead and dead_path is not None:
@@ -114,7 +119,7 @@ def _finish(result: Any, report_path: Path | None, dead_path: Path | None) -> No
         report_path.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    if dead:
+    if dead and fail_on_dead_letter:
         sys.exit(EXIT_DEAD_LETTERS)
 
 
