@@ -90,6 +90,10 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
         with (output.open("wb") if output else _stdout()) as out:
             result = do_dry_run(compiled, iter_lines(input_), out, dead_letter=dead_path)
     else:
+        if compiled.missing_env:
+            raise click.UsageError(
+                "a real run needs these environment variables set: "
+                + ", ".join(compiled.missing_env) + " (or use --dry-run)")
         from engine.delivery import deliver
 
         result = deliver(compiled, input_, dead_letter=dead_letter, state_dir=state_dir,

@@ -236,3 +236,14 @@ def test_installed_script_dry_run(moerules: Callable[..., object], tmp_path: Pat
     (request,) = [json.loads(x) for x in result.stdout.splitlines()]  # type: ignore[attr-defined]
     assert request["body"]["elements"][0]["actions"][0]["action"] == "Hello"
     assert SECRET not in result.stdout + result.stderr  # type: ignore[attr-defined]
+
+
+def test_real_run_refuses_without_credentials(cli: Callable[..., Result],
+                                              tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(batch("c1", custom("E")))
+    result = cli("run", "mparticle-to-moengage", "--input", str(data), env={
+        "MOENGAGE_WORKSPACE_ID": None, "MOENGAGE_DATA_API_KEY": None})  # type: ignore[dict-item]
+    assert result.exit_code == 2
+    assert ("a real run needs these environment variables set: MOENGAGE_DATA_API_KEY, "
+            "MOENGAGE_WORKSPACE_ID (or use --dry-run)") in result.stderr
