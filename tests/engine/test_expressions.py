@@ -86,4 +86,4 @@ def test_simple_paths_compile_to_subscripts() -> None:
         values.value("event.a.c", parse("event.a.c"), cache)
     source = cg.source()
     assert "search(" not in source  # no interpreter on the hot path
-    assert source.count("['a']") == 1  # the shared prefix is read once
+    assert source.count("'a'") == 1  # the shared prefix is read once
