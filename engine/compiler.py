@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.codegen import Codegen, PathCache
 from engine.connector import Sink, Source, connector_names, load_connector
-from engine.errors import Position, Problem, RuleError
+from engine.errors import Position, Problem, RecordError, RuleError
 from engine.expressions import ExpressionError, ValueCompiler, parse, root_fields
 from engine.loading import LDict, position_of
 from engine.model import Bundle, EventRule, FieldSpec, Spread
@@ -73,6 +73,7 @@ class _Compiler:
         self.problems: list[Problem] = []
         self.cg = Codegen()
         self.cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
+        self.cg.namespace["_RecordError"] = RecordError
         self.values = ValueCompiler(self.cg)
         self.tables = {
             name: (
@@ -109,8 +110,12 @@ class _Compiler:
             self.cg.emit(f"if _tr is not None: _tr.append({line})")
 
     def field(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
-              roots: frozenset[str] | None) -> str | None:
-        """Emit code computing one field into a fresh local; return the local's name."""
+              roots: frozenset[str] | None, *, alias: bool = False) -> str | None:
+        """Emit code computing one field into a fresh local; return the local's name.
+
+        With ``alias`` (the caller only reads the result) a plain path with nothing to apply
+        returns the path's own local instead of a copy.
+        """
         cg = self.cg
         out = cg.name("f")
         sources = [k for k in ("from", "value", "template", "each") if k in _set(spec)]
@@ -124,7 +129,11 @@ class _Compiler:
                             roots)
             if ast is None:
                 return None
-            cg.emit(f"{out} = {self.values.value(spec.from_, ast, cache)}")
+            src = self.values.value(spec.from_, ast, cache)
+            if alias and not spec.transform and spec.as_ is None and "default" not in _set(spec):
+                out = src
+            else:
+                cg.emit(f"{out} = {src}")
             origin = spec.from_
         elif spec.template is not None:
             if not self.template(spec.template, (*loc, "template"), cache, out, roots):
@@ -141,7 +150,14 @@ class _Compiler:
             self.error(loc, f"{what}: say where the value comes from: `from`, `value` or "
                             "`template`")
             return None
-        self.transforms(spec, loc, out, what)
+        if spec.on_error == "omit":
+            # An optional field that will not convert is left out; the record still goes.
+            with cg.block("try:"):
+                self.transforms(spec, loc, out, what)
+            with cg.block("except _RecordError:"):
+                cg.emit(f"{out} = None")
+        else:
+            self.transforms(spec, loc, out, what)
         self.tr(f"('field', {cg.literal(what)}, {cg.literal(origin)}, "
                 f"{cg.literal(_steps(spec))}, {out})")
         return out
@@ -243,8 +259,13 @@ class _Compiler:
             self.cg.emit(f"{obj} = {{}}")
         for name, spec in specs.items():
             label = f"{what}.{name}" if what else name
-            local = self.field(spec, (*loc, name), cache, label, roots)
-            if local is not None:
+            local = self.field(spec, (*loc, name), cache, label, roots, alias=True)
+            if local is None:
+                continue
+            if spec.each is None and spec.default is not None and "default" in _set(spec):
+                # the default is applied last, so the value is never null
+                self.cg.emit(f"{obj}[{self.cg.literal(name)}] = {local}")
+            else:
                 self.cg.emit(f"if {local} is not None: {obj}[{self.cg.literal(name)}] = {local}")
         return obj
 
@@ -277,36 +298,63 @@ class _Compiler:
             if key_ast is None:
                 return
             key = self.values.value(spread.key, key_ast, cache)
-            with cg.block(f"if type({key}) is str and {key} and {src} is not None:"):
+            guard = f"type({key}) is str and {key} and {src} is not None"
+            excluded = self._excluded(spread, key)
+            if excluded:
+                guard += f" and not ({excluded})"
+            with cg.block(f"if {guard}:"):
                 self._spread_entry(spread, loc, key, src, table, fold, obj, None)
             return
         k, v = cg.name("k"), cg.name("v")
         with cg.block(f"if type({src}) is dict:"), cg.block(f"for {k}, {v} in {src}.items():"):
-            if spread.exclude:
-                cg.emit(f"if {k} in {cg.const(frozenset(spread.exclude), 'set')}: continue")
+            excluded = self._excluded(spread, k)
+            if excluded:
+                cg.emit(f"if {excluded}: continue")
             if spread.only is not None:
                 cg.emit(f"if {k} not in {cg.const(frozenset(spread.only), 'set')}: continue")
             self._spread_entry(spread, loc, k, v, table, fold, obj, value_ast)
+
+    def _excluded(self, spread: Spread, key: str) -> str:
+        """Source of a test that ``key`` is excluded: exact names, or prefixes written ``moe_*``."""
+        exact = [e for e in spread.exclude if not e.endswith("*")]
+        prefixes = tuple(e[:-1] for e in spread.exclude if e.endswith("*"))
+        tests = []
+        if exact:
+            tests.append(f"{key} in {self.cg.const(frozenset(exact), 'set')}")
+        if prefixes:
+            tests.append(f"{key}.startswith({self.cg.const(prefixes, 'prefixes')})")
+        return " or ".join(tests)
 
     def _spread_entry(self, spread: Spread, loc: Loc, k: str, v: str, table: str | None,
                       fold: str, obj: str, value_ast: dict[str, Any] | None) -> None:
         cg = self.cg
         name = cg.name("n")
-        if table is None:
-            cg.emit(f"{name} = {k}")
-        elif spread.renamed_only:
-            cg.emit(f"{name} = {table}.get({k}{fold})")
-            cg.emit(f"if {name} is None: continue")
-        else:
-            cg.emit(f"{name} = {table}.get({k}{fold}, {k})")
+        with contextlib.ExitStack() as renamed:
+            if table is None:
+                if spread.prefix or spread.suffix:
+                    cg.emit(f"{name} = {k}")
+                else:
+                    name = k  # the key as it is: no copy
+            elif spread.renamed_only:
+                cg.emit(f"{name} = {table}.get({k}{fold})")
+                renamed.enter_context(cg.block(f"if {name} is not None:"))
+            else:
+                cg.emit(f"{name} = {table}.get({k}{fold}, {k})")
+            self._spread_value(spread, loc, name, v, obj, value_ast)
+
+    def _spread_value(self, spread: Spread, loc: Loc, name: str, v: str, obj: str,
+                      value_ast: dict[str, Any] | None) -> None:
+        cg = self.cg
         if spread.prefix or spread.suffix:
             cg.emit(f"{name} = {cg.literal(spread.prefix)} + {name} + {cg.literal(spread.suffix)}")
         val = cg.name("sv")
         if value_ast is not None and spread.value is not None:
             inner = PathCache({"@": v})
             cg.emit(f"{val} = {self.values.value(spread.value, value_ast, inner)}")
-        else:
+        elif spread.transform:
             cg.emit(f"{val} = {v}")
+        else:
+            val = v  # the value as it is: no copy
         self.transforms(spread, loc, val, f"spread {spread.from_}")
         cg.emit(f"if {val} is not None: {obj}[{name}] = {val}")
         self.tr(f"('field', {name}, {cg.literal('spread ' + spread.from_)}, [], {val})")
@@ -328,6 +376,7 @@ class _Compiler:
         reject = cg.const(frozenset(v.strip().casefold() for v in ident.reject), "reject")
         stringify = cg.const(to_string, "t_string")
         uses_event = False
+        self.values.known_dicts = frozenset({"batch"})  # Source.decode returns a dict
         with cg.block(f"def identity({params}):"):
             cache = PathCache(dict(SCOPE))
             for name in order:
@@ -358,6 +407,7 @@ class _Compiler:
         cg = self.cg
         params = "batch, event, _tr=None" if self.trace else "batch, event"
         roots = frozenset(SCOPE)
+        self.values.known_dicts = frozenset({"batch"})
         with cg.block(f"def user({params}):"):
             cache = PathCache(dict(SCOPE))
             if user.when is not None:
@@ -377,7 +427,8 @@ class _Compiler:
         routing = self.bundle.routing
         cg = self.cg
         route = cg.name("route")
-        if routing is None:
+        if routing is None or not routing.projects:
+            # No projects declared: not a portfolio workspace, so nothing to route or count.
             cg.emit(f"{route} = {ROUTE_NONE}")
             return route, "None"
         ast = self.expr(routing.from_, ("routing", "from"), frozenset(SCOPE))
@@ -388,11 +439,13 @@ class _Compiler:
         index = cg.const({p.name: i for i, p in enumerate(routing.projects)}, "projects")
         names = cg.const(tuple(p.name for p in routing.projects), "project_names")
         attr = cg.literal(routing.attribute)
-        with cg.block(f"if {value} is None:"):
+        with cg.block(f"if type({value}) is str:"):
+            # project names are never blank (check_routing), so a blank name cannot match:
+            # look it up first, and strip only names that did not match
+            cg.emit(f"{route} = {index}.get({value}, {ROUTE_UNKNOWN})")
+            cg.emit(f"if {route} < 0 and not {value}.strip(): {route} = {ROUTE_BLANK}")
+        with cg.block(f"elif {value} is None:"):
             cg.emit(f"{route} = {ROUTE_MISSING}")
-        with cg.block(f"elif type({value}) is str:"):
-            cg.emit(f"{route} = {index}.get({value}, {ROUTE_UNKNOWN}) if {value}.strip() "
-                    f"else {ROUTE_BLANK}")
         with cg.block("else:"):
             cg.emit(f"{route} = {ROUTE_UNKNOWN}")
         with cg.block(f"if {route} >= 0:"):
@@ -408,6 +461,8 @@ class _Compiler:
         params = "batch, event, _tr=None" if self.trace else "batch, event"
         roots = frozenset(SCOPE)
         seen: dict[str, int] = {}
+        # The pipeline calls event() only with a dict event; explain (traced) with any value.
+        self.values.known_dicts = frozenset({"batch"} if self.trace else {"batch", "event"})
         with cg.block(f"def event({params}):"):
             top = PathCache(dict(SCOPE))
             for i, rule in enumerate(self.bundle.events):
@@ -448,7 +503,7 @@ class _Compiler:
                 self.error(loc, f"rule {rule.name!r} needs `event_name` (or `drop:` a reason)")
             else:
                 name = self.field(rule.event_name, (*loc, "event_name"), cache, "event name",
-                                  roots) or "None"
+                                  roots, alias=True) or "None"
         elif rule.event_name is not None:
             self.error((*loc, "event_name"), f"rule {rule.name!r} emits a user update; "
                                              "`event_name` would never be used")
@@ -601,8 +656,6 @@ def _renderer(template: Any) -> Callable[..., str]:
         try:
             return str(template.render(**scope))
         except Exception as exc:  # the sandbox's and Jinja's errors: the record is bad
-            from engine.errors import RecordError
-
             raise RecordError("template failed", f"{type(exc).__name__}: {exc}") from None
 
     return render

@@ -9,6 +9,8 @@ through ``jmespath``'s compiled expression, which is still parsed once, at load.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jmespath
@@ -29,6 +31,8 @@ __all__ = [
 
 Path = tuple[str | int, ...]
 _MISSING = (KeyError, TypeError, IndexError)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})  # read-only: generated code shares it
+_VIEW = "\0dict"  # PathCache key prefix of dict views (no path starts with a NUL)
 
 
 class ExpressionError(ValueError):
@@ -129,6 +133,9 @@ class ValueCompiler:
     def __init__(self, cg: Codegen) -> None:
         self.cg = cg
         self.truthy = cg.const(jmespath_truthy, "truthy")
+        self.empty = cg.const(_EMPTY, "EMPTY")
+        # locals the caller guarantees hold a dict (the pipeline checks records): no view
+        self.known_dicts: frozenset[str] = frozenset()
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, path: Path, cache: PathCache) -> str:
@@ -145,15 +152,34 @@ class ValueCompiler:
             parent = cache.roots["@"]
         local = self.cg.name("v")
         key = path[-1]
+        if isinstance(key, str):
+            # A field of an object: one dict.get on a dict view of the parent. A missing key
+            # costs what a present one does (a raised KeyError costs ten times more), and the
+            # type check is made once per parent, however many of its fields are read.
+            self.cg.emit(f"{local} = {self.dict_view(parent, cache)}.get({self.cg.literal(key)})")
+            cache.put(path, local)
+            return local
         with self.cg.block("try:"):
             self.cg.emit(f"{local} = {parent}[{self.cg.literal(key)}]")
         with self.cg.block("except _MISSING:"):
             self.cg.emit(f"{local} = None")
-        if isinstance(key, int):
-            # Python's negative index and subscripting a string with an int differ from JMESPath
-            self.cg.emit(f"if type({parent}) is not list: {local} = None")
+        # Python's negative index and subscripting a string with an int differ from JMESPath
+        self.cg.emit(f"if type({parent}) is not list: {local} = None")
         cache.put(path, local)
         return local
+
+    def dict_view(self, local: str, cache: PathCache) -> str:
+        """A local that is ``local`` when it holds an object, else a shared empty mapping."""
+        if local in self.known_dicts:
+            return local
+        key = (_VIEW, local)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        view = self.cg.name("d")
+        self.cg.emit(f"{view} = {local} if type({local}) is dict else {self.empty}")
+        cache.put(key, view)
+        return view
 
     def value(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
         """A local holding the expression's value."""
@@ -229,7 +255,10 @@ class ValueCompiler:
             return None
         path = simple_path(ast)
         if path is not None and (path[0] in cache.roots or "@" in cache.roots):
-            return f"{self.truthy}({self.path(path, cache)})"
+            v = self.path(path, cache)
+            # jmespath_truthy inline (no call per record): empty str/list/dict, null, false
+            return (f"({v} is not None and (len({v}) > 0 if type({v}) is dict or type({v}) is "
+                    f"str or type({v}) is list else {v} is not False))")
         return None
 
 

@@ -60,6 +60,10 @@ class FieldSpec(_Rule):
     )
     transform: Transforms = Field(default_factory=list, description="transform steps, in order")
     default: Any = Field(None, description="used when the value is missing, null or empty")
+    on_error: Literal["dead_letter", "omit"] = Field(
+        "dead_letter",
+        description="when a transform fails: dead-letter the record, or omit just this field",
+    )
     each: str | None = Field(
         None, description="JMESPath to a list; `attributes` then maps every item"
     )

@@ -150,16 +150,21 @@ class Pipeline:
         report = self.report
         for why in ("missing", "blank"):
             if report.fallback[why]:
+                n = report.fallback[why]
                 report.warnings.append(
-                    f"{report.fallback[why]} events had a {why} project name and went to the "
-                    "portfolio level")
+                    f"{_events(n)} had a {why} project name and went to the portfolio level")
         for value, n in report.unknown_projects.most_common():
             hint = did_you_mean(value, self.project_names)
             report.warnings.append(
-                f"{n} events named unknown project {value!r}{hint}; they went to the "
-                "portfolio level (matching is exact and case-sensitive)")
+                f"{_events(n)} named unknown project {value!r}{hint}; "
+                f"{'it' if n == 1 else 'they'} went to the portfolio level "
+                "(matching is exact and case-sensitive)")
 
     def run(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[WireRequest]:
         for line_no, line in lines:
             yield from self.feed(line_no, line)
         yield from self.finish()
+
+
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"

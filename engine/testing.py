@@ -14,6 +14,7 @@ A test file (``rules/<bundle>/tests/*.yaml``)::
           dropped: {"not supported by the MoEngage integration": 1}
           dead_lettered: {"no usable identity": 1}
           report: {routing: {Brand A: 1}}       # subset of the run report
+          warnings: ["did you mean 'Brand A'"]  # each must be part of some report warning
 
 Subset matching: every key the expectation gives must be in the actual value with a matching
 value (recursively); lists must have the same length and match item by item.
@@ -49,6 +50,7 @@ class Expect(_Strict):
     dropped: dict[str, int] | None = None
     dead_lettered: dict[str, int] | None = None
     report: dict[str, Any] | None = None
+    warnings: list[str] | None = None
 
 
 class Case(_Strict):
@@ -122,6 +124,16 @@ def subset_mismatch(expected: Any, actual: Any, where: str = "") -> str | None:
     return None
 
 
+def _project(actual: Any, expected: Any) -> Any:
+    """``actual`` cut down to the keys ``expected`` names (recursively), for a focused diff."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return {k: _project(actual[k], v) for k, v in expected.items() if k in actual}
+    if isinstance(expected, list) and isinstance(actual, list):
+        return [_project(a, e) for a, e in zip(actual, expected, strict=False)] + actual[
+            len(expected):]
+    return actual
+
+
 def _short(value: Any) -> str:
     text = orjson.dumps(value, default=str).decode()
     return text if len(text) < 120 else text[:117] + "..."
@@ -157,7 +169,9 @@ def run_case(test: TestFile, case: Case, bundle: Path) -> list[str]:
         else:
             problem = subset_mismatch(expect.requests, requests, "requests")
             if problem:
-                failures.append(f"{problem}\n" + _diff(expect.requests, requests))
+                # Diff only what the expectation mentions, so the mismatch is not buried
+                shown = _project(requests, expect.requests)
+                failures.append(f"{problem}\n" + _diff(expect.requests, shown))
     summary = report.to_dict()
     for key in ("dropped", "dead_lettered"):
         wanted = getattr(expect, key)
@@ -167,6 +181,9 @@ def run_case(test: TestFile, case: Case, bundle: Path) -> list[str]:
         problem = subset_mismatch(expect.report, summary, "report")
         if problem:
             failures.append(problem)
+    for text in expect.warnings or []:
+        if not any(text in warning for warning in report.warnings):
+            failures.append(f"no warning contains {text!r}; warnings: {_short(report.warnings)}")
     if not report.balanced():
         failures.append("report does not balance: some item has no outcome")
     return failures

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import isfinite as _isfinite
 from typing import Any
 
 import orjson
@@ -39,26 +40,25 @@ def to_string(value: Any, what: str) -> Any:
 
 
 def to_int(value: Any, what: str) -> Any:
+    """Whole numbers only: 42, 42.0 and "42" convert; 2.5 is an error, never silently cut."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    try:
-        if isinstance(value, float):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError
-            return int(value)
-        if isinstance(value, str):
-            text = value.strip()
+    number: float | None = None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
             try:
-                return int(text)
-            except ValueError:
                 number = float(text)
-                if number.is_integer():
-                    return int(number)
-                return int(number)
-    except (ValueError, OverflowError):
-        pass
+            except ValueError:
+                number = None
+    if number is not None and number.is_integer():
+        return int(number)
     raise TransformError(f"{what}: cannot convert to int", repr(value)[:80])
 
 
@@ -70,7 +70,7 @@ def to_float(value: Any, what: str) -> Any:
     if isinstance(value, str):
         try:
             number = float(value.strip())
-            if number == number and number not in (float("inf"), float("-inf")):
+            if _isfinite(number):  # not NaN or ±inf
                 return number
         except ValueError:
             pass
@@ -217,6 +217,9 @@ _FUNCTIONS: dict[str, Callable[[Any, str], Any]] = {
 }
 # Fast paths: the type a function would return unchanged, so the call can be skipped.
 _IDENTITY_TYPE = {"string": "str", "int": "int", "float": "float", "bool": "bool"}
+# What the function returns for an int (never a bool: ``type(x) is int``), as inline source.
+_INT_INLINE = {"string": "str({})", "float": "float({})", "epoch_ms_to_s": "{} // 1000",
+               "epoch_s_to_ms": "{} * 1000"}
 
 
 def emit_transform(
@@ -226,7 +229,8 @@ def emit_transform(
     """Emit code that applies transform ``name`` to local ``var`` in place."""
     label = cg.literal(what)
     if name == "default":
-        with cg.block(f"if {var} is None or {var} == '':"):
+        # `not var` first: one truth test settles the common, non-empty value
+        with cg.block(f"if not {var} and ({var} is None or {var} == ''):"):
             cg.emit(f"{var} = {cg.literal(argument)}")
         return
     if name == "empty_to_null":
@@ -235,8 +239,15 @@ def emit_transform(
     if name in _FUNCTIONS:
         fn = cg.const(_FUNCTIONS[name], f"t_{name}")
         fast = _IDENTITY_TYPE.get(name)
+        call = f"{fn}({var}, {label})"
+        if name in _INT_INLINE:  # the common int input done inline, exactly as fn does it
+            if fast is None:
+                cg.emit(f"if type({var}) is int: {var} = {_INT_INLINE[name].format(var)}")
+                cg.emit(f"elif {var} is not None: {var} = {call}")
+                return
+            call = f"{_INT_INLINE[name].format(var)} if type({var}) is int else {call}"
         guard = f"{var} is not None and type({var}) is not {fast}" if fast else f"{var} is not None"
-        cg.emit(f"if {guard}: {var} = {fn}({var}, {label})")
+        cg.emit(f"if {guard}: {var} = {call}")
         return
     if name in ("lower", "upper", "title"):
         cg.emit(f"if type({var}) is str: {var} = {var}.{name}()")

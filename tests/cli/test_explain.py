@@ -42,8 +42,8 @@ def test_explain_shows_every_decision(cli: Callable[..., Result], tmp_path: Path
     assert '    first_name <- spread batch.user_attributes = "Ada"' in out
     # rules tried, with why each matched or not
     assert "  rule custom-event: when event.event_type == 'custom_event'  -> no match" in out
-    assert ("  rule commerce-product-action: when event.event_type == 'commerce_event' && "
-            "event.data.product_action  -> matched") in out
+    assert ("  rule commerce-purchase: when event.event_type == 'commerce_event' && "
+            "event.data.product_action.action == 'purchase'  -> matched") in out
     # attribute: source path -> transform -> value
     assert ('    Total Amount <- event.data.product_action.total_amount | as string = "30.5"'
             in out)
@@ -51,7 +51,7 @@ def test_explain_shows_every_decision(cli: Callable[..., Result], tmp_path: Path
     # routing decision
     assert ('    routing: event.data.custom_attributes.moe_project_name = "Brand A" -> '
             "project 'Brand A' (project_code PA)") in out
-    assert "  => event 'purchase' (rule 'commerce-product-action'), project 'Brand A'" in out
+    assert "  => event 'purchase' (rule 'commerce-purchase'), project 'Brand A'" in out
     assert ("  => dropped by rule 'unsupported-event-types': not supported by the MoEngage "
             "integration") in out
     # the request it produces
@@ -64,11 +64,12 @@ def test_explain_shows_every_decision(cli: Callable[..., Result], tmp_path: Path
 def test_explain_json(cli: Callable[..., Result], tmp_path: Path) -> None:
     event = tmp_path / "one.json"
     event.write_bytes(orjson.dumps(PURCHASE))
-    result = cli("explain", "mparticle-to-moengage", "--event", str(event), "--json", env=ENV)
+    result = cli("explain", "mparticle-to-moengage", "--event", str(event), "--json",
+                 "--set", "routing.projects=[{name: Brand B, code: PB}]", env=ENV)
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     rules = [s for s in data["steps"] if s["step"] == "rule"]
-    assert [r["rule"] for r in rules[:2]] == ["custom-event", "commerce-product-action"]
+    assert [r["rule"] for r in rules[:2]] == ["custom-event", "commerce-purchase"]
     assert [r["matched"] for r in rules[:2]] == [False, True]
     route = next(s for s in data["steps"] if s["step"] == "route")
     assert route["decision"] == "portfolio level (unknown project name)"

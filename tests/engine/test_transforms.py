@@ -44,7 +44,8 @@ def apply(write: Callable[..., Path], transform: str, value: Any) -> Any:
 
 @pytest.mark.parametrize(("transform", "value", "expected"), [
     ("[string]", 12.0, "12"), ("[string]", True, "true"), ("[string]", {"a": 1}, '{"a":1}'),
-    ("[int]", "42", 42), ("[int]", 42.9, 42),
+    ("[int]", "42", 42), ("[int]", 42.0, 42), ("[int]", "7.0", 7),
+    ("[int]", 42.9, ("dead", "out: cannot convert to int")),
     ("[int]", "x", ("dead", "out: cannot convert to int")),
     ("[float]", "19.99", 19.99), ("[float]", 3, 3.0),
     ("[float]", "abc", ("dead", "out: cannot convert to float")),
