@@ -1,0 +1,71 @@
+"""moerules' engine: load, validate and compile rule bundles; run them; explain and test them.
+
+>>> import engine
+>>> compiled = engine.load_bundle("mparticle-to-moengage")
+>>> report = engine.dry_run(compiled, engine.iter_lines("input.jsonl"), sys.stdout.buffer)
+"""
+
+from engine.api import (
+    collect_rule_files,
+    dry_run,
+    iter_lines,
+    load_bundle,
+    resolve_bundle,
+    validate_paths,
+)
+from engine.compiler import CompiledBundle, compile_bundle
+from engine.connector import (
+    DeliveryOutcome,
+    EventOut,
+    RateLimit,
+    Sink,
+    SinkEncoder,
+    Source,
+    UserOut,
+    WireRequest,
+)
+from engine.errors import (
+    DeliveryError,
+    MoerulesError,
+    PermanentError,
+    Position,
+    Problem,
+    RecordError,
+    RetryableError,
+    RuleError,
+    ThrottledError,
+    TransformError,
+)
+from engine.explain import explain_record
+from engine.report import RunReport
+
+__all__ = [
+    "CompiledBundle",
+    "DeliveryError",
+    "DeliveryOutcome",
+    "EventOut",
+    "MoerulesError",
+    "PermanentError",
+    "Position",
+    "Problem",
+    "RateLimit",
+    "RecordError",
+    "RetryableError",
+    "RuleError",
+    "RunReport",
+    "Sink",
+    "SinkEncoder",
+    "Source",
+    "ThrottledError",
+    "TransformError",
+    "UserOut",
+    "WireRequest",
+    "collect_rule_files",
+    "compile_bundle",
+    "dry_run",
+    "explain_record",
+    "iter_lines",
+    "load_bundle",
+    "resolve_bundle",
+    "validate_paths",
+]

@@ -33,3 +33,9 @@ def test_installed_script_schema(moerules: Callable[..., object]) -> None:
     result = moerules("schema")
     assert result.returncode == 0  # type: ignore[attr-defined]
     assert json.loads(result.stdout)["type"] == "object"  # type: ignore[attr-defined]
+
+
+def test_installed_script_bundles(moerules: Callable[..., object]) -> None:
+    result = moerules("bundles")
+    assert result.returncode == 0  # type: ignore[attr-defined]
+    assert "mparticle-to-moengage" in result.stdout  # type: ignore[attr-defined]
