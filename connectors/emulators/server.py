@@ -4,6 +4,7 @@ for `moerules emulate NAME`. Real HTTP is what the connectors' clients speak in 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -40,7 +41,8 @@ def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *,
     With port=0 the OS picks a free port. On exit the server stops and the thread is joined.
     """
     server = uvicorn.Server(_config(emulator, host, port, access_log))
-    thread = threading.Thread(target=server.run, name=f"emulator-{emulator.name}", daemon=True)
+    thread = threading.Thread(target=_run, args=(server,), name=f"emulator-{emulator.name}",
+                              daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
@@ -62,6 +64,12 @@ def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *,
         if thread.is_alive():  # pragma: no cover - only when a handler hangs past the timeout
             server.force_exit = True
             thread.join(timeout=5)
+
+
+def _run(server: uvicorn.Server) -> None:
+    """uvicorn calls sys.exit() when it cannot bind; serve() reports that as a dead thread."""
+    with contextlib.suppress(SystemExit):
+        server.run()
 
 
 def build(name: str, **options: Any) -> Emulator:

@@ -29,9 +29,13 @@ def url(emu: AmplitudeEmulator) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture
-def client(emu: AmplitudeEmulator, url: str) -> Iterator[httpx.Client]:
+@pytest.fixture(autouse=True)
+def _fresh(emu: AmplitudeEmulator) -> None:
     emu.reset()
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=5.0) as c:
         yield c
 

@@ -36,9 +36,13 @@ def url(emu: MixpanelEmulator) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture
-def client(emu: MixpanelEmulator, url: str) -> Iterator[httpx.Client]:
+@pytest.fixture(autouse=True)
+def _fresh(emu: MixpanelEmulator) -> None:
     emu.reset()
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=10.0, auth=SA,
                       params={"project_id": PROJECT, "strict": "1"}) as c:
         yield c
@@ -67,7 +71,6 @@ def test_service_account_import(client: httpx.Client, emu: MixpanelEmulator) -> 
 ])
 def test_auth_failures(url: str, emu: MixpanelEmulator, auth: tuple[str, str] | None,
                        params: dict[str, str], status: int, message: str) -> None:
-    emu.reset()
     with httpx.Client(base_url=url, auth=auth, params=params) as c:
         response = c.post("/import", json=[event()])
     assert response.status_code == status
@@ -78,7 +81,6 @@ def test_auth_failures(url: str, emu: MixpanelEmulator, auth: tuple[str, str] | 
 
 @pytest.mark.parametrize("auth", [(TOKEN, ""), ("legacy", "")])
 def test_token_and_secret_auth(url: str, emu: MixpanelEmulator, auth: tuple[str, str]) -> None:
-    emu.reset()
     with httpx.Client(base_url=url, auth=auth) as c:
         response = c.post("/import", params={"strict": "1"}, json=[event()])
     assert response.status_code == 200
@@ -203,9 +205,9 @@ def test_record_fault_adds_failed_records(client: httpx.Client, emu: MixpanelEmu
     assert response.status_code == 400
     body = response.json()
     assert body["num_records_imported"] == 2
-    assert body["failed_records"] == [{"index": 1, "insert_id": event(2)["properties"]["$insert_id"],
-                                       "field": "properties.time",
-                                       "message": "'properties.time' is invalid"}]
+    assert body["failed_records"] == [{
+        "index": 1, "insert_id": event(2)["properties"]["$insert_id"],
+        "field": "properties.time", "message": "'properties.time' is invalid"}]
     assert emu.records() == [event(1), event(3)]
 
 

@@ -15,15 +15,15 @@ from connectors.emulators import Fault, MoEngageEmulator, serve
 WS = "WS_TEST_01"
 KEY = "data-api-key-1"
 GOOD_HEADERS = {"MOE-APPKEY": WS}
-EVENT = {"type": "event", "customer_id": "user-123",
+EVENT: dict[str, Any] = {"type": "event", "customer_id": "user-123",
          "actions": [{"action": "Flight Booked", "attributes": {"price": 3999},
                       "platform": "iOS", "current_time": 1433837969,
                       "user_timezone_offset": 19800}]}
-CUSTOMER = {"type": "customer", "customer_id": "user-123",
+CUSTOMER: dict[str, Any] = {"type": "customer", "customer_id": "user-123",
             "attributes": {"first_name": "John", "email": "j@x.com"}}
-DEVICE = {"type": "device", "customer_id": "user-123", "device_id": "D1",
+DEVICE: dict[str, Any] = {"type": "device", "customer_id": "user-123", "device_id": "D1",
           "attributes": {"platform": "ANDROID", "push_id": "tok"}}
-COHORT = {"action": "add_members", "partner": "amplitude",
+COHORT: dict[str, Any] = {"action": "add_members", "partner": "amplitude",
           "parameters": {"cohort_name": "Power Users", "cohort_id": "JKTAuqTRhC",
                          "cohort_description": "d", "members": [{"uid": "mm1UR87z4T"}]}}
 
@@ -39,9 +39,13 @@ def url(emu: MoEngageEmulator) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture
-def client(emu: MoEngageEmulator, url: str) -> Iterator[httpx.Client]:
+@pytest.fixture(autouse=True)
+def _fresh(emu: MoEngageEmulator) -> None:
     emu.reset()
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=5.0, auth=(WS, KEY), headers=GOOD_HEADERS) as c:
         yield c
 
@@ -116,10 +120,11 @@ def test_portfolio_query_parameters(client: httpx.Client, emu: MoEngageEmulator)
 
 
 # -- authentication --------------------------------------------------------------------------
+MISMATCH = "App Secret key mismatch. Please login to the dashboard to verify key"
 AUTH_CASES = [
     ({"auth": None}, "Authentication Header Required"),
-    ({"auth": (WS, "wrong")}, "App Secret key mismatch. Please login to the dashboard to verify key"),
-    ({"auth": ("OTHER", KEY)}, "App Secret key mismatch. Please login to the dashboard to verify key"),
+    ({"auth": (WS, "wrong")}, MISMATCH),
+    ({"auth": ("OTHER", KEY)}, MISMATCH),
     ({"auth": (WS, "")}, "Password (APP_SECRET) is missing in the Basic Auth authorization."),
     ({"auth": ("", KEY)}, "Username (APP_KEY) is missing in the Basic Auth authorization."),
     ({"auth": None, "headers": {"Authorization": "Bearer abc"}},
@@ -133,7 +138,6 @@ AUTH_CASES = [
 @pytest.mark.parametrize(("overrides", "message"), AUTH_CASES)
 def test_auth_failures_answer_401(url: str, emu: MoEngageEmulator, overrides: dict[str, Any],
                                   message: str) -> None:
-    emu.reset()
     kwargs: dict[str, Any] = {"auth": (WS, KEY), "headers": dict(GOOD_HEADERS)}
     kwargs["headers"].update(overrides.get("headers", {}))
     if "auth" in overrides:
@@ -317,7 +321,7 @@ def test_cohort_sync_accepts(client: httpx.Client, emu: MoEngageEmulator) -> Non
 
 
 def _cohort(**parameters: Any) -> dict[str, Any]:
-    return dict(COHORT, parameters=dict(COHORT["parameters"], **parameters))  # type: ignore[arg-type]
+    return dict(COHORT, parameters=dict(COHORT["parameters"], **parameters))
 
 
 NAME_RULE = ("cohort_name must not start with '.' or contain any of "

@@ -27,9 +27,13 @@ def url(emu: SegmentEmulator) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture
-def client(emu: SegmentEmulator, url: str) -> Iterator[httpx.Client]:
+@pytest.fixture(autouse=True)
+def _fresh(emu: SegmentEmulator) -> None:
     emu.reset()
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=5.0, auth=(KEY, "")) as c:
         yield c
 
@@ -46,7 +50,6 @@ def test_track_with_basic_auth(client: httpx.Client, emu: SegmentEmulator) -> No
 
 
 def test_write_key_in_body(url: str, emu: SegmentEmulator) -> None:
-    emu.reset()
     with httpx.Client(base_url=url) as c:
         response = c.post("/v1/identify", json={"writeKey": KEY, "anonymousId": "a1",
                                                 "traits": {"email": "a@b.com"}})
@@ -57,7 +60,6 @@ def test_write_key_in_body(url: str, emu: SegmentEmulator) -> None:
 
 @pytest.mark.parametrize("auth", [("wrong", ""), (KEY, "secret"), None])
 def test_bad_credentials(url: str, emu: SegmentEmulator, auth: tuple[str, str] | None) -> None:
-    emu.reset()
     with httpx.Client(base_url=url, auth=auth) as c:
         response = c.post("/v1/track", json=TRACK)
     assert response.status_code == 401
