@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from connectors.emulators import AmplitudeEmulator, Fault, serve
+from connectors.emulators import AmplitudeEmulator, Fault
 
 KEY = "amp-key-123"
 EVENT = {"user_id": "user@x.com", "device_id": "C8F9-device", "event_type": "watch_tutorial",
@@ -23,15 +23,6 @@ def emu() -> AmplitudeEmulator:
     return AmplitudeEmulator(KEY)
 
 
-@pytest.fixture(scope="module")
-def url(emu: AmplitudeEmulator) -> Iterator[str]:
-    with serve(emu) as base:
-        yield base
-
-
-@pytest.fixture(autouse=True)
-def _fresh(emu: AmplitudeEmulator) -> None:
-    emu.reset()
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,6 @@ def emu() -> MixpanelEmulator:
     return MixpanelEmulator(TOKEN, project_id=PROJECT, service_account=SA, api_secret="legacy")
 
 
-@pytest.fixture(scope="module")
-def url(emu: MixpanelEmulator) -> Iterator[str]:
-    with serve(emu) as base:
-        yield base
-
-
-@pytest.fixture(autouse=True)
-def _fresh(emu: MixpanelEmulator) -> None:
-    emu.reset()
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,6 @@ def emu() -> MoEngageEmulator:
     return MoEngageEmulator(WS, KEY, project_codes=["P1"])
 
 
-@pytest.fixture(scope="module")
-def url(emu: MoEngageEmulator) -> Iterator[str]:
-    with serve(emu) as base:
-        yield base
-
-
-@pytest.fixture(autouse=True)
-def _fresh(emu: MoEngageEmulator) -> None:
-    emu.reset()
 
 
 @pytest.fixture(scope="module")

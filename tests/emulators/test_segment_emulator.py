@@ -21,15 +21,6 @@ def emu() -> SegmentEmulator:
     return SegmentEmulator(KEY)
 
 
-@pytest.fixture(scope="module")
-def url(emu: SegmentEmulator) -> Iterator[str]:
-    with serve(emu) as base:
-        yield base
-
-
-@pytest.fixture(autouse=True)
-def _fresh(emu: SegmentEmulator) -> None:
-    emu.reset()
 
 
 @pytest.fixture(scope="module")
