@@ -53,6 +53,25 @@ def validate(paths: tuple[str, ...]) -> None:
     click.echo(f"ok: {checked} files valid")
 
 
+def _delivery_options(command: Any) -> Any:
+    """Options of commands that send (run, replay); they map onto DeliveryOptions."""
+    for option in reversed([
+        click.option("--concurrency", default=8, show_default=True,
+                     type=click.IntRange(min=1), help="requests in flight at once"),
+        click.option("--max-attempts", default=6, show_default=True,
+                     type=click.IntRange(min=1), help="tries per request (429, 5xx, timeouts)"),
+        click.option("--backoff-base", default=0.5, show_default=True,
+                     type=click.FloatRange(min=0), help="seconds; backoff doubles from here"),
+        click.option("--backoff-cap", default=30.0, show_default=True,
+                     type=click.FloatRange(min=0), help="longest backoff, in seconds"),
+        click.option("--drain-timeout", default=30.0, show_default=True,
+                     type=click.FloatRange(min=0),
+                     help="on SIGINT/SIGTERM, seconds to finish what was read"),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("bundle")
 @click.option("--input", "input_", required=True, help="JSON Lines file, or - for stdin")
@@ -64,16 +83,18 @@ def validate(paths: tuple[str, ...]) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a bundle key, e.g. destination.data_center=02 (repeatable)")
 @click.option("--dead-letter", type=click.Path(dir_okay=False, path_type=Path),
-              help="dead-letter file (default: moerules-dead-letter.jsonl, or in --state-dir)")
+              help="dead-letter file (default: <state-dir>/dead-letter.jsonl; with --dry-run "
+                   "moerules-dead-letter.jsonl)")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               help="where checkpoints live (default: .moerules)")
 @click.option("--from-start", is_flag=True, help="ignore the checkpoint; read from line 1")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 @click.option("--fail-on-dead-letter", is_flag=True,
               help="exit 3 when any record was dead-lettered (for CI and cron)")
+@_delivery_options
 def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Path | None,
         sets: tuple[str, ...], dead_letter: Path | None, state_dir: Path | None,
-        from_start: bool, quiet: bool, fail_on_dead_letter: bool) -> None:
+        from_start: bool, quiet: bool, fail_on_dead_letter: bool, **delivery: Any) -> None:
     """Run BUNDLE (a path or a shipped bundle's name) over JSON Lines input."""
     from engine.api import dry_run as do_dry_run
     from engine.api import iter_lines, load_bundle
@@ -94,10 +115,11 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
             raise click.UsageError(
                 "a real run needs these environment variables set: "
                 + ", ".join(compiled.missing_env) + " (or use --dry-run)")
-        from engine.delivery import deliver
+        from engine.delivery import DEFAULT_STATE_DIR, DeliveryOptions, deliver
 
+        dead_letter = dead_letter or (state_dir or DEFAULT_STATE_DIR) / "dead-letter.jsonl"
         result = deliver(compiled, input_, dead_letter=dead_letter, state_dir=state_dir,
-                         from_start=from_start, quiet=quiet)
+                         from_start=from_start, quiet=quiet, options=DeliveryOptions(**delivery))
     _finish(result, report, dead_letter or (
         Path("moerules-dead-letter.jsonl") if dry_run else None), fail_on_dead_letter)
 
@@ -125,6 +147,45 @@ def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
         sys.exit(EXIT_INTERRUPTED)
     if dead and fail_on_dead_letter:
         sys.exit(EXIT_DEAD_LETTERS)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--bundle", help="bundle to send with (default: the one the dead letters name)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a bundle key, e.g. destination.endpoint=... (repeatable)")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the replay report as JSON")
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option("--fail-on-dead-letter", is_flag=True,
+              help="exit 3 when any record failed again")
+@_delivery_options
+def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path | None,
+           quiet: bool, fail_on_dead_letter: bool, **delivery: Any) -> None:
+    """Send the delivery failures in a dead-letter FILE again, after a fix.
+
+    FILE is rewritten: what was delivered leaves it, what failed again is updated.
+    """
+    from engine.api import load_bundle
+    from engine.delivery import DeliveryOptions
+    from engine.replay import bundles_named, read_dead_letters, replay_file
+
+    if bundle is None:
+        names = bundles_named(read_dead_letters(file))
+        if len(names) != 1:
+            raise click.UsageError(
+                "pass --bundle: " + (f"{file} holds dead letters of {', '.join(sorted(names))}"
+                                     if names else f"{file} holds no delivery failures"))
+        bundle = names.pop()
+    try:
+        compiled = load_bundle(bundle, sets)
+    except RuleError as exc:
+        _fail_rules(exc)
+    if compiled.missing_env:
+        raise click.UsageError("replay needs these environment variables set: "
+                               + ", ".join(compiled.missing_env))
+    result = replay_file(compiled, file, options=DeliveryOptions(**delivery), quiet=quiet)
+    _finish(result, report, file, fail_on_dead_letter)
 
 
 @main.command()
