@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -27,8 +26,9 @@ from engine.connector import (
     UserOut,
     WireRequest,
 )
+from engine.retry import retry_after_seconds
 
-__all__ = ["DATA_CENTERS", "MoEngageDataSink", "retry_after_seconds"]
+__all__ = ["DATA_CENTERS", "MoEngageDataSink"]
 
 DATA_CENTERS = {
     "01": "https://api-01.moengage.com", "02": "https://api-02.moengage.com",
@@ -37,22 +37,6 @@ DATA_CENTERS = {
     "101": "https://api-101.moengage.com",
 }
 DEFAULT_MAX_BYTES = 100 * 1024
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: a number, or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def _data_center(value: Any) -> str:

@@ -25,7 +25,15 @@ from engine.loading import LDict, position_of
 from engine.model import Bundle, EventRule, FieldSpec, Spread
 from engine.overlay import resolve_env
 from engine.templates import TemplateCheck, TemplateError, environment, simple_variable
-from engine.transforms import CASTS, TransformSpecError, check_transform, emit_transform, to_string
+from engine.transforms import (
+    CASTS,
+    TransformSpecError,
+    call_source,
+    cast_source,
+    check_transform,
+    emit_transform,
+    to_string,
+)
 from engine.validation import did_you_mean, validate_document
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
 Loc = tuple[str | int, ...]
 SCOPE = {"batch": "batch", "event": "event"}
 ROUTE_MISSING, ROUTE_BLANK, ROUTE_UNKNOWN, ROUTE_NONE = -1, -2, -3, -4
+MIN_SECRET_LENGTH = 6
 _CAST_FAST = {"string": "str", "int": "int", "float": "float", "bool": "bool"}
 
 
@@ -237,7 +246,13 @@ class _Compiler:
             cg.emit(f"{out} = []")
             with cg.block(f"for {item} in {items}:"):
                 inner = PathCache({"@": item})
-                obj = self.object(spec, loc, inner, f"{what}[]", None)
+                known = self.values.known_dicts
+                if self.values.fast:  # items are objects; any other item is AttributeError
+                    self.values.known_dicts = known | {item}
+                try:
+                    obj = self.object(spec, loc, inner, f"{what}[]", None)
+                finally:
+                    self.values.known_dicts = known
                 cg.emit(f"{out}.append({obj})")
         self.tr(f"('field', {cg.literal(what)}, {cg.literal('each ' + spec.each)}, [], {out})")
         return out
@@ -259,15 +274,64 @@ class _Compiler:
             self.cg.emit(f"{obj} = {{}}")
         for name, spec in specs.items():
             label = f"{what}.{name}" if what else name
+            if self._inline_field(spec, (*loc, name), cache, label, roots, obj, name):
+                continue
             local = self.field(spec, (*loc, name), cache, label, roots, alias=True)
             if local is None:
                 continue
-            if spec.each is None and spec.default is not None and "default" in _set(spec):
+            if (spec.each is None and spec.default is not None and "default" in _set(spec)
+                    and spec.on_error != "omit"):
                 # the default is applied last, so the value is never null
                 self.cg.emit(f"{obj}[{self.cg.literal(name)}] = {local}")
             else:
                 self.cg.emit(f"if {local} is not None: {obj}[{self.cg.literal(name)}] = {local}")
         return obj
+
+    def _inline_field(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
+                      roots: frozenset[str] | None, obj: str, name: str) -> bool:
+        """``{from: p, as: T}``, ``{from: p, default: d}`` or ``{from: p, transform: epoch_*}``
+        as one statement, no copy.
+
+        The common shapes, written the way a person would: ``if v is not None: obj[k] = v if
+        type(v) is float else <convert>``, ``obj[k] = v if v else <d if v is null or "">``,
+        ``if type(v) is int: obj[k] = v // 1000``. Anything else (and a traced bundle) goes
+        through ``field``. True when emitted.
+        """
+        given = _set(spec)
+        if (self.trace or spec.from_ is None or spec.on_error == "omit"
+                or given & {"value", "template", "each"} or spec.attributes is not None):
+            return False
+        step = spec.transform[0] if len(spec.transform) == 1 else None
+        epoch = step if step in ("epoch_ms_to_s", "epoch_s_to_ms") else None
+        if spec.transform and epoch is None:
+            return False
+        cast = CASTS.get(spec.as_) if spec.as_ is not None else None
+        plain = "default" not in given and (spec.as_ is None) != (epoch is None)
+        cast_only = cast is not None and plain
+        epoch_only = epoch is not None and plain
+        default_only = (spec.as_ is None and epoch is None and "default" in given
+                        and spec.default is not None)
+        if not (cast_only or epoch_only or default_only):
+            return False
+        ast = self.expr(spec.from_, (*loc, "from") if "from" in _keys(self.raw, loc) else loc,
+                        roots)
+        if ast is None:
+            return True
+        v = self.values.value(spec.from_, ast, cache)
+        key = self.cg.literal(name)
+        if cast is not None:
+            keep, convert = cast_source(self.cg, v, cast, what, fast=self.values.fast)
+            self.cg.emit(f"if {v} is not None: {obj}[{key}] = {v} if type({v}) is {keep} else "
+                         f"{convert}")
+        elif epoch is not None:
+            inline, call = call_source(self.cg, v, epoch, what)
+            self.cg.emit(f"if type({v}) is int: {obj}[{key}] = {inline}")
+            self.cg.emit(f"elif {v} is not None: {obj}[{key}] = {call}")
+        else:
+            default = self.cg.literal(spec.default)
+            self.cg.emit(f"{obj}[{key}] = {v} if {v} else ({default} if {v} is None or {v} == '' "
+                         f"else {v})")
+        return True
 
     def spread(self, spread: Spread, loc: Loc, cache: PathCache, obj: str,
                roots: frozenset[str] | None) -> None:
@@ -306,7 +370,12 @@ class _Compiler:
                 self._spread_entry(spread, loc, key, src, table, fold, obj, None)
             return
         k, v = cg.name("k"), cg.name("v")
-        with cg.block(f"if type({src}) is dict:"), cg.block(f"for {k}, {v} in {src}.items():"):
+        with contextlib.ExitStack() as loop:
+            if self.values.fast:  # an empty view when null; not a dict: AttributeError
+                src = self.values.dict_view(src, cache)
+            else:
+                loop.enter_context(cg.block(f"if type({src}) is dict:"))
+            loop.enter_context(cg.block(f"for {k}, {v} in {src}.items():"))
             excluded = self._excluded(spread, k)
             if excluded:
                 cg.emit(f"if {excluded}: continue")
@@ -360,10 +429,42 @@ class _Compiler:
         self.tr(f"('field', {name}, {cg.literal('spread ' + spread.from_)}, [], {val})")
 
     # -- sections -----------------------------------------------------------------------
+    def function(self, name: str, known_dicts: frozenset[str], body: Callable[[], None]) -> None:
+        """Emit ``def name(batch, event)`` whose statements ``body`` emits, twice over.
+
+        ``_name_safe`` reads every field with a guarded subscript, whatever the record holds.
+        ``name`` is written the way hand-written code is: fields read with
+        ``(parent or EMPTY).get(key)``, strings cast with ``float()``/``int()``. Should a record
+        hold a string, number or list where the rules read an object (AttributeError: no
+        ``.get``), or a string that will not cast (ValueError), it returns what ``_name_safe``
+        returns (or raises) instead. The generated code has no side effects, so redoing a
+        record is safe, and the safe version is the reference: both give the same result.
+        ``known_dicts`` are the parameters the caller guarantees are dicts. A traced bundle
+        gets the safe version only.
+        """
+        cg = self.cg
+        if self.trace:
+            with cg.block(f"def {name}(batch, event, _tr=None):"):
+                body()
+            return
+        safe = f"_{name}_safe"
+        with cg.block(f"def {safe}(batch, event):"):
+            body()
+        reported = len(self.problems)
+        self.values.fast, self.values.known_dicts = True, known_dicts
+        try:
+            with cg.block(f"def {name}(batch, event):"):
+                with cg.block("try:"):
+                    body()
+                with cg.block("except (AttributeError, ValueError):"):
+                    cg.emit(f"return {safe}(batch, event)")
+        finally:
+            self.values.fast, self.values.known_dicts = False, frozenset()
+            del self.problems[reported:]  # the same problems again
+
     def gen_identity(self) -> tuple[bool, list[str]]:
         ident = self.bundle.identity
         cg = self.cg
-        params = "batch, event, _tr=None" if self.trace else "batch, event"
         if ident is None:
             return True, []
         names = list(ident.candidates)
@@ -375,9 +476,9 @@ class _Compiler:
                            f"candidates: {', '.join(names)}")
         reject = cg.const(frozenset(v.strip().casefold() for v in ident.reject), "reject")
         stringify = cg.const(to_string, "t_string")
-        uses_event = False
-        self.values.known_dicts = frozenset({"batch"})  # Source.decode returns a dict
-        with cg.block(f"def identity({params}):"):
+        uses_event: list[bool] = []
+
+        def body() -> None:
             cache = PathCache(dict(SCOPE))
             for name in order:
                 spec = ident.candidates.get(name)
@@ -386,7 +487,7 @@ class _Compiler:
                 loc: Loc = ("identity", "candidates", name)
                 if spec.from_ is not None:
                     with contextlib.suppress(ExpressionError):  # reported by self.field
-                        uses_event |= "event" in root_fields(parse(spec.from_))
+                        uses_event.append("event" in root_fields(parse(spec.from_)))
                 local = self.field(spec, loc, cache, f"identity {name}", frozenset(SCOPE))
                 if local is None:
                     continue
@@ -398,17 +499,18 @@ class _Compiler:
                 with cg.block(f"if {ok}:"):
                     cg.emit(f"return {local}.strip(), {cg.literal(name)}")
             cg.emit("return None, None")
-        return not uses_event, list(order)
+
+        self.function("identity", frozenset({"batch"}), body)  # Source.decode gives a dict
+        return not any(uses_event), list(order)
 
     def gen_user(self) -> None:
         user = self.bundle.user
         if user is None:
             return
         cg = self.cg
-        params = "batch, event, _tr=None" if self.trace else "batch, event"
         roots = frozenset(SCOPE)
-        self.values.known_dicts = frozenset({"batch"})
-        with cg.block(f"def user({params}):"):
+
+        def body() -> None:
             cache = PathCache(dict(SCOPE))
             if user.when is not None:
                 ast = self.expr(user.when, ("user", "when"), roots)
@@ -422,6 +524,8 @@ class _Compiler:
                 self.spread(spread, ("user", "spread", i), cache, obj, roots)
             self.attributes(user.attributes, ("user", "attributes"), cache, "", roots, obj)
             cg.emit(f"return {obj}")
+
+        self.function("user", frozenset({"batch"}), body)
 
     def gen_routing(self, attrs: str, cache: PathCache) -> tuple[str, str]:
         routing = self.bundle.routing
@@ -437,33 +541,31 @@ class _Compiler:
             return route, "None"
         value = self.values.value(routing.from_, ast, cache)
         index = cg.const({p.name: i for i, p in enumerate(routing.projects)}, "projects")
-        names = cg.const(tuple(p.name for p in routing.projects), "project_names")
         attr = cg.literal(routing.attribute)
-        with cg.block(f"if type({value}) is str:"):
-            # project names are never blank (check_routing), so a blank name cannot match:
-            # look it up first, and strip only names that did not match
+        # Look the value up first: names are non-blank strings (check_routing), so only a string
+        # can match (and then equals the name), and only a miss needs classifying.
+        with cg.block("try:"):
             cg.emit(f"{route} = {index}.get({value}, {ROUTE_UNKNOWN})")
-            cg.emit(f"if {route} < 0 and not {value}.strip(): {route} = {ROUTE_BLANK}")
-        with cg.block(f"elif {value} is None:"):
-            cg.emit(f"{route} = {ROUTE_MISSING}")
-        with cg.block("else:"):
+        with cg.block("except TypeError:"):  # an object or a list: unhashable
             cg.emit(f"{route} = {ROUTE_UNKNOWN}")
         with cg.block(f"if {route} >= 0:"):
-            cg.emit(f"{attrs}[{attr}] = {names}[{route}]")
+            cg.emit(f"{attrs}[{attr}] = {value}")
         with cg.block("else:"):
             # Portfolio-level events must not claim a project they were not routed to.
             cg.emit(f"{attrs}.pop({attr}, None)")
+            with cg.block(f"if {value} is None:"):
+                cg.emit(f"{route} = {ROUTE_MISSING}")
+            with cg.block(f"elif type({value}) is str and not {value}.strip():"):
+                cg.emit(f"{route} = {ROUTE_BLANK}")
         self.tr(f"('route', {cg.literal(routing.from_)}, {value}, {route})")
         return route, value
 
     def gen_events(self, sink: Sink) -> None:
         cg = self.cg
-        params = "batch, event, _tr=None" if self.trace else "batch, event"
         roots = frozenset(SCOPE)
-        seen: dict[str, int] = {}
-        # The pipeline calls event() only with a dict event; explain (traced) with any value.
-        self.values.known_dicts = frozenset({"batch"} if self.trace else {"batch", "event"})
-        with cg.block(f"def event({params}):"):
+
+        def body() -> None:
+            seen: dict[str, int] = {}
             top = PathCache(dict(SCOPE))
             for i, rule in enumerate(self.bundle.events):
                 loc: Loc = ("events", i)
@@ -485,6 +587,9 @@ class _Compiler:
                 with cg.block(f"if {cond}:"):
                     self.gen_rule(rule, i, loc, top.child(), sink)
             cg.emit("return -1, None, None, None, None, None")
+
+        # The pipeline calls event() only with a dict event (explain, traced, with any value).
+        self.function("event", frozenset({"batch", "event"}), body)
 
     def gen_rule(self, rule: EventRule, i: int, loc: Loc, cache: PathCache, sink: Sink) -> None:
         cg = self.cg
@@ -549,8 +654,11 @@ class _Compiler:
                 self.error(("destination", "settings", key) if key in
                            bundle.destination.settings else ("destination",),
                            message + hint, key=True)
+            # Secrets are scrubbed from output as substrings; one too short to be a real key
+            # ("K" in a test) would corrupt every header and value it appears in.
             secrets |= {str(settings[k]) for k in sink.secret_settings
-                        if k in settings and settings[k] and "${" not in str(settings[k])}
+                        if k in settings and len(str(settings[k])) >= MIN_SECRET_LENGTH
+                        and "${" not in str(settings[k])}
         projects = self.check_routing(sink)
         for name, table in bundle.tables.items():
             if not table.values:

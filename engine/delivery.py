@@ -488,7 +488,7 @@ class _DeliveryRun:
         """The checkpoint to resume from; None when the input is already complete."""
         report = self.report
         if self.source == "-":
-            report.warnings.append("input is stdin: no checkpoint is kept, a rerun cannot "
+            report.notes.append("input is stdin: no checkpoint is kept, a rerun cannot "
                                    "resume")
             return Checkpoint()
         path = Path(self.source).resolve()
@@ -499,7 +499,7 @@ class _DeliveryRun:
         saved = self.store.load(self.run_id)
         size = path.stat().st_size
         if saved.complete and saved.size == size:
-            report.warnings.append(
+            report.notes.append(
                 f"already complete: {self.source} was fully delivered by an earlier run "
                 f"(checkpoint in {self.state_dir / STATE_FILE}); nothing sent. Use "
                 "--from-start to send it again")
@@ -510,7 +510,7 @@ class _DeliveryRun:
             self.store.reset(self.run_id)
             return Checkpoint()
         if saved.line:
-            report.warnings.append(f"resumed after line {saved.line} (checkpoint in "
+            report.notes.append(f"resumed after line {saved.line} (checkpoint in "
                                    f"{self.state_dir / STATE_FILE})")
         return saved
 
@@ -633,7 +633,7 @@ class _DeliveryRun:
         if control.reason:
             report.warnings.append(control.reason)
         if skipped:
-            report.warnings.append(f"{skipped} items were acknowledged before the restart and "
+            report.notes.append(f"{skipped} items were acknowledged before the restart and "
                                    "were not sent again")
         open_events, open_users = tracker.open_events, tracker.open_users
         if open_events or open_users:

@@ -134,6 +134,12 @@ class ValueCompiler:
         self.cg = cg
         self.truthy = cg.const(jmespath_truthy, "truthy")
         self.empty = cg.const(_EMPTY, "EMPTY")
+        # Fast mode: a field of an object is read with .get on ``parent or EMPTY``; a parent
+        # that is neither empty nor an object (a string, number or list where the rule expects
+        # an object) raises AttributeError, and the caller must then run the same function
+        # compiled in safe mode (the default), which reads every field with a guarded
+        # subscript. See _Compiler.function.
+        self.fast = False
         # locals the caller guarantees hold a dict (the pipeline checks records): no view
         self.known_dicts: frozenset[str] = frozenset()
 
@@ -152,10 +158,9 @@ class ValueCompiler:
             parent = cache.roots["@"]
         local = self.cg.name("v")
         key = path[-1]
-        if isinstance(key, str):
-            # A field of an object: one dict.get on a dict view of the parent. A missing key
-            # costs what a present one does (a raised KeyError costs ten times more), and the
-            # type check is made once per parent, however many of its fields are read.
+        if self.fast and isinstance(key, str):
+            # dict.get: a missing key costs what a present one does (a KeyError raised and
+            # caught costs ten times more), as in hand-written code
             self.cg.emit(f"{local} = {self.dict_view(parent, cache)}.get({self.cg.literal(key)})")
             cache.put(path, local)
             return local
@@ -163,13 +168,17 @@ class ValueCompiler:
             self.cg.emit(f"{local} = {parent}[{self.cg.literal(key)}]")
         with self.cg.block("except _MISSING:"):
             self.cg.emit(f"{local} = None")
-        # Python's negative index and subscripting a string with an int differ from JMESPath
-        self.cg.emit(f"if type({parent}) is not list: {local} = None")
+        if isinstance(key, int):
+            # Python's negative index and subscripting a string with an int differ from JMESPath
+            self.cg.emit(f"if type({parent}) is not list: {local} = None")
         cache.put(path, local)
         return local
 
     def dict_view(self, local: str, cache: PathCache) -> str:
-        """A local that is ``local`` when it holds an object, else a shared empty mapping."""
+        """Fast mode: a local that is ``local``, or an empty mapping when ``local`` is falsy.
+
+        A non-empty value that is not an object passes through (see ``fast``).
+        """
         if local in self.known_dicts:
             return local
         key = (_VIEW, local)
@@ -177,7 +186,7 @@ class ValueCompiler:
         if hit is not None:
             return hit
         view = self.cg.name("d")
-        self.cg.emit(f"{view} = {local} if type({local}) is dict else {self.empty}")
+        self.cg.emit(f"{view} = {local} or {self.empty}")
         cache.put(key, view)
         return view
 
@@ -256,9 +265,9 @@ class ValueCompiler:
         path = simple_path(ast)
         if path is not None and (path[0] in cache.roots or "@" in cache.roots):
             v = self.path(path, cache)
-            # jmespath_truthy inline (no call per record): empty str/list/dict, null, false
-            return (f"({v} is not None and (len({v}) > 0 if type({v}) is dict or type({v}) is "
-                    f"str or type({v}) is list else {v} is not False))")
+            # jmespath_truthy inline (no call per record): Python's truth, except that numbers
+            # are all true (0 == 0 and 0.0 == 0, but False == 0 too). Always a bool.
+            return f"(True if {v} else ({v} == 0 and {v} is not False))"
         return None
 
 

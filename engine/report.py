@@ -36,6 +36,7 @@ class RunReport:
     retries: int = 0
     throttled: int = 0
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a runner should know; not a problem
     interrupted: bool = False
     elapsed_seconds: float = 0.0
 
@@ -76,6 +77,7 @@ class RunReport:
             "retries": self.retries,
             "throttled": self.throttled,
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
             "interrupted": self.interrupted,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "balanced": self.balanced(),
@@ -104,6 +106,7 @@ class RunReport:
             lines.append("  responses " + ", ".join(
                 f"{code}: {n}" for code, n in sorted(self.statuses.items())))
             lines.append(f"  retries   {self.retries} ({self.throttled} after 429)")
+        lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.interrupted:
             lines.append("  interrupted: stopped before the end of the input")

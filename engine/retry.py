@@ -13,9 +13,11 @@ spreads the retries of many senders instead of having them return in lockstep.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "retry_after_seconds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +51,17 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(0.0, retry_after), self.max_retry_after)
         return self.rng.uniform(0.0, self.backoff(attempt))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None

@@ -222,6 +222,41 @@ _INT_INLINE = {"string": "str({})", "float": "float({})", "epoch_ms_to_s": "{} /
                "epoch_s_to_ms": "{} * 1000"}
 
 
+def call_source(cg: Codegen, var: str, name: str, what: str) -> tuple[str | None, str]:
+    """For a transform done by a function (``epoch_ms_to_s``...): (the source of its result
+    for an int ``var``, written inline, or None; the source of the call, for any other value).
+    """
+    fn = cg.const(_FUNCTIONS[name], f"t_{name}")
+    inline = _INT_INLINE[name].format(var) if name in _INT_INLINE else None
+    return inline, f"{fn}({var}, {cg.literal(what)})"
+
+
+def cast_source(cg: Codegen, var: str, name: str, what: str, *,
+                fast: bool = False) -> tuple[str, str]:
+    """For cast ``name``: (the Python type it keeps as is, source converting any other value).
+
+    The conversion is for a ``var`` that is not null. Ints (and floats, to string) convert
+    inline where the cast's function would do exactly that. With ``fast``, strings convert
+    inline too, with Python's own ``float``/``int``, which take what the cast functions take
+    but raise ValueError where they raise TransformError: code built with ``fast`` must redo
+    the record with code built without it on ValueError (see _Compiler.function).
+    """
+    fn = cg.const(_FUNCTIONS[name], f"t_{name}")
+    call = f"{fn}({var}, {cg.literal(what)})"
+    if fast and name == "float":
+        x, finite = cg.name("x"), cg.const(_isfinite, "isfinite")
+        call = (f"({x} if {finite}({x} := float({var})) else {call}) if type({var}) is str "
+                f"else {call}")
+    elif fast and name == "int":
+        call = f"int({var}) if type({var}) is str else {call}"
+    elif name == "string":
+        call = (f"(str(int({var})) if {var}.is_integer() else str({var})) if type({var}) is float "
+                f"else {call}")
+    if name in _INT_INLINE:
+        call = f"{_INT_INLINE[name].format(var)} if type({var}) is int else {call}"
+    return _IDENTITY_TYPE[name], call
+
+
 def emit_transform(
     cg: Codegen, var: str, name: str, argument: Any, what: str,
     tables: dict[str, tuple[dict[str, Any], Any, bool]],

@@ -247,3 +247,14 @@ def test_real_run_refuses_without_credentials(cli: Callable[..., Result],
     assert result.exit_code == 2
     assert ("a real run needs these environment variables set: MOENGAGE_DATA_API_KEY, "
             "MOENGAGE_WORKSPACE_ID (or use --dry-run)") in result.stderr
+
+
+def test_short_secret_does_not_corrupt_output(cli: Callable[..., Result], tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(batch("c1", custom("Kick")))
+    result = cli("run", "mparticle-to-moengage", "--input", str(data), "--dry-run",
+                 env={"MOENGAGE_WORKSPACE_ID": "WS42", "MOENGAGE_DATA_API_KEY": "K"})
+    (request,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert request["headers"] == {"Authorization": "***", "Content-Type": "application/json",
+                                  "MOE-APPKEY": "WS42"}
+    assert request["body"]["elements"][0]["actions"][0]["action"] == "Kick"

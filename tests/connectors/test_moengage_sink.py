@@ -9,8 +9,9 @@ from email.utils import format_datetime
 import orjson
 import pytest
 
-from connectors.moengage import MoEngageDataSink, retry_after_seconds
+from connectors.moengage import MoEngageDataSink
 from engine.connector import EventOut, UserOut
+from engine.retry import retry_after_seconds
 
 
 def sink(**settings: object) -> MoEngageDataSink:

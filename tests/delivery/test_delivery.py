@@ -56,7 +56,7 @@ def test_rerun_of_a_complete_input_sends_nothing(emulator: tuple[TimedEmulator, 
                     options=FAST)
     assert len(emu.received) == sent
     assert again.lines_in == 0
-    assert any("already complete" in w for w in again.warnings)
+    assert any("already complete" in n for n in again.notes)
     fresh = deliver(bundle, str(tmp_path / "in.jsonl"), state_dir=tmp_path, quiet=True,
                     from_start=True, options=FAST)
     assert fresh.lines_in == 5
@@ -160,7 +160,7 @@ def test_lines_longer_than_a_read_and_no_final_newline(emulator: tuple[TimedEmul
     assert set(dead_ids(dead_path)) == {"event:huge"}
     assert report.dead_lettered == {"too large for one request (HTTP 413)": 1}
     again = deliver(compiled(url), str(path), state_dir=tmp_path, quiet=True, options=FAST)
-    assert any("already complete" in w for w in again.warnings)
+    assert any("already complete" in n for n in again.notes)
 
 
 def test_wrong_credentials_stop_the_run_without_dead_letters(
