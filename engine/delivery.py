@@ -638,10 +638,11 @@ class _DeliveryRun:
         open_events, open_users = tracker.open_events, tracker.open_users
         if open_events or open_users:
             # read but not sent: not this run's items after all; the rerun reads them again
+            from_events = tracker.open_users_from_events
             report.delivered_events -= open_events
-            report.events_in -= open_events
+            report.events_in -= open_events + from_events
             report.delivered_user_updates -= open_users
-            report.user_updates_in -= open_users
+            report.user_updates_in -= open_users - from_events
             report.interrupted = True
             report.warnings.append(f"{open_events + open_users} items were read but not sent; "
                                    "a rerun of the same command sends them")

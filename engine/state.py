@@ -172,6 +172,9 @@ class AckTracker:
         self.fed_offset = offset
         self.open_events = 0
         self.open_users = 0
+        # user updates made by an event rule (user_attribute_change): the report counted
+        # them as events in, so taking them back must take them from events
+        self.open_users_from_events = 0
         self.delivered = 0
 
     def begin_line(self, offset: int) -> None:
@@ -189,6 +192,7 @@ class AckTracker:
             self.open_events += 1
         else:
             self.open_users += 1
+            self.open_users_from_events += item.ref[1] >= 0
 
     def end_line(self, line: int, end_offset: int) -> None:
         self.fed_line = line
@@ -206,6 +210,7 @@ class AckTracker:
                 self.open_events -= 1
             else:
                 self.open_users -= 1
+                self.open_users_from_events -= item.ref[1] >= 0
 
     @property
     def watermark(self) -> tuple[int, int]:

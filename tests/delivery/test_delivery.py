@@ -200,3 +200,20 @@ async def test_progress_bar_on_a_terminal_and_quiet() -> None:
         await ProgressDisplay(lambda: Snapshot(1, 1, 1, 0, 0, 0), stream=silent, quiet=True,
                               interval=0.01).run()
     assert silent.getvalue() == ""
+
+
+def test_stopped_run_takes_back_user_updates_made_by_events(
+        emulator: tuple[TimedEmulator, str], tmp_path: Path) -> None:
+    _, url = emulator
+    path = tmp_path / "in.jsonl"
+    change = {"event_type": "user_attribute_change",
+              "data": {"user_attribute_name": "$City", "new": "Paris", "old": "Oslo"}}
+    path.write_bytes(orjson.dumps({"user_identities": {"customer_id": "c-1"},
+                                   "user_attributes": {"tier": "gold"},
+                                   "events": [change, change]}) + b"\n")
+    report = deliver(compiled(url, "destination.data_api_key=wrong-key-value"), str(path),
+                     state_dir=tmp_path, quiet=True, options=FAST)
+    assert report.interrupted
+    # nothing was sent: the two event-made updates and the batch's update are all taken back
+    assert (report.events_in, report.user_updates_in, report.delivered) == (0, 0, 0)
+    assert report.balanced()
