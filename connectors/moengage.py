@@ -61,6 +61,7 @@ _EVENT_HEAD = b'{"type":"event","customer_id":'
 _ACTIONS = b',"actions":['
 _TAIL = b"]}"
 _TRANSITION_HEAD = b'{"type":"transition","elements":['
+_EVENT_GROW = len(_EVENT_HEAD) + len(_ACTIONS) + len(_TAIL) + 1  # + customer + action
 
 
 class _Encoder(SinkEncoder):
@@ -68,29 +69,60 @@ class _Encoder(SinkEncoder):
         self.sink = sink
         self.pending: dict[str | None, _Pending] = {}
         self.users = _Pending()
+        # what add() needs per event, looked up once: the room for elements in one body
+        self._bulk = sink.bulk
+        self._room = sink.max_bytes - (len(_TRANSITION_HEAD) + 2 if sink.bulk else 0)
+        self._identity: str | None = None  # the last event's identity, and its JSON
+        self._customer = b""
 
     def add(self, item: EventOut | UserOut) -> list[WireRequest]:
-        sink = self.sink
-        out: list[WireRequest] = []
         if isinstance(item, UserOut):
+            sink = self.sink
             piece = orjson.dumps({"type": "customer", "customer_id": item.identity,
                                   "attributes": item.attributes})
             if sink.bulk:
-                return self._append(None, [piece], item, None, out)
+                return self._append(None, [piece], item, None, [])
             return [sink.request("customer", None, piece, [item])]
-        action: dict[str, Any] = {"action": item.name, "attributes": item.attributes}
-        if item.fields:
-            action.update(item.fields)
-        piece = orjson.dumps(action)
-        customer = orjson.dumps(item.identity)
-        return self._append(item.project, [piece], item, customer, out)
+        # An event: what _append does for one, in fewer steps (this runs per event).
+        fields = item.fields
+        piece = orjson.dumps(
+            {"action": item.name, "attributes": item.attributes, **fields} if fields
+            else {"action": item.name, "attributes": item.attributes})
+        if item.identity is not self._identity:  # a batch's events share one identity
+            self._identity = item.identity
+            self._customer = orjson.dumps(item.identity)
+        customer = self._customer
+        key = item.project
+        pending = self.pending.get(key)
+        if pending is None:
+            pending = self.pending[key] = _Pending()
+        merge = pending.elements and pending.last_customer == customer
+        grow = len(piece) + 1 if merge else _EVENT_GROW + len(customer) + len(piece)
+        out: list[WireRequest] = []
+        if pending.elements and (pending.size + grow > self._room or not (self._bulk or merge)):
+            out.append(self._close(key, pending))
+            pending = self.pending[key] = _Pending()
+            merge = False
+            grow = _EVENT_GROW + len(customer) + len(piece)
+        if merge:
+            pending.elements[-1].append(piece)
+        else:
+            pending.elements.append([_EVENT_HEAD + customer + _ACTIONS, piece])
+            pending.last_customer = customer
+        pending.items.append(item)
+        pending.size += grow
+        return out
 
     def _append(self, project: str | None, pieces: list[bytes], item: EventOut | UserOut,
                 customer: bytes | None, out: list[WireRequest]) -> list[WireRequest]:
         sink = self.sink
         key = project if (customer is not None or not sink.bulk) else None
-        pending = self.pending.setdefault(key, _Pending()) if customer is not None else (
-            self.pending.setdefault(None, _Pending()) if sink.bulk else self.users)
+        if customer is not None or sink.bulk:
+            pending = self.pending.get(key)
+            if pending is None:
+                pending = self.pending[key] = _Pending()
+        else:
+            pending = self.users
         piece = pieces[0]
         merge = customer is not None and pending.last_customer == customer and pending.elements
         if merge:

@@ -293,5 +293,18 @@ def emulate(name: str, host: str, port: int) -> None:
     run_forever(name, host, port)
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="every size / 10, for a smoke run")
+@click.option("--seed", default=42, show_default=True, type=int, help="data generator seed")
+def bench(quick: bool, seed: int) -> None:
+    """Run the benchmark suite (as `python -m benchmarks`): speed against hand-written code."""
+    try:
+        from benchmarks.__main__ import main as run_benchmarks
+    except ImportError:  # a source checkout installed before benchmarks/ existed
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from benchmarks.__main__ import main as run_benchmarks
+    sys.exit(run_benchmarks([*(["--quick"] if quick else []), "--seed", str(seed)]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

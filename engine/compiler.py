@@ -230,7 +230,9 @@ class _Compiler:
         return True
 
     def each(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
-             roots: frozenset[str] | None, out: str) -> str | None:
+             roots: frozenset[str] | None, out: str, store: str | None = None) -> str | None:
+        """A list of objects, one per item; with ``store`` (``obj[key]``), stored there when
+        the items are a list (rather than left null, then tested)."""
         cg = self.cg
         assert spec.each is not None
         ast = self.expr(spec.each, (*loc, "each"), roots)
@@ -241,7 +243,8 @@ class _Compiler:
             return None
         items = self.values.value(spec.each, ast, cache)
         item = cg.name("item")
-        cg.emit(f"{out} = None")
+        if store is None:
+            cg.emit(f"{out} = None")
         with cg.block(f"if type({items}) is list:"):
             cg.emit(f"{out} = []")
             with cg.block(f"for {item} in {items}:"):
@@ -254,83 +257,160 @@ class _Compiler:
                 finally:
                     self.values.known_dicts = known
                 cg.emit(f"{out}.append({obj})")
+            if store is not None:
+                cg.emit(f"{store} = {out}")
         self.tr(f"('field', {cg.literal(what)}, {cg.literal('each ' + spec.each)}, [], {out})")
         return out
 
     def object(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
                roots: frozenset[str] | None) -> str:
         """An object built from ``spec.spread`` then ``spec.attributes``."""
+        if not spec.spread:
+            return self.attributes(spec.attributes or {}, (*loc, "attributes"), cache, what,
+                                   roots)
         obj = self.cg.name("obj")
-        self.cg.emit(f"{obj} = {{}}")
-        for i, spread in enumerate(spec.spread):
-            self.spread(spread, (*loc, "spread", i), cache, obj, roots)
+        self.spreads(spec.spread, (*loc, "spread"), cache, obj, roots)
         return self.attributes(spec.attributes or {}, (*loc, "attributes"), cache, what, roots,
                                obj)
 
     def attributes(self, specs: Mapping[str, FieldSpec], loc: Loc, cache: PathCache, what: str,
                    roots: frozenset[str] | None, target: str | None = None) -> str:
-        obj = target or self.cg.name("obj")
-        if target is None:
-            self.cg.emit(f"{obj} = {{}}")
+        """Emit code building the object ``specs`` describe (into ``target`` when given).
+
+        A fresh object is one dict display, sized once, its null values deleted after, rather
+        than an empty dict grown one key at a time: the values are computed first, in the same
+        order, so nothing observable changes.
+        """
+        cg = self.cg
+        display = target is None and not self.trace and len(specs) > 1
+        obj = target or cg.name("obj")
+        if target is None and not display:
+            cg.emit(f"{obj} = {{}}")
+        items: list[tuple[str, str, bool]] = []  # (key source, value source, may be null)
         for name, spec in specs.items():
             label = f"{what}.{name}" if what else name
-            if self._inline_field(spec, (*loc, name), cache, label, roots, obj, name):
+            key = cg.literal(name)
+            inline = self._inline_field(spec, (*loc, name), cache, label, roots)
+            if inline is not None:
+                guard, value = inline
+                if not value:
+                    continue  # an error, reported
+                if display and guard:
+                    local = cg.name("f")
+                    cg.emit(f"{local} = {guard} if {guard} is None else {value}")
+                    items.append((key, local, True))
+                elif display:
+                    items.append((key, value, False))
+                elif guard:
+                    cg.emit(f"if {guard} is not None: {obj}[{key}] = {value}")
+                else:
+                    cg.emit(f"{obj}[{key}] = {value}")
                 continue
-            local = self.field(spec, (*loc, name), cache, label, roots, alias=True)
-            if local is None:
+            if (spec.each is not None and not display and not self.trace
+                    and not _set(spec) & {"from", "value", "template"}):
+                self.each(spec, (*loc, name), cache, label, roots, cg.name("f"), f"{obj}[{key}]")
                 continue
-            if (spec.each is None and spec.default is not None and "default" in _set(spec)
-                    and spec.on_error != "omit"):
-                # the default is applied last, so the value is never null
-                self.cg.emit(f"{obj}[{self.cg.literal(name)}] = {local}")
+            made = self.field(spec, (*loc, name), cache, label, roots, alias=True)
+            if made is None:
+                continue
+            # the default is applied last, so the value is never null
+            nullable = not (spec.each is None and spec.default is not None
+                            and "default" in _set(spec) and spec.on_error != "omit")
+            if display:
+                items.append((key, made, nullable))
+            elif nullable:
+                cg.emit(f"if {made} is not None: {obj}[{key}] = {made}")
             else:
-                self.cg.emit(f"if {local} is not None: {obj}[{self.cg.literal(name)}] = {local}")
+                cg.emit(f"{obj}[{key}] = {made}")
+        if display:
+            cg.emit(f"{obj} = {{{', '.join(f'{k}: {v}' for k, v, _ in items)}}}")
+            for key, value, nullable in items:
+                if nullable:
+                    cg.emit(f"if {value} is None: del {obj}[{key}]")
         return obj
 
     def _inline_field(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
-                      roots: frozenset[str] | None, obj: str, name: str) -> bool:
+                      roots: frozenset[str] | None) -> tuple[str, str] | None:
         """``{from: p, as: T}``, ``{from: p, default: d}`` or ``{from: p, transform: epoch_*}``
-        as one statement, no copy.
+        as one expression, no copy: (the local that must not be null for the value to be set,
+        or "" when the value is set whatever; the value's source), or None for any other field
+        (and in a traced bundle), which ``field`` then emits. ("", "") after an error.
 
-        The common shapes, written the way a person would: ``if v is not None: obj[k] = v if
-        type(v) is float else <convert>``, ``obj[k] = v if v else <d if v is null or "">``,
-        ``if type(v) is int: obj[k] = v // 1000``. Anything else (and a traced bundle) goes
-        through ``field``. True when emitted.
+        The shapes written the way a person would: ``v if type(v) is float else <convert>``
+        when ``v`` is not null, ``v if v else <d if v is null or "">``, ``v // 1000`` for an int.
         """
         given = _set(spec)
         if (self.trace or spec.from_ is None or spec.on_error == "omit"
                 or given & {"value", "template", "each"} or spec.attributes is not None):
-            return False
+            return None
         step = spec.transform[0] if len(spec.transform) == 1 else None
         epoch = step if step in ("epoch_ms_to_s", "epoch_s_to_ms") else None
-        if spec.transform and epoch is None:
-            return False
+        case = step if step in ("lower", "upper", "title") else None  # never makes "" or null
+        if spec.transform and epoch is None and case is None:
+            return None
         cast = CASTS.get(spec.as_) if spec.as_ is not None else None
         plain = "default" not in given and (spec.as_ is None) != (epoch is None)
-        cast_only = cast is not None and plain
+        cast_only = cast is not None and plain and case is None
         epoch_only = epoch is not None and plain
-        default_only = (spec.as_ is None and epoch is None and "default" in given
-                        and spec.default is not None)
+        has_default = "default" in given and spec.default is not None
+        default_only = spec.as_ is None and epoch is None and has_default
         if not (cast_only or epoch_only or default_only):
-            return False
+            return None
         ast = self.expr(spec.from_, (*loc, "from") if "from" in _keys(self.raw, loc) else loc,
                         roots)
         if ast is None:
-            return True
+            return "", ""
         v = self.values.value(spec.from_, ast, cache)
-        key = self.cg.literal(name)
         if cast is not None:
             keep, convert = cast_source(self.cg, v, cast, what, fast=self.values.fast)
-            self.cg.emit(f"if {v} is not None: {obj}[{key}] = {v} if type({v}) is {keep} else "
-                         f"{convert}")
-        elif epoch is not None:
+            return v, f"{v} if type({v}) is {keep} else {convert}"
+        if epoch is not None:
             inline, call = call_source(self.cg, v, epoch, what)
-            self.cg.emit(f"if type({v}) is int: {obj}[{key}] = {inline}")
-            self.cg.emit(f"elif {v} is not None: {obj}[{key}] = {call}")
-        else:
-            default = self.cg.literal(spec.default)
-            self.cg.emit(f"{obj}[{key}] = {v} if {v} else ({default} if {v} is None or {v} == '' "
-                         f"else {v})")
+            return v, f"{inline} if type({v}) is int else {call}"
+        default = self.cg.literal(spec.default)
+        value = f"{v}.{case}() if type({v}) is str and {v}" if case else f"{v} if {v}"
+        return "", f"{value} else ({default} if {v} is None or {v} == '' else {v})"
+
+    def spreads(self, spreads: list[Spread], loc: Loc, cache: PathCache, obj: str,
+                roots: frozenset[str] | None) -> None:
+        """Emit ``obj = {}`` and the spreads into it; a first plain spread copies instead."""
+        created = False
+        for i, spread in enumerate(spreads):
+            if not created:
+                created = True
+                if self._copy_spread(spread, (*loc, i), cache, obj, roots):
+                    continue
+                self.cg.emit(f"{obj} = {{}}")
+            self.spread(spread, (*loc, i), cache, obj, roots)
+        if not created:
+            self.cg.emit(f"{obj} = {{}}")
+
+    def _copy_spread(self, spread: Spread, loc: Loc, cache: PathCache, obj: str,
+                     roots: frozenset[str] | None) -> bool:
+        """A spread that copies entries as they are, into an object not made yet: copy the
+        source whole (in C), then delete the null and excluded entries, rather than copy the
+        entries one by one. Fast mode only (the source's view may be a list: AttributeError on
+        ``.items``). True when it emitted ``obj``."""
+        if (not self.values.fast or self.trace or spread.key is not None
+                or spread.rename is not None or spread.renamed_only or spread.prefix
+                or spread.suffix or spread.transform or spread.value is not None):
+            return False
+        cg = self.cg
+        source = self.expr(spread.from_, (*loc, "from"), roots)
+        if source is None:
+            cg.emit(f"{obj} = {{}}")
+            return True
+        view = self.values.dict_view(self.values.value(spread.from_, source, cache), cache)
+        k, v = cg.name("k"), cg.name("v")
+        drop = [f"{v} is None"]
+        excluded = self._excluded(spread, k)
+        if excluded:
+            drop.append(excluded)
+        if spread.only is not None:
+            drop.append(f"{k} not in {cg.const(frozenset(spread.only), 'set')}")
+        cg.emit(f"{obj} = {view}.copy()")
+        with cg.block(f"for {k}, {v} in {view}.items():"):
+            cg.emit(f"if {' or '.join(drop)}: del {obj}[{k}]")
         return True
 
     def spread(self, spread: Spread, loc: Loc, cache: PathCache, obj: str,
@@ -400,10 +480,7 @@ class _Compiler:
         name = cg.name("n")
         with contextlib.ExitStack() as renamed:
             if table is None:
-                if spread.prefix or spread.suffix:
-                    cg.emit(f"{name} = {k}")
-                else:
-                    name = k  # the key as it is: no copy
+                name = k  # the key as it is: no copy
             elif spread.renamed_only:
                 cg.emit(f"{name} = {table}.get({k}{fold})")
                 renamed.enter_context(cg.block(f"if {name} is not None:"))
@@ -415,7 +492,11 @@ class _Compiler:
                       value_ast: dict[str, Any] | None) -> None:
         cg = self.cg
         if spread.prefix or spread.suffix:
-            cg.emit(f"{name} = {cg.literal(spread.prefix)} + {name} + {cg.literal(spread.suffix)}")
+            parts = [cg.literal(spread.prefix) if spread.prefix else "", name,
+                     cg.literal(spread.suffix) if spread.suffix else ""]
+            named = cg.name("n")
+            cg.emit(f"{named} = {' + '.join(p for p in parts if p)}")
+            name = named
         val = cg.name("sv")
         if value_ast is not None and spread.value is not None:
             inner = PathCache({"@": v})
@@ -519,9 +600,7 @@ class _Compiler:
                     with cg.block(f"if not {cond}:"):
                         cg.emit("return None")
             obj = cg.name("attrs")
-            cg.emit(f"{obj} = {{}}")
-            for i, spread in enumerate(user.spread):
-                self.spread(spread, ("user", "spread", i), cache, obj, roots)
+            self.spreads(user.spread, ("user", "spread"), cache, obj, roots)
             self.attributes(user.attributes, ("user", "attributes"), cache, "", roots, obj)
             cg.emit(f"return {obj}")
 
@@ -574,10 +653,12 @@ class _Compiler:
                                                f"(rule {seen[rule.name] + 1} has it too)")
                 seen.setdefault(rule.name, i)
                 cond = "True"
+                branch = top.child()
                 if rule.when is not None:
                     ast = self.expr(rule.when, (*loc, "when"), roots)
                     if ast is not None:
                         cond = self.values.condition(rule.when, ast, top)
+                        self.values.assume_truthy(ast, branch)
                 if self.trace:
                     matched = cg.name("m")
                     cg.emit(f"{matched} = bool({cond})")
@@ -585,7 +666,7 @@ class _Compiler:
                             f"{matched})")
                     cond = matched
                 with cg.block(f"if {cond}:"):
-                    self.gen_rule(rule, i, loc, top.child(), sink)
+                    self.gen_rule(rule, i, loc, branch, sink)
             cg.emit("return -1, None, None, None, None, None")
 
         # The pipeline calls event() only with a dict event (explain, traced, with any value).
@@ -613,9 +694,7 @@ class _Compiler:
             self.error((*loc, "event_name"), f"rule {rule.name!r} emits a user update; "
                                              "`event_name` would never be used")
         attrs = cg.name("attrs")
-        cg.emit(f"{attrs} = {{}}")
-        for j, spread in enumerate(rule.spread):
-            self.spread(spread, (*loc, "spread", j), cache, attrs, roots)
+        self.spreads(rule.spread, (*loc, "spread"), cache, attrs, roots)
         self.attributes(rule.attributes, (*loc, "attributes"), cache, "", roots, attrs)
         fields = "None"
         if rule.fields:

@@ -190,6 +190,20 @@ class ValueCompiler:
         cache.put(key, view)
         return view
 
+    def assume_truthy(self, ast: dict[str, Any], cache: PathCache) -> None:
+        """``cache`` is inside ``if <ast>:`` (fast mode): a path the condition requires to be
+        truthy is its own dict view (``v or EMPTY`` is ``v``)."""
+        if not self.fast:
+            return
+        if ast["type"] == "and_expression":
+            for child in ast["children"]:
+                self.assume_truthy(child, cache)
+            return
+        path = simple_path(ast)
+        local = cache.get(path) if path is not None else None
+        if local is not None:
+            cache.put((_VIEW, local), local)
+
     def value(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
         """A local holding the expression's value."""
         path = simple_path(ast)
@@ -253,13 +267,19 @@ class ValueCompiler:
             return f"({other} {op} {self.cg.literal(literal)})"
         if kind == "function_expression" and ast["value"] == "contains" and len(children) == 2:
             haystack, needle = children
-            if haystack["type"] == "literal" and isinstance(haystack["value"], list) and all(
-                isinstance(v, str) for v in haystack["value"]
-            ):
+            strings: list[Any] | None = None
+            if haystack["type"] == "literal" and isinstance(haystack["value"], list):
+                strings = haystack["value"]  # contains(`["a", "b"]`, x)
+            elif haystack["type"] == "multi_select_list" and "@" not in cache.roots:
+                # contains(['a', 'b'], x): a list of raw strings, built against the scope
+                # object (never null here), so it is the list of those strings
+                strings = [c.get("value") if c["type"] == "literal" else None
+                           for c in haystack["children"]]
+            if strings is not None and all(isinstance(v, str) for v in strings):
                 operand = self._operand(needle, cache)
                 if operand is None or operand[1] is not _NOT_LITERAL:
                     return None
-                values = self.cg.const(frozenset(haystack["value"]), "set")
+                values = self.cg.const(frozenset(strings), "set")
                 return f"(type({operand[0]}) is str and {operand[0]} in {values})"
             return None
         path = simple_path(ast)

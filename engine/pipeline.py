@@ -35,6 +35,10 @@ class Pipeline:
         self.events_key = compiled.source.events_key
         self.project_codes = [code for _, code in compiled.projects]
         self.project_names = [name for name, _ in compiled.projects]
+        # per rule, looked up once here rather than per event
+        self._to_user = [emit == "user" for emit in compiled.emits]
+        self._identity_per_event = compiled.identity is not None and not (
+            compiled.identity_per_batch)
 
     def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
         """Process one input line; return the requests that filled up."""
@@ -77,35 +81,40 @@ class Pipeline:
                 else:
                     out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
                     report.delivered_user_updates += 1
+        # the loop runs per event: everything it looks up is a local
+        mapper, drops, rule_names, to_user = c.event, c.drop_reasons, c.rule_names, self._to_user
+        identity_per_event = c.identity if self._identity_per_event else None
+        add = self.encoder.add
+        codes, routing, dropped = self.project_codes, report.routing, report.dropped
         for index, event in enumerate(events):
             report.events_in += 1
             if not isinstance(event, dict):
                 self._dead("event is not a JSON object", event, "", line_no, None, index)
                 continue
             try:
-                rule, name, attrs, fields, route, route_value = c.event(batch, event)
+                rule, name, attrs, fields, route, route_value = mapper(batch, event)
             except RecordError as exc:
                 self._dead(exc.reason, event, exc.detail, line_no, None, index)
                 continue
             if rule < 0:
-                report.dropped[NO_RULE] += 1
+                dropped[NO_RULE] += 1
                 continue
-            reason = c.drop_reasons[rule]
+            reason = drops[rule]
             if reason is not None:
-                report.dropped[reason] += 1
+                dropped[reason] += 1
                 continue
-            if c.identity is not None and not c.identity_per_batch:
-                ident, _ = c.identity(batch, event)
-            rule_name = c.rule_names[rule]
+            if identity_per_event is not None:
+                ident, _ = identity_per_event(batch, event)
+            rule_name = rule_names[rule]
             if ident is None:
                 self._dead(NO_IDENTITY, event, self._identity_hint(), line_no, rule_name, index)
                 continue
-            if c.emits[rule] == "user":
+            if to_user[rule]:
                 if attrs:
-                    out += self.encoder.add(UserOut(ident, attrs, (line_no, index), rule_name))
+                    out += add(UserOut(ident, attrs, (line_no, index), rule_name))
                     report.delivered_user_updates += 1
                 else:
-                    report.dropped["user update with no attributes"] += 1
+                    dropped["user update with no attributes"] += 1
                 continue
             if not name:
                 self._dead("event name is empty", event, f"rule {rule_name!r}", line_no,
@@ -113,12 +122,14 @@ class Pipeline:
                 continue
             project = None
             if route >= 0:
-                project = self.project_codes[route]
-                report.routing[self.project_names[route]] += 1
+                project = codes[route]
+                routing[self.project_names[route]] += 1
             elif route in _FALLBACK:
                 self._fallback(route, route_value)
-            out += self.encoder.add(EventOut(ident, name, attrs, fields or {}, project,
-                                             (line_no, index), rule_name))
+            requests = add(EventOut(ident, name, attrs, fields or {}, project, (line_no, index),
+                                    rule_name))
+            if requests:
+                out += requests
             report.delivered_events += 1
         return out
 
@@ -161,8 +172,11 @@ class Pipeline:
                 "(matching is exact and case-sensitive)")
 
     def run(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[WireRequest]:
+        feed = self.feed
         for line_no, line in lines:
-            yield from self.feed(line_no, line)
+            requests = feed(line_no, line)
+            if requests:  # most lines fill no request
+                yield from requests
         yield from self.finish()
 
 

@@ -269,7 +269,7 @@ def emit_transform(
             cg.emit(f"{var} = {cg.literal(argument)}")
         return
     if name == "empty_to_null":
-        cg.emit(f"if {var} == '' or {var} == [] or {var} == {{}}: {var} = None")
+        cg.emit(f"if not {var} and ({var} == '' or {var} == [] or {var} == {{}}): {var} = None")
         return
     if name in _FUNCTIONS:
         fn = cg.const(_FUNCTIONS[name], f"t_{name}")

@@ -1,0 +1,1 @@
+"""moerules benchmarks: `python -m benchmarks` (or `moerules bench`)."""
