@@ -20,6 +20,8 @@ __all__ = ["NO_IDENTITY", "NO_RULE", "Pipeline"]
 
 NO_IDENTITY = "no usable identity"
 NO_RULE = "no rule matched"
+MAPPING_FAILED = "mapping failed on unexpected data"
+CANNOT_ENCODE = "cannot encode for the destination"
 _FALLBACK = {ROUTE_MISSING: "missing", ROUTE_BLANK: "blank", ROUTE_UNKNOWN: "unknown"}
 
 
@@ -74,13 +76,20 @@ class Pipeline:
                 report.user_updates_in += 1
                 self._dead(exc.reason, batch, exc.detail, line_no, "user")
                 attrs = None
+            except Exception as exc:  # noqa: BLE001 - as for events, below
+                report.user_updates_in += 1
+                self._dead(MAPPING_FAILED, batch, f"{type(exc).__name__}: {exc}", line_no, "user")
+                attrs = None
             if attrs:
                 report.user_updates_in += 1
                 if ident is None:
                     self._dead(NO_IDENTITY, batch, self._identity_hint(), line_no, "user")
                 else:
-                    out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
-                    report.delivered_user_updates += 1
+                    try:
+                        out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
+                        report.delivered_user_updates += 1
+                    except (TypeError, ValueError) as exc:
+                        self._dead(CANNOT_ENCODE, batch, str(exc), line_no, "user")
         # the loop runs per event: everything it looks up is a local
         mapper, drops, rule_names, to_user = c.event, c.drop_reasons, c.rule_names, self._to_user
         identity_per_event = c.identity if self._identity_per_event else None
@@ -95,6 +104,10 @@ class Pipeline:
                 rule, name, attrs, fields, route, route_value = mapper(batch, event)
             except RecordError as exc:
                 self._dead(exc.reason, event, exc.detail, line_no, None, index)
+                continue
+            except Exception as exc:  # noqa: BLE001 - data no rule foresaw must not stop the run
+                self._dead(MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None,
+                           index)
                 continue
             if rule < 0:
                 dropped[NO_RULE] += 1
@@ -111,7 +124,11 @@ class Pipeline:
                 continue
             if to_user[rule]:
                 if attrs:
-                    out += add(UserOut(ident, attrs, (line_no, index), rule_name))
+                    try:
+                        out += add(UserOut(ident, attrs, (line_no, index), rule_name))
+                    except (TypeError, ValueError) as exc:
+                        self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
+                        continue
                     report.delivered_user_updates += 1
                 else:
                     dropped["user update with no attributes"] += 1
@@ -126,12 +143,25 @@ class Pipeline:
                 routing[self.project_names[route]] += 1
             elif route in _FALLBACK:
                 self._fallback(route, route_value)
-            requests = add(EventOut(ident, name, attrs, fields or {}, project, (line_no, index),
-                                    rule_name))
+            try:
+                requests = add(EventOut(ident, name, attrs, fields or {}, project,
+                                        (line_no, index), rule_name))
+            except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
+                self._unroute(project, route)
+                self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
+                continue
             if requests:
                 out += requests
             report.delivered_events += 1
         return out
+
+    def _unroute(self, project: str | None, route: int) -> None:
+        """Take back the routing count of an event that did not make it into a request."""
+        if project is not None:
+            self.report.routing[self.project_names[route]] -= 1
+        elif route in _FALLBACK:
+            self.report.routing["portfolio"] -= 1
+            self.report.fallback[_FALLBACK[route]] -= 1
 
     def _fallback(self, route: int, value: Any) -> None:
         report = self.report

@@ -95,15 +95,23 @@ def to_bool(value: Any, what: str) -> Any:
     raise TransformError(f"{what}: cannot convert to bool", repr(value)[:80])
 
 
+EPOCH_LIMIT = 1e15
+"""Larger magnitudes are no timestamp in s or ms; their conversions would not fit 64 bits."""
+
+
 def _epoch_number(value: Any, what: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value.strip())
+            number = float(value.strip())
         except ValueError:
             return float(iso_to_epoch_s(value, what))
-    raise TransformError(f"{what}: not a timestamp", repr(value)[:80])
+    else:
+        raise TransformError(f"{what}: not a timestamp", repr(value)[:80])
+    if not _isfinite(number) or abs(number) > EPOCH_LIMIT:  # "nan", "inf", 1e300
+        raise TransformError(f"{what}: timestamp out of range", repr(value)[:80])
+    return number
 
 
 def epoch_ms_to_s(value: Any, what: str) -> Any:

@@ -258,3 +258,48 @@ def test_short_secret_does_not_corrupt_output(cli: Callable[..., Result], tmp_pa
     assert request["headers"] == {"Authorization": "***", "Content-Type": "application/json",
                                   "MOE-APPKEY": "WS42"}
     assert request["body"]["elements"][0]["actions"][0]["action"] == "Kick"
+
+
+def test_unreadable_timestamps_cost_only_the_field(cli: Callable[..., Result],
+                                                   tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    events = []
+    for stamp in ("nan", "inf", 1e300, "-1e400", "yesterday"):
+        event = custom(f"At {stamp}")
+        event["data"]["timestamp_unixtime_ms"] = stamp  # type: ignore[index]
+        events.append(event)
+    data.write_bytes(batch("c1", *events))
+    report = tmp_path / "r.json"
+    result = cli("run", "mparticle-to-moengage", "--input", str(data), "--dry-run",
+                 "--report", str(report), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    (request,) = [json.loads(line) for line in result.stdout.splitlines()]
+    actions = request["body"]["elements"][0]["actions"]
+    assert [a["action"] for a in actions] == [
+        "At nan", "At inf", "At 1e+300", "At -1e400", "At yesterday"]
+    assert all("current_time" not in a for a in actions)
+    assert json.loads(report.read_text())["delivered_events"] == 5
+
+
+def test_values_beyond_64_bits_are_dead_lettered_not_fatal(
+        cli: Callable[..., Result], write: Callable[..., Path], tmp_path: Path) -> None:
+    bundle = write("bundle.yaml", MINIMAL_BUNDLE + """\
+    attributes:
+      at_ms: {from: event.data.at, transform: epoch_s_to_ms}
+""")
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(
+        batch("c1", {"event_type": "custom_event",
+                     "data": {"event_name": "Huge", "at": 18446744073709551615}})
+        + batch("c2", custom("Fine")))
+    dead = tmp_path / "dead.jsonl"
+    result = cli("run", str(bundle), "--input", str(data), "--dry-run", "--dead-letter",
+                 str(dead), env={"TEST_KEY": "k" * 10})
+    assert result.exit_code == 0, result.stderr
+    (request,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert request["body"]["elements"][0]["actions"][0]["action"] == "Fine"
+    (letter,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert letter["line"] == 1
+    # the compiled int fast path multiplies; the encoder refuses what no 64-bit field holds
+    assert letter["reason"] == "cannot encode for the destination"
+    assert letter["record"]["data"]["event_name"] == "Huge"
