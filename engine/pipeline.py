@@ -76,7 +76,7 @@ class Pipeline:
                 report.user_updates_in += 1
                 self._dead(exc.reason, batch, exc.detail, line_no, "user")
                 attrs = None
-            except Exception as exc:
+            except Exception as exc:  # as for events, below
                 report.user_updates_in += 1
                 self._dead(MAPPING_FAILED, batch, f"{type(exc).__name__}: {exc}", line_no, "user")
                 attrs = None
@@ -105,7 +105,7 @@ class Pipeline:
             except RecordError as exc:
                 self._dead(exc.reason, event, exc.detail, line_no, None, index)
                 continue
-            except Exception as exc:
+            except Exception as exc:  # data no rule foresaw must not stop the run
                 self._dead(MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None,
                            index)
                 continue
