@@ -94,9 +94,12 @@ class Pipeline:
         mapper, drops, rule_names, to_user = c.event, c.drop_reasons, c.rule_names, self._to_user
         identity_per_event = c.identity if self._identity_per_event else None
         add = self.encoder.add
-        codes, routing, dropped = self.project_codes, report.routing, report.dropped
+        codes, dropped = self.project_codes, report.dropped
+        # per-event counts stay in locals and reach the report once per batch
+        routed = [0] * (len(codes) + 4)  # by route: projects, then the negative route codes
+        delivered = 0
+        report.events_in += len(events)
         for index, event in enumerate(events):
-            report.events_in += 1
             if not isinstance(event, dict):
                 self._dead("event is not a JSON object", event, "", line_no, None, index)
                 continue
@@ -137,39 +140,34 @@ class Pipeline:
                 self._dead("event name is empty", event, f"rule {rule_name!r}", line_no,
                            rule_name, index)
                 continue
-            project = None
-            if route >= 0:
-                project = codes[route]
-                routing[self.project_names[route]] += 1
-            elif route in _FALLBACK:
-                self._fallback(route, route_value)
+            project = codes[route] if route >= 0 else None
             try:
                 requests = add(EventOut(ident, name, attrs, fields or {}, project,
                                         (line_no, index), rule_name))
             except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
-                self._unroute(project, route)
                 self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
                 continue
+            routed[route] += 1
+            if route == ROUTE_UNKNOWN:
+                report.unknown_projects[str(route_value)] += 1
             if requests:
                 out += requests
-            report.delivered_events += 1
+            delivered += 1
+        report.delivered_events += delivered
+        if delivered:
+            self._count_routes(routed)
         return out
 
-    def _unroute(self, project: str | None, route: int) -> None:
-        """Take back the routing count of an event that did not make it into a request."""
-        if project is not None:
-            self.report.routing[self.project_names[route]] -= 1
-        elif route in _FALLBACK:
-            self.report.routing["portfolio"] -= 1
-            self.report.fallback[_FALLBACK[route]] -= 1
-
-    def _fallback(self, route: int, value: Any) -> None:
+    def _count_routes(self, routed: list[int]) -> None:
+        """Add one batch's per-route counts (indexed by route code) to the report."""
         report = self.report
-        why = _FALLBACK[route]
-        report.routing["portfolio"] += 1
-        report.fallback[why] += 1
-        if route == ROUTE_UNKNOWN:
-            report.unknown_projects[str(value)] += 1
+        for index, name in enumerate(self.project_names):
+            if routed[index]:
+                report.routing[name] += routed[index]
+        for route, why in _FALLBACK.items():
+            if routed[route]:
+                report.routing["portfolio"] += routed[route]
+                report.fallback[why] += routed[route]
 
     def _identity_hint(self) -> str:
         ident = self.c.model.identity
