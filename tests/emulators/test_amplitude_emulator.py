@@ -23,8 +23,6 @@ def emu() -> AmplitudeEmulator:
     return AmplitudeEmulator(KEY)
 
 
-
-
 @pytest.fixture(scope="module")
 def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=5.0) as c:

@@ -151,8 +151,6 @@ def emu() -> SegmentEmulator:
     return SegmentEmulator(KEY)
 
 
-
-
 @pytest.fixture(scope="module")
 def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=5.0, auth=(KEY, "")) as c:

@@ -30,8 +30,6 @@ def emu() -> MixpanelEmulator:
     return MixpanelEmulator(TOKEN, project_id=PROJECT, service_account=SA, api_secret="legacy")
 
 
-
-
 @pytest.fixture(scope="module")
 def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=10.0, auth=SA,

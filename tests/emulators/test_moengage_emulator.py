@@ -33,8 +33,6 @@ def emu() -> MoEngageEmulator:
     return MoEngageEmulator(WS, KEY, project_codes=["P1"])
 
 
-
-
 @pytest.fixture(scope="module")
 def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=5.0, auth=(WS, KEY), headers=GOOD_HEADERS) as c:
