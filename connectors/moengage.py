@@ -68,7 +68,6 @@ class _Encoder(SinkEncoder):
     def __init__(self, sink: MoEngageDataSink) -> None:
         self.sink = sink
         self.pending: dict[str | None, _Pending] = {}
-        self.users = _Pending()
         # what add() needs per event, looked up once: the room for elements in one body
         self._bulk = sink.bulk
         self._room = sink.max_bytes - (len(_TRANSITION_HEAD) + 2 if sink.bulk else 0)
@@ -81,9 +80,9 @@ class _Encoder(SinkEncoder):
             piece = orjson.dumps({"type": "customer", "customer_id": item.identity,
                                   "attributes": item.attributes})
             if sink.bulk:
-                return self._append(None, [piece], item, None, [])
+                return self._add_customer(piece, item)
             return [sink.request("customer", None, piece, [item])]
-        # An event: what _append does for one, in fewer steps (this runs per event).
+        # An event: joins the last element when it is the same customer's (a batch's events)
         fields = item.fields
         piece = orjson.dumps(
             {"action": item.name, "attributes": item.attributes, **fields} if fields
@@ -113,41 +112,18 @@ class _Encoder(SinkEncoder):
         pending.size += grow
         return out
 
-    def _append(self, project: str | None, pieces: list[bytes], item: EventOut | UserOut,
-                customer: bytes | None, out: list[WireRequest]) -> list[WireRequest]:
-        sink = self.sink
-        key = project if (customer is not None or not sink.bulk) else None
-        if customer is not None or sink.bulk:
-            pending = self.pending.get(key)
-            if pending is None:
-                pending = self.pending[key] = _Pending()
-        else:
-            pending = self.users
-        piece = pieces[0]
-        merge = customer is not None and pending.last_customer == customer and pending.elements
-        if merge:
-            grow = len(piece) + 1
-        elif customer is not None:
-            grow = len(_EVENT_HEAD) + len(customer) + len(_ACTIONS) + len(piece) + len(_TAIL) + 1
-        else:
-            grow = len(piece) + 1
-        overhead = len(_TRANSITION_HEAD) + 2 if sink.bulk else 0
-        if (pending.elements and pending.size + grow + overhead > sink.max_bytes) or (
-            not sink.bulk and customer is not None and not merge and pending.elements
-        ):
-            out.append(self._close(key, pending))
-            pending = self.pending[key] = _Pending()
-            merge = False
-            grow = (len(_EVENT_HEAD) + len(customer) + len(_ACTIONS) + len(piece) + len(_TAIL) + 1
-                    if customer is not None else len(piece) + 1)
-        if merge:
-            pending.elements[-1].append(piece)
-        elif customer is not None:
-            pending.elements.append([_EVENT_HEAD + customer + _ACTIONS, piece])
-            pending.last_customer = customer
-        else:
-            pending.elements.append([piece])
-            pending.last_customer = None
+    def _add_customer(self, piece: bytes, item: UserOut) -> list[WireRequest]:
+        """A bulk ``customer`` element; user attributes are never routed (project None)."""
+        pending = self.pending.get(None)
+        if pending is None:
+            pending = self.pending[None] = _Pending()
+        out: list[WireRequest] = []
+        grow = len(piece) + 1
+        if pending.elements and pending.size + grow > self._room:
+            out.append(self._close(None, pending))
+            pending = self.pending[None] = _Pending()
+        pending.elements.append([piece])
+        pending.last_customer = None
         pending.items.append(item)
         pending.size += grow
         return out
@@ -155,7 +131,7 @@ class _Encoder(SinkEncoder):
     def _close(self, project: str | None, pending: _Pending) -> WireRequest:
         parts = []
         for element in pending.elements:
-            if len(element) > 1 or element[0].startswith(_EVENT_HEAD):
+            if len(element) > 1:  # an event element: head, then its actions
                 parts.append(element[0] + b",".join(element[1:]) + _TAIL)
             else:
                 parts.append(element[0])

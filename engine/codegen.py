@@ -7,7 +7,6 @@ never spliced into the source text, so no rule file can inject code.
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,10 +75,6 @@ class Codegen:
         namespace = dict(self.namespace)
         exec(code, namespace)
         return namespace
-
-
-def is_identifier(text: str) -> bool:
-    return text.isidentifier() and not keyword.iskeyword(text)
 
 
 class PathCache:

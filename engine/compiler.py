@@ -219,13 +219,11 @@ class _Compiler:
             self.cg.emit(f"{out} = '' if {local} is None else {local} if type({local}) is str "
                          f"else {stringify}({local}, '')")
             return True
-        tpl = self.cg.const(compiled, "tpl")
         args = ", ".join(f"{k}={v}" for k, v in cache.roots.items() if k != "@")
         if roots is None:
             args = f"item={cache.roots['@']}"
         render = self.cg.name("render")
         self.cg.namespace[render] = _renderer(compiled)
-        del tpl
         self.cg.emit(f"{out} = {render}({args})")
         return True
 

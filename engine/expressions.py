@@ -17,7 +17,7 @@ import jmespath
 from jmespath import exceptions as jmespath_errors
 from jmespath import functions as jmespath_functions
 
-from engine.codegen import Codegen, PathCache, is_identifier
+from engine.codegen import Codegen, PathCache
 from engine.errors import RecordError
 
 __all__ = [
@@ -299,6 +299,3 @@ def _exact_comparable(value: Any) -> bool:
     # (True == 1 in Python), so numeric comparisons stay with jmespath.
     return value is None or isinstance(value, str | bool)
 
-
-def identifier_ok(name: str) -> bool:
-    return is_identifier(name)

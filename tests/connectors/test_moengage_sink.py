@@ -129,3 +129,19 @@ def test_settings_are_checked() -> None:
     assert set(problems) == {"data_center", "mode", "endpoint", "max_request_bytes", "colour"}
     assert dict(MoEngageDataSink({}).check_settings())["workspace_id"] == (
         "destination 'moengage' needs setting 'workspace_id'")
+
+
+def test_user_updates_stay_within_max_bytes_and_lose_nothing() -> None:
+    enc = sink(max_request_bytes=2048).encoder()
+    requests = []
+    for i in range(200):
+        requests += enc.add(UserOut(f"c{i}", {"bio": "y" * (i % 150)}, (i, -1), "user"))
+        requests += enc.add(event(f"c{i}", f"E{i}"))
+    requests += enc.flush()
+    assert all(len(r.body) <= 2048 for r in requests)
+    elements = [e for r in requests for e in orjson.loads(r.body)["elements"]]
+    users = [e["customer_id"] for e in elements if e["type"] == "customer"]
+    actions = [a["action"] for e in elements if e["type"] == "event" for a in e["actions"]]
+    assert users == [f"c{i}" for i in range(200)]
+    assert actions == [f"E{i}" for i in range(200)]
+    assert sum(len(r.items) for r in requests) == 400
