@@ -41,6 +41,10 @@ class Pipeline:
         self._to_user = [emit == "user" for emit in compiled.emits]
         self._identity_per_event = compiled.identity is not None and not (
             compiled.identity_per_batch)
+        ident = compiled.model.identity
+        order = (ident.precedence or list(ident.candidates)) if ident else []
+        self.identity_hint = ("none of the identity candidates had a usable value: "
+                              + ", ".join(order))
 
     def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
         """Process one input line; return the requests that filled up."""
@@ -83,7 +87,7 @@ class Pipeline:
             if attrs:
                 report.user_updates_in += 1
                 if ident is None:
-                    self._dead(NO_IDENTITY, batch, self._identity_hint(), line_no, "user")
+                    self._dead(NO_IDENTITY, batch, self.identity_hint, line_no, "user")
                 else:
                     try:
                         out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
@@ -123,7 +127,7 @@ class Pipeline:
                 ident, _ = identity_per_event(batch, event)
             rule_name = rule_names[rule]
             if ident is None:
-                self._dead(NO_IDENTITY, event, self._identity_hint(), line_no, rule_name, index)
+                self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_name, index)
                 continue
             if to_user[rule]:
                 if attrs:
@@ -168,11 +172,6 @@ class Pipeline:
             if routed[route]:
                 report.routing["portfolio"] += routed[route]
                 report.fallback[why] += routed[route]
-
-    def _identity_hint(self) -> str:
-        ident = self.c.model.identity
-        order = (ident.precedence or list(ident.candidates)) if ident else []
-        return "none of the identity candidates had a usable value: " + ", ".join(order)
 
     def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
               index: int | None = None) -> None:

@@ -303,3 +303,22 @@ def test_values_beyond_64_bits_are_dead_lettered_not_fatal(
     # the compiled int fast path multiplies; the encoder refuses what no 64-bit field holds
     assert letter["reason"] == "cannot encode for the destination"
     assert letter["record"]["data"]["event_name"] == "Huge"
+
+
+def test_template_failing_at_render_dead_letters_the_event(
+        cli: Callable[..., Result], write: Callable[..., Path], tmp_path: Path) -> None:
+    bundle = write("bundle.yaml", MINIMAL_BUNDLE.replace(
+        '"{{ event.data.event_name }}"', '"{{ event.data.event_name | upper }} seen"'))
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(batch("c1", {"event_type": "custom_event", "data": {}},
+                           custom("fine")))
+    dead = tmp_path / "dead.jsonl"
+    result = cli("run", str(bundle), "--input", str(data), "--dry-run", "--dead-letter",
+                 str(dead), env={"TEST_KEY": "k" * 10})
+    assert result.exit_code == 0, result.stderr
+    (request,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["action"] for a in request["body"]["elements"][0]["actions"]] == ["FINE seen"]
+    (letter,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert letter["reason"] == "template failed"
+    assert "event_name" in letter["error"]
+    assert letter["event_index"] == 0
