@@ -24,6 +24,7 @@ class MParticleSource(Source):
     __slots__ = ()
     name: ClassVar[str] = "mparticle"
     events_key: ClassVar[str | None] = "events"
+    projectable: ClassVar[bool] = True
     settings_doc: ClassVar[dict[str, str]] = {}
 
     def decode(self, line: bytes) -> dict[str, Any]:

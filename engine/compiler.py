@@ -24,6 +24,7 @@ from engine.expressions import ExpressionError, ValueCompiler, parse, root_field
 from engine.loading import LDict, position_of
 from engine.model import Bundle, EventRule, FieldSpec, Spread
 from engine.overlay import resolve_env
+from engine.projection import ReadSet, jmespath_reads, template_reads
 from engine.templates import TemplateCheck, TemplateError, environment, simple_variable
 from engine.transforms import (
     CASTS,
@@ -67,6 +68,8 @@ class CompiledBundle:
     emits: list[str]
     projects: list[tuple[str, str]]  # (name, code)
     source_code: str
+    reads: ReadSet = field(default_factory=ReadSet)  # what the rules read of a record
+    projected: bool = True  # decode only what the rules read, where the source allows it
     missing_env: list[str] = field(default_factory=list)
     secrets: frozenset[str] = frozenset()
     traced: bool = False
@@ -84,6 +87,7 @@ class _Compiler:
         self.cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
         self.cg.namespace["_RecordError"] = RecordError
         self.values = ValueCompiler(self.cg)
+        self.reads = ReadSet()
         self.tables = {
             name: (
                 {(k.casefold() if t.ignore_case else k): v for k, v in t.values.items()},
@@ -105,7 +109,9 @@ class _Compiler:
         except ExpressionError as exc:
             self.error(loc, str(exc))
             return None
-        if roots is not None:
+        if roots is not None:  # rooted at the scope: what it reads, the decoder must build
+            for path in jmespath_reads(ast):
+                self.reads.add(path)
             for name in sorted(root_fields(ast) - roots):
                 hint = did_you_mean(name, roots)
                 self.error(loc, f"path {text!r} starts at {name!r}{hint}; paths here start "
@@ -212,6 +218,9 @@ class _Compiler:
         if "{" not in source:
             self.cg.emit(f"{out} = {self.cg.literal(source)}")
             return True
+        if roots is not None:
+            for read in template_reads(self.env.parse(source), roots):
+                self.reads.add(read)
         path = simple_variable(self.env, source)
         stringify = self.cg.const(to_string, "t_string")
         if path is not None and (roots is None or path[0] in roots):
@@ -275,16 +284,24 @@ class _Compiler:
                    roots: frozenset[str] | None, target: str | None = None) -> str:
         """Emit code building the object ``specs`` describe (into ``target`` when given).
 
-        A fresh object is one dict display, sized once, its null values deleted after, rather
-        than an empty dict grown one key at a time: the values are computed first, in the same
-        order, so nothing observable changes.
+        A fresh object starts as one dict display of its leading values that are never null
+        (sized once, rather than grown one key at a time); from the first value that may be
+        null on, each is set only when it is not null, which costs less than setting it and
+        deleting it again. Values are computed in the same order either way.
         """
         cg = self.cg
         display = target is None and not self.trace and len(specs) > 1
         obj = target or cg.name("obj")
         if target is None and not display:
             cg.emit(f"{obj} = {{}}")
-        items: list[tuple[str, str, bool]] = []  # (key source, value source, may be null)
+        leading: list[tuple[str, str]] = []  # (key source, value source), never null
+
+        def start() -> None:  # the object exists from here on; later values are set into it
+            nonlocal display
+            if display:
+                cg.emit(f"{obj} = {{{', '.join(f'{k}: {v}' for k, v in leading)}}}")
+                display = False
+
         for name, spec in specs.items():
             label = f"{what}.{name}" if what else name
             key = cg.literal(name)
@@ -293,19 +310,18 @@ class _Compiler:
                 guard, value = inline
                 if not value:
                     continue  # an error, reported
-                if display and guard:
-                    local = cg.name("f")
-                    cg.emit(f"{local} = {guard} if {guard} is None else {value}")
-                    items.append((key, local, True))
-                elif display:
-                    items.append((key, value, False))
-                elif guard:
+                if display and not guard:
+                    leading.append((key, value))
+                    continue
+                start()
+                if guard:
                     cg.emit(f"if {guard} is not None: {obj}[{key}] = {value}")
                 else:
                     cg.emit(f"{obj}[{key}] = {value}")
                 continue
-            if (spec.each is not None and not display and not self.trace
+            if (spec.each is not None and not self.trace
                     and not _set(spec) & {"from", "value", "template"}):
+                start()
                 self.each(spec, (*loc, name), cache, label, roots, cg.name("f"), f"{obj}[{key}]")
                 continue
             made = self.field(spec, (*loc, name), cache, label, roots, alias=True)
@@ -314,17 +330,15 @@ class _Compiler:
             # the default is applied last, so the value is never null
             nullable = not (spec.each is None and spec.default is not None
                             and "default" in _set(spec) and spec.on_error != "omit")
-            if display:
-                items.append((key, made, nullable))
-            elif nullable:
+            if display and not nullable:
+                leading.append((key, made))
+                continue
+            start()
+            if nullable:
                 cg.emit(f"if {made} is not None: {obj}[{key}] = {made}")
             else:
                 cg.emit(f"{obj}[{key}] = {made}")
-        if display:
-            cg.emit(f"{obj} = {{{', '.join(f'{k}: {v}' for k, v, _ in items)}}}")
-            for key, value, nullable in items:
-                if nullable:
-                    cg.emit(f"if {value} is None: del {obj}[{key}]")
+        start()
         return obj
 
     def _inline_field(self, spec: FieldSpec, loc: Loc, cache: PathCache, what: str,
@@ -756,7 +770,7 @@ class _Compiler:
             rule_names=[r.name for r in bundle.events],
             drop_reasons=[r.drop for r in bundle.events],
             emits=[r.emit for r in bundle.events],
-            projects=projects, source_code=self.cg.source(),
+            projects=projects, source_code=self.cg.source(), reads=self.reads,
             missing_env=sorted(set(missing + routing_missing)), secrets=frozenset(secrets),
             traced=self.trace,
         )

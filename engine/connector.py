@@ -95,6 +95,10 @@ class Source(ABC):
     name: ClassVar[str]
     events_key: ClassVar[str | None] = "events"
     settings_doc: ClassVar[Mapping[str, str]] = {}
+    # True when ``decode`` is a JSON parse of one object per line plus checks that a
+    # projected decode's types enforce too (an object; ``events_key`` a list of objects):
+    # the engine may then decode only the fields the rules read (engine/projection.py)
+    projectable: ClassVar[bool] = False
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -114,7 +118,31 @@ class SinkEncoder(ABC):
 
     @abstractmethod
     def add(self, item: EventOut | UserOut) -> list[WireRequest]:
-        """Take one item; return the requests that became full."""
+        """Take one item; return the requests that became full.
+
+        Raises TypeError or ValueError, holding nothing of the item, when it cannot be encoded.
+        """
+
+    def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
+                                                          list[tuple[EventOut, str]]]:
+        """Take one input record's events, in order: the requests that became full, and the
+        items that cannot be encoded with why (held nowhere; the caller dead-letters them).
+
+        A sink overrides this to encode a record's events at once (one serialisation per
+        record rather than per event); the result must be what ``add`` one by one gives.
+        """
+        out: list[WireRequest] = []
+        failed: list[tuple[EventOut, str]] = []
+        add = self.add
+        for item in items:
+            try:
+                requests = add(item)
+            except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
+                failed.append((item, str(exc)))
+                continue
+            if requests:
+                out += requests
+        return out, failed
 
     @abstractmethod
     def flush(self) -> list[WireRequest]:

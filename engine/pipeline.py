@@ -13,6 +13,7 @@ from engine.compiler import ROUTE_BLANK, ROUTE_MISSING, ROUTE_UNKNOWN, CompiledB
 from engine.connector import EventOut, UserOut, WireRequest
 from engine.deadletter import DeadLetterWriter
 from engine.errors import RecordError
+from engine.projection import decoder
 from engine.report import RunReport
 from engine.validation import did_you_mean
 
@@ -22,6 +23,7 @@ NO_IDENTITY = "no usable identity"
 NO_RULE = "no rule matched"
 MAPPING_FAILED = "mapping failed on unexpected data"
 CANNOT_ENCODE = "cannot encode for the destination"
+_EVENT, _USER = object(), object()  # kinds of rule (a drop rule's kind is its reason)
 _FALLBACK = {ROUTE_MISSING: "missing", ROUTE_BLANK: "blank", ROUTE_UNKNOWN: "unknown"}
 
 
@@ -38,11 +40,23 @@ class Pipeline:
         self.project_codes = [code for _, code in compiled.projects]
         self.project_names = [name for name, _ in compiled.projects]
         # per rule, looked up once here rather than per event
-        self._to_user = [emit == "user" for emit in compiled.emits]
+        # what the mapper's rule index means: a drop reason, a user update or an event;
+        # index -1 (no rule matched) reads the last entry
+        self._kinds: list[str | object] = [
+            drop if drop is not None else _USER if emit == "user" else _EVENT
+            for drop, emit in zip(compiled.drop_reasons, compiled.emits, strict=True)
+        ] + [NO_RULE]
+        # by route code: the projects' codes, then None for the negative (fallback) codes
+        self._route_codes: list[str | None] = [*self.project_codes, None, None, None, None]
         self._identity_per_event = compiled.identity is not None and not (
             compiled.identity_per_batch)
         ident = compiled.model.identity
         order = (ident.precedence or list(ident.candidates)) if ident else []
+        # decode only what the rules read, when the source allows it (not when tracing)
+        self._project = (decoder(compiled.reads, self.events_key)
+                         if compiled.projected and compiled.source.projectable
+                         and not compiled.traced else None)
+        self._line: bytes | None = None  # the current line, when it was decoded projected
         self.identity_hint = ("none of the identity candidates had a usable value: "
                               + ", ".join(order))
 
@@ -50,61 +64,51 @@ class Pipeline:
         """Process one input line; return the requests that filled up."""
         report = self.report
         report.lines_in += 1
-        try:
-            batch = self.c.source.decode(line)
-        except RecordError as exc:
-            report.unreadable_lines += 1
-            report.dead_lettered[exc.reason] += 1
-            self.dead.write(exc.reason, raw=line, error=exc.detail, line=line_no)
-            return []
+        batch = None
+        if self._project is not None:
+            try:
+                batch = self._project(line)
+            except Exception:  # any shape the projection does not describe: decode it all
+                batch = None
+            self._line = None if batch is None else line
+        if batch is None:
+            try:
+                batch = self.c.source.decode(line)
+            except RecordError as exc:
+                report.unreadable_lines += 1
+                report.dead_lettered[exc.reason] += 1
+                self.dead.write(exc.reason, raw=line, error=exc.detail, line=line_no)
+                return []
         try:
             return self._batch(line_no, batch)
         except RecordError as exc:  # a failure outside any one event: the whole line
             report.unreadable_lines += 1
             report.dead_lettered[exc.reason] += 1
-            self.dead.write(exc.reason, record=batch, error=exc.detail, line=line_no)
+            record = batch if self._line is None else self._full(line, None, batch)
+            self.dead.write(exc.reason, record=record, error=exc.detail, line=line_no)
             return []
 
     def _batch(self, line_no: int, batch: dict[str, Any]) -> list[WireRequest]:
         c, report = self.c, self.report
         events = batch.get(self.events_key) if self.events_key else None
-        events = events or []
         ident = None
         if c.identity is not None and c.identity_per_batch:
             ident, _ = c.identity(batch, None)
         out: list[WireRequest] = []
         if c.user is not None:
-            try:
-                attrs = c.user(batch, None)
-            except RecordError as exc:
-                report.user_updates_in += 1
-                self._dead(exc.reason, batch, exc.detail, line_no, "user")
-                attrs = None
-            except Exception as exc:  # as for events, below
-                report.user_updates_in += 1
-                self._dead(MAPPING_FAILED, batch, f"{type(exc).__name__}: {exc}", line_no, "user")
-                attrs = None
-            if attrs:
-                report.user_updates_in += 1
-                if ident is None:
-                    self._dead(NO_IDENTITY, batch, self.identity_hint, line_no, "user")
-                else:
-                    try:
-                        out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
-                        report.delivered_user_updates += 1
-                    except (TypeError, ValueError) as exc:
-                        self._dead(CANNOT_ENCODE, batch, str(exc), line_no, "user")
+            self._user(line_no, batch, ident, out)
+        if not events:
+            return out
         # the loop runs per event: everything it looks up is a local
-        mapper, drops, rule_names, to_user = c.event, c.drop_reasons, c.rule_names, self._to_user
+        mapper, kinds, rule_names = c.event, self._kinds, c.rule_names
         identity_per_event = c.identity if self._identity_per_event else None
-        add = self.encoder.add
-        codes, dropped = self.project_codes, report.dropped
+        codes, dropped = self._route_codes, report.dropped
         # per-event counts stay in locals and reach the report once per batch
-        routed = [0] * (len(codes) + 4)  # by route: projects, then the negative route codes
-        delivered = 0
+        routed = [0] * len(codes)  # by route: projects, then the negative route codes
+        items: list[EventOut] = []  # the line's events, handed to the encoder together
         report.events_in += len(events)
         for index, event in enumerate(events):
-            if not isinstance(event, dict):
+            if type(event) is not dict:
                 self._dead("event is not a JSON object", event, "", line_no, None, index)
                 continue
             try:
@@ -116,51 +120,100 @@ class Pipeline:
                 self._dead(MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None,
                            index)
                 continue
-            if rule < 0:
-                dropped[NO_RULE] += 1
-                continue
-            reason = drops[rule]
-            if reason is not None:
-                dropped[reason] += 1
+            kind = kinds[rule]  # the mapper's -1 (no rule matched) reads NO_RULE, the last
+            if kind is not _EVENT:
+                if kind is _USER:
+                    if identity_per_event is not None:
+                        ident, _ = identity_per_event(batch, event)
+                    if items:  # keep the line's order: its events so far go first
+                        self._encode(line_no, batch, events, items, routed, out)
+                        items = []
+                    self._event_user(line_no, index, event, ident, attrs, rule_names[rule], out)
+                else:
+                    dropped[kind] += 1
                 continue
             if identity_per_event is not None:
                 ident, _ = identity_per_event(batch, event)
-            rule_name = rule_names[rule]
             if ident is None:
-                self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_name, index)
-                continue
-            if to_user[rule]:
-                if attrs:
-                    try:
-                        out += add(UserOut(ident, attrs, (line_no, index), rule_name))
-                    except (TypeError, ValueError) as exc:
-                        self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
-                        continue
-                    report.delivered_user_updates += 1
-                else:
-                    dropped["user update with no attributes"] += 1
+                self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_names[rule],
+                           index)
                 continue
             if not name:
-                self._dead("event name is empty", event, f"rule {rule_name!r}", line_no,
-                           rule_name, index)
+                self._dead("event name is empty", event, f"rule {rule_names[rule]!r}", line_no,
+                           rule_names[rule], index)
                 continue
-            project = codes[route] if route >= 0 else None
-            try:
-                requests = add(EventOut(ident, name, attrs, fields or {}, project,
-                                        (line_no, index), rule_name))
-            except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
-                self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
-                continue
+            items.append(EventOut(ident, name, attrs, fields or {}, codes[route],
+                                  (line_no, index), rule_names[rule]))
             routed[route] += 1
             if route == ROUTE_UNKNOWN:
                 report.unknown_projects[str(route_value)] += 1
-            if requests:
-                out += requests
-            delivered += 1
-        report.delivered_events += delivered
-        if delivered:
-            self._count_routes(routed)
+        if items:
+            self._encode(line_no, batch, events, items, routed, out)
         return out
+
+    def _encode(self, line_no: int, batch: dict[str, Any], events: list[Any],
+                items: list[EventOut], routed: list[int], out: list[WireRequest]) -> None:
+        """Hand a line's mapped events to the encoder; count the routes of those it took."""
+        requests, failed = self.encoder.add_events(items)
+        if requests:
+            out += requests
+        for item, error in failed:  # rare: map the event again for the route it had
+            index = item.ref[1]
+            event = events[index]
+            _, _, _, _, route, route_value = self.c.event(batch, event)
+            routed[route] -= 1
+            if route == ROUTE_UNKNOWN:
+                self.report.unknown_projects[str(route_value)] -= 1
+                if not self.report.unknown_projects[str(route_value)]:
+                    del self.report.unknown_projects[str(route_value)]
+            self._dead(CANNOT_ENCODE, event, error, line_no, item.rule, index)
+        self.report.delivered_events += len(items) - len(failed)
+        self._count_routes(routed)
+        routed[:] = [0] * len(routed)
+
+    def _user(self, line_no: int, batch: dict[str, Any], ident: str | None,
+              out: list[WireRequest]) -> None:
+        """The record's own user update (the bundle's ``user`` section)."""
+        report = self.report
+        try:
+            attrs = self.c.user(batch, None)  # type: ignore[misc]
+        except RecordError as exc:
+            report.user_updates_in += 1
+            self._dead(exc.reason, batch, exc.detail, line_no, "user")
+            return
+        except Exception as exc:  # as for events
+            report.user_updates_in += 1
+            self._dead(MAPPING_FAILED, batch, f"{type(exc).__name__}: {exc}", line_no, "user")
+            return
+        if not attrs:
+            return
+        report.user_updates_in += 1
+        if ident is None:
+            self._dead(NO_IDENTITY, batch, self.identity_hint, line_no, "user")
+            return
+        try:
+            out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
+        except (TypeError, ValueError) as exc:
+            self._dead(CANNOT_ENCODE, batch, str(exc), line_no, "user")
+            return
+        report.delivered_user_updates += 1
+
+    def _event_user(self, line_no: int, index: int, event: Any, ident: str | None,
+                    attrs: dict[str, Any] | None, rule_name: str,
+                    out: list[WireRequest]) -> None:
+        """A user update made by an event rule (``emit: user``); counted as an event in."""
+        if ident is None:
+            self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_name, index)
+            return
+        if not attrs:
+            self.report.dropped["user update with no attributes"] += 1
+            return
+        try:
+            out += self.encoder.add(UserOut(ident, attrs, (line_no, index), rule_name))
+        except (TypeError, ValueError) as exc:
+            self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
+            return
+        self.report.delivered_user_updates += 1
 
     def _count_routes(self, routed: list[int]) -> None:
         """Add one batch's per-route counts (indexed by route code) to the report."""
@@ -176,8 +229,19 @@ class Pipeline:
     def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
               index: int | None = None) -> None:
         self.report.dead_lettered[reason] += 1
+        if self._line is not None:  # a projected record: the dead letter gets all of it
+            record = self._full(self._line, index, record)
         self.dead.write(reason, record=record, error=error, line=line_no, rule=rule,
                         event_index=index)
+
+    def _full(self, line: bytes, index: int | None, projected: Any) -> Any:
+        """The whole record (or its event ``index``) of a line that was decoded projected."""
+        try:
+            batch = self.c.source.decode(line)
+            return batch if index is None else batch[self.events_key or ""][index]
+        except (RecordError, LookupError, TypeError):
+            # only the fields no rule reads stopped the full decode (bad UTF-8 there)
+            return projected
 
     def finish(self) -> list[WireRequest]:
         """Requests for everything the encoder still holds, and the routing warnings."""

@@ -1,0 +1,198 @@
+"""Projection: decode only the parts of each input record that a bundle's rules read.
+
+Parsing the input is the largest single cost of a run, and most of an SDK batch (device
+details, session bookkeeping, state snapshots) is never read by any rule. The compiler records
+every path its expressions and templates read (``ReadSet``); from those, ``decoder`` builds a
+``msgspec`` decoder whose types name only those fields, so the parser skips everything else
+without building Python objects for it.
+
+The projected decode is an optimisation, never a change of meaning for data of the expected
+shape: a value read whole decodes exactly as the full decode would, and a record whose shape
+the types do not describe (``data`` a string, an event that is not an object, bad JSON, bad
+UTF-8 in a read value) fails the projected decode and goes through the source's own, full
+decode instead. Two differences remain, both in the record's favour and documented: a field
+no rule reads is not checked beyond JSON syntax (bad UTF-8 there no longer fails the line),
+and an integer beyond 64 bits in a read field arrives exact rather than rounded to a float.
+Dead letters always carry the full record: the pipeline decodes the line again in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Optional, TypedDict
+
+from jinja2 import nodes
+
+from engine.expressions import simple_path
+
+__all__ = ["WHOLE", "ReadSet", "decoder", "jmespath_reads", "template_reads"]
+
+Path = tuple[str | int, ...]
+WHOLE: dict[str, Any] = {}  # a node read whole (its identity marks it; never filled)
+
+# AST kinds whose right side reads the left side's result, not the scope
+_RELATIVE_RIGHT = {
+    "subexpression", "index_expression", "projection", "value_projection",
+    "filter_projection", "flatten", "pipe",
+}
+_NO_READ = {"literal", "raw_string"}
+
+
+class ReadSet:
+    """The paths, from the rule scope (``batch``, ``event``), whose values rules may read."""
+
+    def __init__(self) -> None:
+        self.tree: dict[str, Any] = {}  # name -> WHOLE or a dict of children
+        self.everything = False
+
+    def add(self, path: Iterable[str | int]) -> None:
+        """``path``'s value is read, whole: everything under it must be decoded."""
+        parts: list[str] = []
+        for part in path:
+            if not isinstance(part, str):  # a list element: the list is read whole
+                break
+            parts.append(part)
+        if not parts:
+            self.everything = True
+            return
+        node = self.tree
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is WHOLE:
+                return
+            if child is None:
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = WHOLE
+
+    def root(self, name: str) -> dict[str, Any] | None:
+        """The paths read under root ``name``: WHOLE, a tree, or None when never read."""
+        if self.everything:
+            return WHOLE
+        return self.tree.get(name)
+
+
+def jmespath_reads(ast: dict[str, Any]) -> list[Path]:
+    """The scope paths a JMESPath expression may read, each read whole: a path's own value,
+    and the value a projection, filter, flatten, index or pipe works on (an
+    over-approximation, never an under-)."""
+    out: list[Path] = []
+    _reads(ast, (), out)
+    return out
+
+
+def _reads(ast: dict[str, Any], base: Path | None, out: list[Path]) -> Path | None:
+    """Add what ``ast``, evaluated on the value at ``base`` (None: a computed value, not
+    the scope's), reads to ``out``; return the path of its own result when it is one."""
+    kind = ast["type"]
+    children = [c for c in ast.get("children", []) if isinstance(c, dict)]
+    if kind == "subexpression":  # a chain: each child works on the one before
+        current = base
+        for child in children:
+            step = simple_path(child)
+            if step is not None and current is not None:
+                current = (*current, *step)
+            else:
+                current = _reads(child, current, out)
+        if current is not None and current != base:
+            out.append(current)
+        return None
+    path = simple_path(ast)
+    if path is not None:
+        if base is not None:
+            out.append((*base, *path))
+        return None
+    if kind in ("current", "identity"):
+        if base is not None:
+            out.append(base)
+        return None
+    if kind in _NO_READ:
+        return None
+    if kind in _RELATIVE_RIGHT:
+        # the left side's value is read whole; the rest works on that value
+        if children:
+            left = simple_path(children[0])
+            if left is not None:
+                if base is not None:
+                    out.append((*base, *left))
+            else:
+                _reads(children[0], base, out)
+        return None
+    for child in children:  # functions, comparisons, and/or/not, multi-selects
+        _reads(child, base, out)
+    return None
+
+
+def template_reads(tree: nodes.Template, roots: Iterable[str]) -> list[Path]:
+    """The scope paths a template reads: ``event.data.x`` chains, or a root whole when the
+    template uses it any other way."""
+    roots = frozenset(roots)
+    out: list[Path] = []
+
+    def visit(node: nodes.Node) -> None:
+        chain: list[str] = []
+        inner = node
+        while isinstance(inner, nodes.Getattr | nodes.Getitem):
+            if isinstance(inner, nodes.Getattr):
+                chain.append(inner.attr)
+            elif isinstance(inner.arg, nodes.Const) and isinstance(inner.arg.value, str):
+                chain.append(inner.arg.value)
+            else:
+                chain = []  # a computed key: what is under the object so far is read whole
+                visit(inner.arg)
+            inner = inner.node
+        if chain and isinstance(inner, nodes.Name):
+            if inner.name in roots:
+                out.append((inner.name, *reversed(chain)))
+            return
+        if isinstance(node, nodes.Name):
+            if node.name in roots:
+                out.append((node.name,))
+            return
+        for child in node.iter_child_nodes():
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+def _typed_dict(node: dict[str, Any], counter: list[int]) -> Any:
+    """A TypedDict naming ``node``'s keys (a dynamic class: msgspec reads its fields)."""
+    counter[0] += 1
+    fields = {key: _type(child, counter) for key, child in node.items()}
+    return TypedDict(f"Read{counter[0]}", fields, total=False)  # type: ignore[operator]
+
+
+def _type(node: dict[str, Any], counter: list[int]) -> Any:
+    if node is WHOLE:
+        return Any
+    return Optional[_typed_dict(node, counter)]  # noqa: UP045 (a runtime type for msgspec)
+
+
+def decoder(reads: ReadSet, events_key: str | None) -> Callable[[bytes], Any] | None:
+    """A decoder for one input line that builds only what ``reads`` names, or None when the
+    rules read the whole record (nothing to skip)."""
+    batch = reads.root("batch")
+    if batch is WHOLE:
+        return None
+    counter = [0]
+    fields = {key: _type(node, counter) for key, node in (batch or {}).items()}
+    if events_key is not None:
+        event = reads.root("event")
+        if fields.get(events_key) is Any or event is WHOLE:
+            fields[events_key] = Any
+        else:
+            # events are read one by one (a path into batch.events reads null: not a path
+            # that needs the list); an event that is null or not an object fails the
+            # projected decode, and the full decode judges it
+            item = _typed_dict(event or {}, counter)
+            fields[events_key] = Optional[list[item]]  # type: ignore[valid-type]  # noqa: UP045
+    import msgspec
+
+    record = _typed_dict_from(fields)
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder(record).decode
+    return decode
+
+
+def _typed_dict_from(fields: dict[str, Any]) -> Any:
+    return TypedDict("Record", fields, total=False)  # type: ignore[operator]
