@@ -368,8 +368,28 @@ class _TrackingEncoder(SinkEncoder):
             self.acked.discard(item.ref)
             self.skipped += 1
             return []
+        requests = self.inner.add(item)  # raises for an item it cannot encode: not tracked
         self.tracker.add(item)
-        return self.inner.add(item)
+        return requests
+
+    def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
+                                                          list[tuple[EventOut, str]]]:
+        if self.acked:
+            kept = [item for item in items if item.ref not in self.acked]
+            for item in items:
+                if item.ref in self.acked:
+                    self.acked.discard(item.ref)
+                    self.skipped += 1
+            items = kept
+            if not items:
+                return [], []
+        requests, failed = self.inner.add_events(items)
+        refused = {id(item) for item, _ in failed}  # dead-lettered by the pipeline instead
+        add = self.tracker.add
+        for item in items:
+            if not refused or id(item) not in refused:
+                add(item)
+        return requests, failed
 
     def flush(self) -> list[WireRequest]:
         return self.inner.flush()

@@ -217,3 +217,26 @@ def test_stopped_run_takes_back_user_updates_made_by_events(
     # nothing was sent: the two event-made updates and the batch's update are all taken back
     assert (report.events_in, report.user_updates_in, report.delivered) == (0, 0, 0)
     assert report.balanced()
+
+
+def test_an_event_that_cannot_be_encoded_is_dead_lettered_and_the_run_completes(
+        emulator: tuple[TimedEmulator, str], tmp_path: Path) -> None:
+    """JSON cannot carry an integer beyond 64 bits to the partner: that event alone is dead-
+    lettered at mapping, everything else delivered, and the input checkpointed complete."""
+    emu, url = emulator
+    expected = write_input(tmp_path / "in.jsonl", 6)
+    lines = (tmp_path / "in.jsonl").read_bytes().splitlines()
+    # written by hand: orjson will not write such an integer either
+    lines[2] = lines[2].replace(b'"msg":"3-1"', b'"msg":"3-1","huge":%d' % 2**70)
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    bundle = compiled(url)
+    report = deliver(bundle, str(tmp_path / "in.jsonl"), state_dir=tmp_path / "state",
+                     quiet=True, options=FAST)
+    assert set(delivered(emu)) == expected - {"event:3-1"}
+    assert dict(report.dead_lettered) == {"cannot encode for the destination": 1}
+    assert report.balanced() and not report.interrupted
+    letter = orjson.loads((tmp_path / "state" / "dead-letter.jsonl").read_bytes())
+    assert letter["event_index"] == 1 and letter["line"] == 3
+    again = deliver(bundle, str(tmp_path / "in.jsonl"), state_dir=tmp_path / "state",
+                    quiet=True, options=FAST)
+    assert again.lines_in == 0 and any("already complete" in n for n in again.notes)
