@@ -114,56 +114,55 @@ class _Encoder(SinkEncoder):
 
     def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
                                                           list[tuple[EventOut, str]]]:
-        """A record's events: one ``orjson.dumps`` per project for all of them, appended to
-        that project's request in one piece when it fits; otherwise (and in single mode, for
-        an event that cannot be encoded, or for events of several customers) one by one,
-        which gives the same bytes."""
+        """A record's events: ``add``'s work, one loop with everything it reads in locals,
+        for the usual case of one customer whose events fit the requests being filled."""
         if not self._bulk:
             return super().add_events(items)
         identity = items[0].identity
-        groups: dict[str | None, list[EventOut]] = {}
-        for item in items:
-            if item.identity is not identity and item.identity != identity:
-                return super().add_events(items)  # identity per event: rare, keep it simple
-            group = groups.get(item.project)
-            if group is None:
-                groups[item.project] = [item]
-            else:
-                group.append(item)
         if identity is not self._identity:
             self._identity = identity
             self._customer = orjson.dumps(identity)
         customer = self._customer
+        head = _EVENT_HEAD + customer + _ACTIONS
+        new_grow = _EVENT_GROW + len(customer)
+        pending_by_project, room, dumps = self.pending, self._room, orjson.dumps
         out: list[WireRequest] = []
         failed: list[tuple[EventOut, str]] = []
-        dumps = orjson.dumps
-        for key, group in groups.items():
-            try:  # b'[{action},{action}]' less its brackets: the actions, comma-joined
-                piece = dumps([
-                    {"action": i.name, "attributes": i.attributes, **i.fields} if i.fields
-                    else {"action": i.name, "attributes": i.attributes} for i in group])[1:-1]
-            except (TypeError, ValueError):
-                requests, bad = super().add_events(group)  # find which event it was
-                out += requests
-                failed += bad
+        for item in items:
+            if item.identity is not identity and item.identity != identity:
+                try:  # identity per event: rare; add() does it all
+                    out += self.add(item)
+                except (TypeError, ValueError) as exc:
+                    failed.append((item, str(exc)))
                 continue
-            pending = self.pending.get(key)
+            fields = item.fields
+            try:
+                piece = dumps(
+                    {"action": item.name, "attributes": item.attributes, **fields} if fields
+                    else {"action": item.name, "attributes": item.attributes})
+            except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
+                failed.append((item, str(exc)))
+                continue
+            pending = pending_by_project.get(item.project)
             if pending is None:
-                pending = self.pending[key] = _Pending()
-            merge = pending.elements and pending.last_customer == customer
-            grow = len(piece) + 1 if merge else _EVENT_GROW + len(customer) + len(piece)
-            if pending.size + grow > self._room:  # a request fills: split exactly as add does
-                requests, bad = super().add_events(group)
-                out += requests
-                failed += bad
-                continue
-            if merge:
-                pending.elements[-1].append(piece)
+                pending = pending_by_project[item.project] = _Pending()
+            elements = pending.elements
+            if elements and pending.last_customer == customer:  # joins the customer's element
+                grow = len(piece) + 1
+                if pending.size + grow <= room:
+                    elements[-1].append(piece)
+                    pending.items.append(item)
+                    pending.size += grow
+                    continue
             else:
-                pending.elements.append([_EVENT_HEAD + customer + _ACTIONS, piece])
-                pending.last_customer = customer
-            pending.items += group
-            pending.size += grow
+                grow = new_grow + len(piece)
+                if not elements or pending.size + grow <= room:
+                    elements.append([head, piece])
+                    pending.last_customer = customer
+                    pending.items.append(item)
+                    pending.size += grow
+                    continue
+            out += self.add(item)  # the request is full: add() closes it and starts the next
         return out, failed
 
     def _add_customer(self, piece: bytes, item: UserOut) -> list[WireRequest]:

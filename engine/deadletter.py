@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,7 +39,11 @@ class DeadLetterWriter:
         elif raw is not None:
             entry["raw"] = raw.decode("utf-8", "replace")
         entry.update(extra)
-        data = orjson.dumps(entry, default=str)
+        try:
+            data = orjson.dumps(entry, default=str)
+        except TypeError:  # an integer beyond 64 bits (orjson refuses): the stdlib writes it
+            data = json.dumps(entry, default=str, ensure_ascii=False,
+                              separators=(",", ":")).encode()
         for secret in self.secrets:
             data = data.replace(secret.encode(), b"***")
         if self._file is None:

@@ -13,7 +13,7 @@ from engine.compiler import ROUTE_BLANK, ROUTE_MISSING, ROUTE_UNKNOWN, CompiledB
 from engine.connector import EventOut, UserOut, WireRequest
 from engine.deadletter import DeadLetterWriter
 from engine.errors import RecordError
-from engine.projection import decoder
+from engine.projection import decoder, full_decoder
 from engine.report import RunReport
 from engine.validation import did_you_mean
 
@@ -48,6 +48,7 @@ class Pipeline:
         ] + [NO_RULE]
         # by route code: the projects' codes, then None for the negative (fallback) codes
         self._route_codes: list[str | None] = [*self.project_codes, None, None, None, None]
+        self._routed = [0] * len(self._route_codes)  # events encoded, by route code
         self._identity_per_event = compiled.identity is not None and not (
             compiled.identity_per_batch)
         ident = compiled.model.identity
@@ -57,6 +58,7 @@ class Pipeline:
                          if compiled.projected and compiled.source.projectable
                          and not compiled.traced else None)
         self._line: bytes | None = None  # the current line, when it was decoded projected
+        self._whole: tuple[bytes, Any] | None = None  # (line, its full decode) for dead letters
         self.identity_hint = ("none of the identity candidates had a usable value: "
                               + ", ".join(order))
 
@@ -84,7 +86,8 @@ class Pipeline:
         except RecordError as exc:  # a failure outside any one event: the whole line
             report.unreadable_lines += 1
             report.dead_lettered[exc.reason] += 1
-            record = batch if self._line is None else self._full(line, None, batch)
+            record = (batch if self._line is None or self.dead.path is None
+                      else self._full(line, None, batch))
             self.dead.write(exc.reason, record=record, error=exc.detail, line=line_no)
             return []
 
@@ -103,8 +106,7 @@ class Pipeline:
         mapper, kinds, rule_names = c.event, self._kinds, c.rule_names
         identity_per_event = c.identity if self._identity_per_event else None
         codes, dropped = self._route_codes, report.dropped
-        # per-event counts stay in locals and reach the report once per batch
-        routed = [0] * len(codes)  # by route: projects, then the negative route codes
+        routed = self._routed  # reaches the report once, at the end (warn_routing)
         items: list[EventOut] = []  # the line's events, handed to the encoder together
         report.events_in += len(events)
         for index, event in enumerate(events):
@@ -126,7 +128,7 @@ class Pipeline:
                     if identity_per_event is not None:
                         ident, _ = identity_per_event(batch, event)
                     if items:  # keep the line's order: its events so far go first
-                        self._encode(line_no, batch, events, items, routed, out)
+                        self._encode(line_no, batch, events, items, out)
                         items = []
                     self._event_user(line_no, index, event, ident, attrs, rule_names[rule], out)
                 else:
@@ -148,11 +150,11 @@ class Pipeline:
             if route == ROUTE_UNKNOWN:
                 report.unknown_projects[str(route_value)] += 1
         if items:
-            self._encode(line_no, batch, events, items, routed, out)
+            self._encode(line_no, batch, events, items, out)
         return out
 
     def _encode(self, line_no: int, batch: dict[str, Any], events: list[Any],
-                items: list[EventOut], routed: list[int], out: list[WireRequest]) -> None:
+                items: list[EventOut], out: list[WireRequest]) -> None:
         """Hand a line's mapped events to the encoder; count the routes of those it took."""
         requests, failed = self.encoder.add_events(items)
         if requests:
@@ -161,15 +163,13 @@ class Pipeline:
             index = item.ref[1]
             event = events[index]
             _, _, _, _, route, route_value = self.c.event(batch, event)
-            routed[route] -= 1
+            self._routed[route] -= 1
             if route == ROUTE_UNKNOWN:
                 self.report.unknown_projects[str(route_value)] -= 1
                 if not self.report.unknown_projects[str(route_value)]:
                     del self.report.unknown_projects[str(route_value)]
             self._dead(CANNOT_ENCODE, event, error, line_no, item.rule, index)
         self.report.delivered_events += len(items) - len(failed)
-        self._count_routes(routed)
-        routed[:] = [0] * len(routed)
 
     def _user(self, line_no: int, batch: dict[str, Any], ident: str | None,
               out: list[WireRequest]) -> None:
@@ -215,9 +215,9 @@ class Pipeline:
             return
         self.report.delivered_user_updates += 1
 
-    def _count_routes(self, routed: list[int]) -> None:
-        """Add one batch's per-route counts (indexed by route code) to the report."""
-        report = self.report
+    def _count_routes(self) -> None:
+        """Move the events counted per route (indexed by route code) to the report."""
+        report, routed = self.report, self._routed
         for index, name in enumerate(self.project_names):
             if routed[index]:
                 report.routing[name] += routed[index]
@@ -225,21 +225,24 @@ class Pipeline:
             if routed[route]:
                 report.routing["portfolio"] += routed[route]
                 report.fallback[why] += routed[route]
+        routed[:] = [0] * len(routed)  # in place: the loop holds this list
 
     def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
               index: int | None = None) -> None:
         self.report.dead_lettered[reason] += 1
-        if self._line is not None:  # a projected record: the dead letter gets all of it
-            record = self._full(self._line, index, record)
+        if self._line is not None and self.dead.path is not None:
+            record = self._full(self._line, index, record)  # projected: write all of it
         self.dead.write(reason, record=record, error=error, line=line_no, rule=rule,
                         event_index=index)
 
     def _full(self, line: bytes, index: int | None, projected: Any) -> Any:
         """The whole record (or its event ``index``) of a line that was decoded projected."""
         try:
-            batch = self.c.source.decode(line)
+            if self._whole is None or self._whole[0] is not line:  # once per line
+                self._whole = (line, full_decoder()(line))
+            batch = self._whole[1]
             return batch if index is None else batch[self.events_key or ""][index]
-        except (RecordError, LookupError, TypeError):
+        except (ValueError, LookupError, TypeError):
             # only the fields no rule reads stopped the full decode (bad UTF-8 there)
             return projected
 
@@ -249,6 +252,8 @@ class Pipeline:
         return self.encoder.flush()
 
     def warn_routing(self) -> None:
+        """Routing counts and warnings into the report: once, when no more lines come."""
+        self._count_routes()
         report = self.report
         for why in ("missing", "blank"):
             if report.fallback[why]:

@@ -13,11 +13,13 @@ UTF-8 in a read value) fails the projected decode and goes through the source's 
 decode instead. Two differences remain, both in the record's favour and documented: a field
 no rule reads is not checked beyond JSON syntax (bad UTF-8 there no longer fails the line),
 and an integer beyond 64 bits in a read field arrives exact rather than rounded to a float.
-Dead letters always carry the full record: the pipeline decodes the line again in full.
+Dead letters always carry the full record: the pipeline decodes the line again in full (its
+integers exact, as the rules saw them).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Optional, TypedDict
 
@@ -25,7 +27,7 @@ from jinja2 import nodes
 
 from engine.expressions import simple_path
 
-__all__ = ["WHOLE", "ReadSet", "decoder", "jmespath_reads", "template_reads"]
+__all__ = ["WHOLE", "ReadSet", "decoder", "full_decoder", "jmespath_reads", "template_reads"]
 
 Path = tuple[str | int, ...]
 WHOLE: dict[str, Any] = {}  # a node read whole (its identity marks it; never filled)
@@ -196,3 +198,13 @@ def decoder(reads: ReadSet, events_key: str | None) -> Callable[[bytes], Any] | 
 
 def _typed_dict_from(fields: dict[str, Any]) -> Any:
     return TypedDict("Record", fields, total=False)  # type: ignore[operator]
+
+
+@functools.cache
+def full_decoder() -> Callable[[bytes], Any]:
+    """The whole record, decoded the way the projected decode reads values (an integer beyond
+    64 bits exact): what a dead letter of a projected record shows is what the rules saw."""
+    import msgspec
+
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder().decode
+    return decode

@@ -322,3 +322,31 @@ def test_template_failing_at_render_dead_letters_the_event(
     assert letter["reason"] == "template failed"
     assert "event_name" in letter["error"]
     assert letter["event_index"] == 0
+
+
+def test_an_event_that_cannot_be_encoded_leaves_the_routing_counts(
+        cli: Callable[..., Result], tmp_path: Path) -> None:
+    """Routing counts describe events that went into requests: one refused by the encoder
+    (an integer no 64-bit JSON field holds) is dead-lettered and not counted."""
+    data = tmp_path / "in.jsonl"
+    line = batch("c1", custom("Kept", moe_project_name="Brand A"),
+                 custom("Huge", moe_project_name="Brand A", n=0),
+                 custom("Lost", moe_project_name="Brand Z", n=0))
+    # written by hand: orjson will not write such an integer either
+    data.write_bytes(line.replace(b'"n":0', b'"n":%d' % (2**70 + 1)))
+    report = tmp_path / "report.json"
+    dead = tmp_path / "dead.jsonl"
+    result = cli("run", "mparticle-to-moengage", "--input", str(data), "--dry-run",
+                 "--set", "routing.projects=[{name: Brand A, code: PA}]", "--report",
+                 str(report), "--dead-letter", str(dead), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    counts = json.loads(report.read_text())
+    assert counts["delivered_events"] == 1
+    assert counts["dead_lettered"] == {"cannot encode for the destination": 2}
+    assert counts["routing"] == {"Brand A": 1}
+    assert counts["routing_fallback"] == {} and counts["unknown_projects"] == {}
+    assert "Brand Z" not in result.stderr
+    letters = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert [x["event_index"] for x in letters] == [1, 2]
+    # the record as the rules saw it: exact, not rounded to a float
+    assert letters[0]["record"]["data"]["custom_attributes"]["n"] == 2**70 + 1
