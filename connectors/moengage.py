@@ -46,20 +46,39 @@ def _data_center(value: Any) -> str:
 
 
 class _Pending:
-    """One request being filled: pre-serialised elements and the items they carry."""
+    """One request being filled: its elements as serialised pieces, joined once when the
+    request closes, and the items they carry."""
 
-    __slots__ = ("elements", "items", "last_customer", "size")
+    __slots__ = ("chunks", "items", "open", "size")
 
     def __init__(self) -> None:
-        self.elements: list[list[bytes]] = []  # [head, action, action, ...] per element
+        self.chunks: list[bytes] = []  # the elements' bytes in order, commas included
         self.items: list[EventOut | UserOut] = []
         self.size = 0
-        self.last_customer: bytes | None = None
+        self.open: bytes | None = None  # the customer whose event element takes more actions
+
+    def new_element(self) -> None:
+        """End the open event element, if any, and separate the next element."""
+        if self.open is not None:
+            self.chunks.append(_TAIL_COMMA)
+        elif self.chunks:
+            self.chunks.append(b",")
+
+    def body(self, head: bytes = b"", end: bytes = b"") -> bytes:
+        """The elements, between ``head`` and ``end``: one join, one copy."""
+        chunks = self.chunks
+        if self.open is not None:
+            chunks.append(_TAIL)
+        if head:
+            chunks.insert(0, head)
+        chunks.append(end)
+        return b"".join(chunks)
 
 
 _EVENT_HEAD = b'{"type":"event","customer_id":'
 _ACTIONS = b',"actions":['
 _TAIL = b"]}"
+_TAIL_COMMA = b"]},"
 _TRANSITION_HEAD = b'{"type":"transition","elements":['
 _EVENT_GROW = len(_EVENT_HEAD) + len(_ACTIONS) + len(_TAIL) + 1  # + customer + action
 
@@ -95,19 +114,20 @@ class _Encoder(SinkEncoder):
         pending = self.pending.get(key)
         if pending is None:
             pending = self.pending[key] = _Pending()
-        merge = pending.elements and pending.last_customer == customer
+        merge = pending.open == customer
         grow = len(piece) + 1 if merge else _EVENT_GROW + len(customer) + len(piece)
         out: list[WireRequest] = []
-        if pending.elements and (pending.size + grow > self._room or not (self._bulk or merge)):
+        if pending.chunks and (pending.size + grow > self._room or not (self._bulk or merge)):
             out.append(self._close(key, pending))
             pending = self.pending[key] = _Pending()
             merge = False
             grow = _EVENT_GROW + len(customer) + len(piece)
         if merge:
-            pending.elements[-1].append(piece)
+            pending.chunks += (b",", piece)
         else:
-            pending.elements.append([_EVENT_HEAD + customer + _ACTIONS, piece])
-            pending.last_customer = customer
+            pending.new_element()
+            pending.chunks += (_EVENT_HEAD + customer + _ACTIONS, piece)
+            pending.open = customer
         pending.items.append(item)
         pending.size += grow
         return out
@@ -146,19 +166,19 @@ class _Encoder(SinkEncoder):
             pending = pending_by_project.get(item.project)
             if pending is None:
                 pending = pending_by_project[item.project] = _Pending()
-            elements = pending.elements
-            if elements and pending.last_customer == customer:  # joins the customer's element
+            if pending.open == customer:  # joins the customer's element
                 grow = len(piece) + 1
                 if pending.size + grow <= room:
-                    elements[-1].append(piece)
+                    pending.chunks += (b",", piece)
                     pending.items.append(item)
                     pending.size += grow
                     continue
             else:
                 grow = new_grow + len(piece)
-                if not elements or pending.size + grow <= room:
-                    elements.append([head, piece])
-                    pending.last_customer = customer
+                if not pending.chunks or pending.size + grow <= room:
+                    pending.new_element()
+                    pending.chunks += (head, piece)
+                    pending.open = customer
                     pending.items.append(item)
                     pending.size += grow
                     continue
@@ -172,29 +192,24 @@ class _Encoder(SinkEncoder):
             pending = self.pending[None] = _Pending()
         out: list[WireRequest] = []
         grow = len(piece) + 1
-        if pending.elements and pending.size + grow > self._room:
+        if pending.chunks and pending.size + grow > self._room:
             out.append(self._close(None, pending))
             pending = self.pending[None] = _Pending()
-        pending.elements.append([piece])
-        pending.last_customer = None
+        pending.new_element()
+        pending.chunks.append(piece)
+        pending.open = None
         pending.items.append(item)
         pending.size += grow
         return out
 
     def _close(self, project: str | None, pending: _Pending) -> WireRequest:
-        parts = []
-        for element in pending.elements:
-            if len(element) > 1:  # an event element: head, then its actions
-                parts.append(element[0] + b",".join(element[1:]) + _TAIL)
-            else:
-                parts.append(element[0])
         if self.sink.bulk:
-            body = _TRANSITION_HEAD + b",".join(parts) + b"]}"
+            body = pending.body(_TRANSITION_HEAD, b"]}")
             return self.sink.request("transition", project, body, pending.items)
-        return self.sink.request("event", project, parts[0], pending.items)
+        return self.sink.request("event", project, pending.body(), pending.items)
 
     def flush(self) -> list[WireRequest]:
-        out = [self._close(key, p) for key, p in self.pending.items() if p.elements]
+        out = [self._close(key, p) for key, p in self.pending.items() if p.chunks]
         self.pending.clear()
         return out
 
