@@ -31,7 +31,7 @@ TARGET_RSS_GROWTH = 1.2
 
 
 def _versions() -> str:
-    names = ("moerules", "orjson", "jmespath", "jinja2")
+    names = ("moerules", "orjson", "msgspec", "jmespath", "jinja2")
     found = ", ".join(f"{n} {version(n)}" for n in names)
     return f"python {platform.python_version()} ({platform.python_implementation()}), {found}"
 
