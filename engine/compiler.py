@@ -296,6 +296,19 @@ class _Compiler:
             cg.emit(f"{obj} = {{}}")
         leading: list[tuple[str, str]] = []  # (key source, value source), never null
 
+        def put(key: str, value: str, guard: str) -> None:
+            """Set ``key`` to ``value`` (only when ``guard``, a local, is not null): into the
+            leading display while nothing before it may be null, else into the object."""
+            nonlocal display
+            if display and not guard:
+                leading.append((key, value))
+                return
+            start()
+            if guard:
+                cg.emit(f"if {guard} is not None: {obj}[{key}] = {value}")
+            else:
+                cg.emit(f"{obj}[{key}] = {value}")
+
         def start() -> None:  # the object exists from here on; later values are set into it
             nonlocal display
             if display:
@@ -308,16 +321,8 @@ class _Compiler:
             inline = self._inline_field(spec, (*loc, name), cache, label, roots)
             if inline is not None:
                 guard, value = inline
-                if not value:
-                    continue  # an error, reported
-                if display and not guard:
-                    leading.append((key, value))
-                    continue
-                start()
-                if guard:
-                    cg.emit(f"if {guard} is not None: {obj}[{key}] = {value}")
-                else:
-                    cg.emit(f"{obj}[{key}] = {value}")
+                if value:  # else an error, reported
+                    put(key, value, guard)
                 continue
             if (spec.each is not None and not self.trace
                     and not _set(spec) & {"from", "value", "template"}):
@@ -330,14 +335,7 @@ class _Compiler:
             # the default is applied last, so the value is never null
             nullable = not (spec.each is None and spec.default is not None
                             and "default" in _set(spec) and spec.on_error != "omit")
-            if display and not nullable:
-                leading.append((key, made))
-                continue
-            start()
-            if nullable:
-                cg.emit(f"if {made} is not None: {obj}[{key}] = {made}")
-            else:
-                cg.emit(f"{obj}[{key}] = {made}")
+            put(key, made, made if nullable else "")
         start()
         return obj
 
