@@ -87,11 +87,12 @@ class _Encoder(SinkEncoder):
     def __init__(self, sink: MoEngageDataSink) -> None:
         self.sink = sink
         self.pending: dict[str | None, _Pending] = {}
-        # what add() needs per event, looked up once: the room for elements in one body
+        # what each event needs, looked up once: the room for elements in one body
         self._bulk = sink.bulk
         self._room = sink.max_bytes - (len(_TRANSITION_HEAD) + 2 if sink.bulk else 0)
-        self._identity: str | None = None  # the last event's identity, and its JSON
-        self._customer = b""
+        self._identity: str | None = None  # the last event's identity, its JSON, and
+        self._customer = b""                # the head of an event element for it
+        self._head = b""
 
     def add(self, item: EventOut | UserOut) -> list[WireRequest]:
         if isinstance(item, UserOut):
@@ -101,60 +102,21 @@ class _Encoder(SinkEncoder):
             if sink.bulk:
                 return self._add_customer(piece, item)
             return [sink.request("customer", None, piece, [item])]
-        # An event: joins the last element when it is the same customer's (a batch's events)
-        fields = item.fields
-        piece = orjson.dumps(
-            {"action": item.name, "attributes": item.attributes, **fields} if fields
-            else {"action": item.name, "attributes": item.attributes})
-        if item.identity is not self._identity:  # a batch's events share one identity
-            self._identity = item.identity
-            self._customer = orjson.dumps(item.identity)
-        customer = self._customer
-        key = item.project
-        pending = self.pending.get(key)
-        if pending is None:
-            pending = self.pending[key] = _Pending()
-        merge = pending.open == customer
-        grow = len(piece) + 1 if merge else _EVENT_GROW + len(customer) + len(piece)
-        out: list[WireRequest] = []
-        if pending.chunks and (pending.size + grow > self._room or not (self._bulk or merge)):
-            out.append(self._close(key, pending))
-            pending = self.pending[key] = _Pending()
-            merge = False
-            grow = _EVENT_GROW + len(customer) + len(piece)
-        if merge:
-            pending.chunks += (b",", piece)
-        else:
-            pending.new_element()
-            pending.chunks += (_EVENT_HEAD + customer + _ACTIONS, piece)
-            pending.open = customer
-        pending.items.append(item)
-        pending.size += grow
-        return out
+        requests, failed = self.add_events([item])
+        if failed:
+            raise TypeError(failed[0][1])
+        return requests
 
     def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
                                                           list[tuple[EventOut, str]]]:
-        """A record's events: ``add``'s work, one loop with everything it reads in locals,
-        for the usual case of one customer whose events fit the requests being filled."""
-        if not self._bulk:
-            return super().add_events(items)
-        identity = items[0].identity
-        if identity is not self._identity:
-            self._identity = identity
-            self._customer = orjson.dumps(identity)
-        customer = self._customer
-        head = _EVENT_HEAD + customer + _ACTIONS
-        new_grow = _EVENT_GROW + len(customer)
-        pending_by_project, room, dumps = self.pending, self._room, orjson.dumps
+        """Events join their project's request: the last element when it is the same
+        customer's (a batch's events), else a new element. A request closes when the next
+        piece would not fit, and in single mode also when a new element would start."""
+        pending_by_project, room, bulk, dumps = self.pending, self._room, self._bulk, orjson.dumps
+        customer, head = self._customer, self._head
         out: list[WireRequest] = []
         failed: list[tuple[EventOut, str]] = []
         for item in items:
-            if item.identity is not identity and item.identity != identity:
-                try:  # identity per event: rare; add() does it all
-                    out += self.add(item)
-                except (TypeError, ValueError) as exc:
-                    failed.append((item, str(exc)))
-                continue
             fields = item.fields
             try:
                 piece = dumps(
@@ -163,26 +125,28 @@ class _Encoder(SinkEncoder):
             except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
                 failed.append((item, str(exc)))
                 continue
+            if item.identity is not self._identity:  # a batch's events share one identity
+                self._identity = item.identity
+                customer = self._customer = dumps(item.identity)
+                head = self._head = _EVENT_HEAD + customer + _ACTIONS
             pending = pending_by_project.get(item.project)
             if pending is None:
                 pending = pending_by_project[item.project] = _Pending()
-            if pending.open == customer:  # joins the customer's element
-                grow = len(piece) + 1
-                if pending.size + grow <= room:
-                    pending.chunks += (b",", piece)
-                    pending.items.append(item)
-                    pending.size += grow
-                    continue
+            merge = pending.open == customer
+            grow = len(piece) + 1 if merge else _EVENT_GROW + len(customer) + len(piece)
+            if pending.chunks and (pending.size + grow > room or not (bulk or merge)):
+                out.append(self._close(item.project, pending))
+                pending = pending_by_project[item.project] = _Pending()
+                merge = False
+                grow = _EVENT_GROW + len(customer) + len(piece)
+            if merge:
+                pending.chunks += (b",", piece)
             else:
-                grow = new_grow + len(piece)
-                if not pending.chunks or pending.size + grow <= room:
-                    pending.new_element()
-                    pending.chunks += (head, piece)
-                    pending.open = customer
-                    pending.items.append(item)
-                    pending.size += grow
-                    continue
-            out += self.add(item)  # the request is full: add() closes it and starts the next
+                pending.new_element()
+                pending.chunks += (head, piece)
+                pending.open = customer
+            pending.items.append(item)
+            pending.size += grow
         return out, failed
 
     def _add_customer(self, piece: bytes, item: UserOut) -> list[WireRequest]:

@@ -70,15 +70,19 @@ _READ_CHUNK = 1 << 16
 Item = EventOut | UserOut
 
 
+_RETRY = RetryPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryOptions:
     """How a run sends: parallelism, retries, timeouts. Defaults suit the MoEngage limits."""
 
     concurrency: int = 8
-    max_attempts: int = 6
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    max_retry_after: float = 300.0
+    # the retry settings, their defaults RetryPolicy's own
+    max_attempts: int = _RETRY.max_attempts
+    backoff_base: float = _RETRY.backoff_base
+    backoff_cap: float = _RETRY.backoff_cap
+    max_retry_after: float = _RETRY.max_retry_after
     request_timeout: float = 30.0
     drain_timeout: float = 30.0
     checkpoint_interval: float = 0.5  # commit this often when only mapping moved on
@@ -363,10 +367,16 @@ class _TrackingEncoder(SinkEncoder):
         self.acked = acked
         self.skipped = 0
 
-    def add(self, item: Item) -> list[WireRequest]:
-        if self.acked and item.ref in self.acked:
+    def _acked_before(self, item: Item) -> bool:
+        """Acknowledged before a restart: not sent again (counted as skipped)."""
+        if item.ref in self.acked:
             self.acked.discard(item.ref)
             self.skipped += 1
+            return True
+        return False
+
+    def add(self, item: Item) -> list[WireRequest]:
+        if self.acked and self._acked_before(item):
             return []
         requests = self.inner.add(item)  # raises for an item it cannot encode: not tracked
         self.tracker.add(item)
@@ -375,12 +385,7 @@ class _TrackingEncoder(SinkEncoder):
     def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
                                                           list[tuple[EventOut, str]]]:
         if self.acked:
-            kept = [item for item in items if item.ref not in self.acked]
-            for item in items:
-                if item.ref in self.acked:
-                    self.acked.discard(item.ref)
-                    self.skipped += 1
-            items = kept
+            items = [item for item in items if not self._acked_before(item)]
             if not items:
                 return [], []
         requests, failed = self.inner.add_events(items)

@@ -6,7 +6,7 @@ dead-letters what cannot be processed, and hands mapped items to the sink's enco
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from engine.compiler import ROUTE_BLANK, ROUTE_MISSING, ROUTE_UNKNOWN, CompiledBundle
@@ -39,9 +39,8 @@ class Pipeline:
         self.events_key = compiled.source.events_key
         self.project_codes = [code for _, code in compiled.projects]
         self.project_names = [name for name, _ in compiled.projects]
-        # per rule, looked up once here rather than per event
-        # what the mapper's rule index means: a drop reason, a user update or an event;
-        # index -1 (no rule matched) reads the last entry
+        # per rule, looked up once rather than per event: what the mapper's rule index means
+        # (a drop reason, a user update or an event); index -1 (no rule matched) reads the last
         self._kinds: list[str | object] = [
             drop if drop is not None else _USER if emit == "user" else _EVENT
             for drop, emit in zip(compiled.drop_reasons, compiled.emits, strict=True)
@@ -53,14 +52,14 @@ class Pipeline:
             compiled.identity_per_batch)
         ident = compiled.model.identity
         order = (ident.precedence or list(ident.candidates)) if ident else []
+        self.identity_hint = ("none of the identity candidates had a usable value: "
+                              + ", ".join(order))
         # decode only what the rules read, when the source allows it (not when tracing)
         self._project = (decoder(compiled.reads, self.events_key)
                          if compiled.projected and compiled.source.projectable
                          and not compiled.traced else None)
         self._line: bytes | None = None  # the current line, when it was decoded projected
         self._whole: tuple[bytes, Any] | None = None  # (line, its full decode) for dead letters
-        self.identity_hint = ("none of the identity candidates had a usable value: "
-                              + ", ".join(order))
 
     def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
         """Process one input line; return the requests that filled up."""
@@ -86,9 +85,8 @@ class Pipeline:
         except RecordError as exc:  # a failure outside any one event: the whole line
             report.unreadable_lines += 1
             report.dead_lettered[exc.reason] += 1
-            record = (batch if self._line is None or self.dead.path is None
-                      else self._full(line, None, batch))
-            self.dead.write(exc.reason, record=record, error=exc.detail, line=line_no)
+            self.dead.write(exc.reason, record=self._whole_record(batch, None), error=exc.detail,
+                            line=line_no)
             return []
 
     def _batch(self, line_no: int, batch: dict[str, Any]) -> list[WireRequest]:
@@ -99,7 +97,7 @@ class Pipeline:
             ident, _ = c.identity(batch, None)
         out: list[WireRequest] = []
         if c.user is not None:
-            self._user(line_no, batch, ident, out)
+            self._user(c.user, line_no, batch, ident, out)
         if not events:
             return out
         # the loop runs per event: everything it looks up is a local
@@ -130,7 +128,14 @@ class Pipeline:
                     if items:  # keep the line's order: its events so far go first
                         self._encode(line_no, batch, events, items, out)
                         items = []
-                    self._event_user(line_no, index, event, ident, attrs, rule_names[rule], out)
+                    if attrs:
+                        self._add_user(ident, attrs, line_no, index, event, rule_names[rule],
+                                       out)
+                    elif ident is None:
+                        self._dead(NO_IDENTITY, event, self.identity_hint, line_no,
+                                   rule_names[rule], index)
+                    else:
+                        dropped["user update with no attributes"] += 1
                 else:
                     dropped[kind] += 1
                 continue
@@ -171,12 +176,12 @@ class Pipeline:
             self._dead(CANNOT_ENCODE, event, error, line_no, item.rule, index)
         self.report.delivered_events += len(items) - len(failed)
 
-    def _user(self, line_no: int, batch: dict[str, Any], ident: str | None,
-              out: list[WireRequest]) -> None:
+    def _user(self, user: Callable[..., dict[str, Any] | None], line_no: int,
+              batch: dict[str, Any], ident: str | None, out: list[WireRequest]) -> None:
         """The record's own user update (the bundle's ``user`` section)."""
         report = self.report
         try:
-            attrs = self.c.user(batch, None)  # type: ignore[misc]
+            attrs = user(batch, None)
         except RecordError as exc:
             report.user_updates_in += 1
             self._dead(exc.reason, batch, exc.detail, line_no, "user")
@@ -185,33 +190,21 @@ class Pipeline:
             report.user_updates_in += 1
             self._dead(MAPPING_FAILED, batch, f"{type(exc).__name__}: {exc}", line_no, "user")
             return
-        if not attrs:
-            return
-        report.user_updates_in += 1
-        if ident is None:
-            self._dead(NO_IDENTITY, batch, self.identity_hint, line_no, "user")
-            return
-        try:
-            out += self.encoder.add(UserOut(ident, attrs, (line_no, -1), "user"))
-        except (TypeError, ValueError) as exc:
-            self._dead(CANNOT_ENCODE, batch, str(exc), line_no, "user")
-            return
-        report.delivered_user_updates += 1
+        if attrs:
+            report.user_updates_in += 1
+            self._add_user(ident, attrs, line_no, None, batch, "user", out)
 
-    def _event_user(self, line_no: int, index: int, event: Any, ident: str | None,
-                    attrs: dict[str, Any] | None, rule_name: str,
-                    out: list[WireRequest]) -> None:
-        """A user update made by an event rule (``emit: user``); counted as an event in."""
+    def _add_user(self, ident: str | None, attrs: dict[str, Any], line_no: int,
+                  index: int | None, record: Any, rule: str, out: list[WireRequest]) -> None:
+        """A user update, from the ``user`` section (``index`` None) or an event rule."""
         if ident is None:
-            self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_name, index)
+            self._dead(NO_IDENTITY, record, self.identity_hint, line_no, rule, index)
             return
-        if not attrs:
-            self.report.dropped["user update with no attributes"] += 1
-            return
+        ref = (line_no, -1 if index is None else index)
         try:
-            out += self.encoder.add(UserOut(ident, attrs, (line_no, index), rule_name))
+            out += self.encoder.add(UserOut(ident, attrs, ref, rule))
         except (TypeError, ValueError) as exc:
-            self._dead(CANNOT_ENCODE, event, str(exc), line_no, rule_name, index)
+            self._dead(CANNOT_ENCODE, record, str(exc), line_no, rule, index)
             return
         self.report.delivered_user_updates += 1
 
@@ -230,13 +223,15 @@ class Pipeline:
     def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
               index: int | None = None) -> None:
         self.report.dead_lettered[reason] += 1
-        if self._line is not None and self.dead.path is not None:
-            record = self._full(self._line, index, record)  # projected: write all of it
-        self.dead.write(reason, record=record, error=error, line=line_no, rule=rule,
-                        event_index=index)
+        self.dead.write(reason, record=self._whole_record(record, index), error=error,
+                        line=line_no, rule=rule, event_index=index)
 
-    def _full(self, line: bytes, index: int | None, projected: Any) -> Any:
-        """The whole record (or its event ``index``) of a line that was decoded projected."""
+    def _whole_record(self, projected: Any, index: int | None) -> Any:
+        """What a dead letter shows: the record (or its event ``index``) whole, decoded again
+        when the line was decoded projected and a dead-letter file is being written."""
+        line = self._line
+        if line is None or self.dead.path is None:
+            return projected
         try:
             if self._whole is None or self._whole[0] is not line:  # once per line
                 self._whole = (line, full_decoder()(line))

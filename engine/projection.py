@@ -26,6 +26,7 @@ from typing import Any, Optional, TypedDict
 from jinja2 import nodes
 
 from engine.expressions import simple_path
+from engine.templates import attribute_chain
 
 __all__ = ["WHOLE", "ReadSet", "decoder", "full_decoder", "jmespath_reads", "template_reads"]
 
@@ -132,20 +133,14 @@ def template_reads(tree: nodes.Template, roots: Iterable[str]) -> list[Path]:
     out: list[Path] = []
 
     def visit(node: nodes.Node) -> None:
-        chain: list[str] = []
-        inner = node
-        while isinstance(inner, nodes.Getattr | nodes.Getitem):
-            if isinstance(inner, nodes.Getattr):
-                chain.append(inner.attr)
-            elif isinstance(inner.arg, nodes.Const) and isinstance(inner.arg.value, str):
-                chain.append(inner.arg.value)
-            else:
-                chain = []  # a computed key: what is under the object so far is read whole
-                visit(inner.arg)
-            inner = inner.node
-        if chain and isinstance(inner, nodes.Name):
-            if inner.name in roots:
-                out.append((inner.name, *reversed(chain)))
+        if isinstance(node, nodes.Getattr | nodes.Getitem):
+            base, names, computed = attribute_chain(node)
+            for key in computed:
+                visit(key)
+            if not isinstance(base, nodes.Name):
+                visit(base)
+            elif base.name in roots:
+                out.append((base.name, *names))
             return
         if isinstance(node, nodes.Name):
             if node.name in roots:
@@ -159,16 +154,30 @@ def template_reads(tree: nodes.Template, roots: Iterable[str]) -> list[Path]:
 
 
 def _typed_dict(node: dict[str, Any], counter: list[int]) -> Any:
-    """A TypedDict naming ``node``'s keys (a dynamic class: msgspec reads its fields)."""
+    """A TypedDict naming ``node``'s keys, typed for what is read under each (a dynamic
+    class: msgspec reads its fields)."""
     counter[0] += 1
     fields = {key: _type(child, counter) for key, child in node.items()}
     return TypedDict(f"Read{counter[0]}", fields, total=False)  # type: ignore[operator]
 
 
-def _type(node: dict[str, Any], counter: list[int]) -> Any:
+def _type(node: dict[str, Any] | _Events, counter: list[int]) -> Any:
+    if isinstance(node, _Events):
+        # an event that is null or not an object fails the projected decode: the full
+        # decode judges it
+        return Optional[list[_typed_dict(node.event, counter)]]  # type: ignore[misc]  # noqa: UP045
     if node is WHOLE:
         return Any
     return Optional[_typed_dict(node, counter)]  # noqa: UP045 (a runtime type for msgspec)
+
+
+class _Events:
+    """The records' events: a list, each element read as ``event``."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
 
 
 def decoder(reads: ReadSet, events_key: str | None) -> Callable[[bytes], Any] | None:
@@ -177,27 +186,19 @@ def decoder(reads: ReadSet, events_key: str | None) -> Callable[[bytes], Any] | 
     batch = reads.root("batch")
     if batch is WHOLE:
         return None
-    counter = [0]
-    fields = {key: _type(node, counter) for key, node in (batch or {}).items()}
+    record: dict[str, Any] = dict(batch or {})
     if events_key is not None:
         event = reads.root("event")
-        if fields.get(events_key) is Any or event is WHOLE:
-            fields[events_key] = Any
+        if record.get(events_key) is WHOLE or event is WHOLE:
+            record[events_key] = WHOLE
         else:
             # events are read one by one (a path into batch.events reads null: not a path
-            # that needs the list); an event that is null or not an object fails the
-            # projected decode, and the full decode judges it
-            item = _typed_dict(event or {}, counter)
-            fields[events_key] = Optional[list[item]]  # type: ignore[valid-type]  # noqa: UP045
+            # that needs the list)
+            record[events_key] = _Events(event or {})
     import msgspec
 
-    record = _typed_dict_from(fields)
-    decode: Callable[[bytes], Any] = msgspec.json.Decoder(record).decode
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder(_typed_dict(record, [0])).decode
     return decode
-
-
-def _typed_dict_from(fields: dict[str, Any]) -> Any:
-    return TypedDict("Record", fields, total=False)  # type: ignore[operator]
 
 
 @functools.cache

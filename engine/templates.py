@@ -14,7 +14,10 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["ALLOWED_FILTERS", "TemplateCheck", "TemplateError", "environment", "simple_variable"]
+__all__ = [
+    "ALLOWED_FILTERS", "TemplateCheck", "TemplateError", "attribute_chain", "environment",
+    "simple_variable",
+]
 
 
 class TemplateError(ValueError):
@@ -105,17 +108,25 @@ def simple_variable(env: ImmutableSandboxedEnvironment, source: str) -> tuple[st
     items = tree.body[0].nodes
     if len(items) != 1:
         return None
-    node = items[0]
-    parts: list[str] = []
+    base, names, computed = attribute_chain(items[0])
+    if computed or not isinstance(base, nodes.Name):
+        return None
+    return (base.name, *names)
+
+
+def attribute_chain(node: nodes.Node) -> tuple[nodes.Node, list[str], list[nodes.Node]]:
+    """``a.b['c']`` walked down to its base: (the base node; the constant names from the base
+    outwards, stopping before the first computed key; the computed keys' expressions)."""
+    names: list[str] = []
+    computed: list[nodes.Node] = []
     while isinstance(node, nodes.Getattr | nodes.Getitem):
         if isinstance(node, nodes.Getattr):
-            parts.append(node.attr)
+            names.append(node.attr)
         elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            parts.append(node.arg.value)
-        else:
-            return None
+            names.append(node.arg.value)
+        else:  # what is under a computed key is read whole: the names so far do not count
+            names.clear()
+            computed.append(node.arg)
         node = node.node
-    if not isinstance(node, nodes.Name):
-        return None
-    parts.append(node.name)
-    return tuple(reversed(parts))
+    names.reverse()
+    return node, names, computed

@@ -176,6 +176,10 @@ def test_template_reads() -> None:
     assert sorted(template_reads(tree, {"event", "batch"})) == [
         ("batch", "mpid"), ("event", "data", "event name")]
     assert template_reads(env.parse("{{ event }}"), {"event"}) == [("event",)]
+    # a computed key: what is under it is read whole, and the key's own paths are read
+    tree = env.parse("{{ event.data[batch.key].x }}{{ (event.y | lower).z }}")
+    assert sorted(template_reads(tree, {"event", "batch"})) == [
+        ("batch", "key"), ("event", "data"), ("event", "y")]
 
 
 def test_read_set_merges_paths() -> None:
