@@ -350,3 +350,23 @@ def test_an_event_that_cannot_be_encoded_leaves_the_routing_counts(
     assert [x["event_index"] for x in letters] == [1, 2]
     # the record as the rules saw it: exact, not rounded to a float
     assert letters[0]["record"]["data"]["custom_attributes"]["n"] == 2**70 + 1
+
+
+def test_a_user_update_that_cannot_be_encoded_is_dead_lettered_alone(
+        cli: Callable[..., Result], tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    line = batch("c1", custom("Kept"), user_attributes={"$FirstName": "Ada", "points": 0})
+    data.write_bytes(line.replace(b'"points":0', b'"points":%d' % (2**70 + 1)))
+    report = tmp_path / "report.json"
+    dead = tmp_path / "dead.jsonl"
+    result = cli("run", "mparticle-to-moengage", "--input", str(data), "--dry-run",
+                 "--report", str(report), "--dead-letter", str(dead), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    counts = json.loads(report.read_text())
+    assert (counts["delivered_events"], counts["delivered_user_updates"]) == (1, 0)
+    assert counts["dead_lettered"] == {"cannot encode for the destination": 1}
+    (letter,) = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert letter["rule"] == "user" and letter["event_index"] is None
+    assert letter["record"]["user_attributes"]["points"] == 2**70 + 1
+    (request,) = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [e["type"] for e in request["body"]["elements"]] == ["event"]
