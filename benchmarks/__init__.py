@@ -1,1 +1,1 @@
-"""moerules benchmarks: `python -m benchmarks` (or `moerules bench`)."""
+"""moerules benchmarks: `python -m moerules.benchmarks` (or `moerules bench`)."""

@@ -1,4 +1,4 @@
-"""``python -m benchmarks`` (or ``moerules bench``): every figure and ratio measured in one run.
+"""``python -m moerules.benchmarks`` (or ``moerules bench``): every figure and ratio in one run.
 
 1. mapping only: the reference bundle compiled, against the same mapping written by hand;
 2. end to end: the dry run over generated mParticle batches, against a bare orjson loop, with
@@ -44,12 +44,12 @@ def _mark(ok: bool, judged: bool) -> str:
 
 def _startup(runs: int) -> tuple[float, list[str]]:
     """Median wall time of ``moerules validate rules`` in a subprocess."""
-    from engine.overlay import rules_dir
+    from moerules.engine.rules.overlay import rules_dir
 
     script = Path(sys.executable).with_name("moerules")
     found = str(script) if script.exists() else shutil.which("moerules")
     cmd = [found, "validate", "rules"] if found else [
-        sys.executable, "-c", "from engine.cli import main; main()", "validate", "rules"]
+        sys.executable, "-m", "moerules.engine.cli", "validate", "rules"]
     cwd = rules_dir().parent
     times = []
     for _ in range(runs):
@@ -60,11 +60,11 @@ def _startup(runs: int) -> tuple[float, list[str]]:
 
 
 def _shipped(batches: int, runs: int, seed: int) -> list[tuple[str, int, float]]:
-    from benchmarks.generate import batches as generate
-    from benchmarks.mapping import events_per_second
-    from engine.api import load_bundle
-    from engine.errors import RecordError
-    from engine.overlay import shipped_bundles
+    from moerules.benchmarks.generate import batches as generate
+    from moerules.benchmarks.mapping import events_per_second
+    from moerules.engine.api import load_bundle
+    from moerules.engine.errors import RecordError
+    from moerules.engine.rules.overlay import shipped_bundles
 
     pairs = [(b, e) for b in generate(batches, seed) for e in b["events"]]
     out = []
@@ -83,7 +83,7 @@ def _shipped(batches: int, runs: int, seed: int) -> list[tuple[str, int, float]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m moerules.benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="sizes / 10, fewer runs")
     parser.add_argument("--seed", type=int, default=42, help="data generator seed (42)")
@@ -92,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     events, batches, shipped_batches = 50_000 // scale, 200_000 // scale, 15_000 // scale
     runs = 3 if args.quick else 7
 
-    from benchmarks import dryrun, mapping
-    from benchmarks.generate import write_jsonl
+    from moerules.benchmarks import dryrun, mapping
+    from moerules.benchmarks.generate import write_jsonl
 
     print(f"moerules benchmarks  {time.strftime('%Y-%m-%d %H:%M:%S')}")
     print(f"  {_versions()}")

@@ -1,6 +1,6 @@
 """How close a real run gets to a partner's rate limit without meeting a 429.
 
-    python -m benchmarks.delivery_rate [--rate 200] [--seconds 10] [--concurrency 8]
+    python -m moerules.benchmarks.delivery_rate [--rate 200] [--seconds 10] [--concurrency 8]
 
 Starts the MoEngage emulator in its own process (``moerules emulate``, so the two do not share
 a GIL) with a sliding-window limit of ``--rate`` requests/s, delivers generated mParticle
@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from benchmarks.generate import write_jsonl
-from engine.api import load_bundle
-from engine.delivery import DeliveryOptions, deliver
+from moerules.benchmarks.generate import write_jsonl
+from moerules.engine.api import load_bundle
+from moerules.engine.runtime.delivery import DeliveryOptions, deliver
 
 WORKSPACE, KEY = "TEST_WORKSPACE", "test-data-api-key"  # the emulator's defaults
 REQUEST_BYTES = 2048  # small requests: this measures pacing, not bandwidth

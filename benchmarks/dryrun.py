@@ -1,6 +1,6 @@
 """End to end: the dry run over a JSON Lines file against a bare orjson loop, in subprocesses.
 
-Each measurement runs in a fresh interpreter (``python -m benchmarks.dryrun --child ...``),
+Each measurement runs in a fresh interpreter (``python -m moerules.benchmarks.dryrun --child ...``),
 which times its own loop (imports and compiling the bundle excluded) and reports lines, seconds,
 events and its peak RSS: ``VmHWM`` from ``/proc/self/status`` where there is one (a child's
 ``ru_maxrss`` starts at its parent's peak, inherited through fork), else ``ru_maxrss`` of the
@@ -8,8 +8,8 @@ child from ``os.wait4``. The dry run is the shipped mParticle bundle with two po
 (so routing runs), the Data API key set (so secrets are scrubbed from every request line),
 requests written to ``/dev/null``.
 
-    python -m benchmarks.dryrun --child dryrun FILE LINES
-    python -m benchmarks.dryrun --child orjson FILE LINES
+    python -m moerules.benchmarks.dryrun --child dryrun FILE LINES
+    python -m moerules.benchmarks.dryrun --child orjson FILE LINES
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _measure(mode: str, path: str, limit: int) -> dict[str, Any]:
                     write(dumps(loads(line)))
                     lines += 1
             return {"lines": lines, "seconds": time.perf_counter() - started}
-        from engine.api import dry_run, iter_lines, load_bundle
+        from moerules.engine.api import dry_run, iter_lines, load_bundle
 
         compiled = load_bundle(BUNDLE, SETS, env=ENV)
         started = time.perf_counter()
@@ -78,10 +78,9 @@ def _measure(mode: str, path: str, limit: int) -> dict[str, Any]:
 
 def measure(mode: str, path: Path, limit: int) -> dict[str, Any]:
     """Run ``child`` in a subprocess; its figures plus its peak RSS in MiB."""
-    cmd = [sys.executable, "-m", "benchmarks.dryrun", "--child", mode, str(path), str(limit)]
+    child = "moerules.benchmarks.dryrun"
+    cmd = [sys.executable, "-m", child, "--child", mode, str(path), str(limit)]
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     out = proc.stdout.read()

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from benchmarks.generate import commerce_pairs
-from benchmarks.handwritten import map_event
-from engine.api import load_bundle
-from engine.compiler import CompiledBundle
+from moerules.benchmarks.generate import commerce_pairs
+from moerules.benchmarks.handwritten import map_event
+from moerules.engine.api import load_bundle
+from moerules.engine.compile.compiler import CompiledBundle
 
 __all__ = ["REFERENCE", "compiled_mapper", "events_per_second", "run", "verify"]
 

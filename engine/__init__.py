@@ -1,11 +1,11 @@
 """moerules' engine: load, validate and compile rule bundles; run them; explain and test them.
 
->>> import engine
+>>> from moerules import engine
 >>> compiled = engine.load_bundle("mparticle-to-moengage")
 >>> report = engine.dry_run(compiled, engine.iter_lines("input.jsonl"), sys.stdout.buffer)
 """
 
-from engine.api import (
+from moerules.engine.api import (
     collect_rule_files,
     dry_run,
     iter_lines,
@@ -13,8 +13,9 @@ from engine.api import (
     resolve_bundle,
     validate_paths,
 )
-from engine.compiler import CompiledBundle, compile_bundle
-from engine.connector import (
+from moerules.engine.authoring.explain import explain_record
+from moerules.engine.compile.compiler import CompiledBundle, compile_bundle
+from moerules.engine.connector import (
     DeliveryOutcome,
     EventOut,
     RateLimit,
@@ -24,7 +25,7 @@ from engine.connector import (
     UserOut,
     WireRequest,
 )
-from engine.errors import (
+from moerules.engine.errors import (
     DeliveryError,
     MoerulesError,
     PermanentError,
@@ -36,8 +37,7 @@ from engine.errors import (
     ThrottledError,
     TransformError,
 )
-from engine.explain import explain_record
-from engine.report import RunReport
+from moerules.engine.runtime.report import RunReport
 
 __all__ = [
     "CompiledBundle",

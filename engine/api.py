@@ -1,6 +1,6 @@
 """The engine's Python API; the CLI is a thin layer over these functions.
 
->>> from engine.api import load_bundle, dry_run
+>>> from moerules.engine.api import load_bundle, dry_run
 >>> compiled = load_bundle("mparticle-to-moengage")          # doctest: +SKIP
 >>> report = dry_run(compiled, ["input.jsonl"], sys.stdout.buffer)  # doctest: +SKIP
 """
@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-
-from engine.compiler import CompiledBundle, compile_bundle
-from engine.connector import WireRequest
-from engine.deadletter import DeadLetterWriter
-from engine.errors import Position, Problem, RuleError
-from engine.loading import LDict, load_yaml
-from engine.overlay import BUNDLE_FILE, apply_sets, find_bundle, load_bundle_document
-from engine.pipeline import Pipeline
-from engine.report import RunReport
-from engine.validation import did_you_mean
+from moerules.engine.compile.compiler import CompiledBundle, compile_bundle
+from moerules.engine.connector import WireRequest
+from moerules.engine.errors import Position, Problem, RuleError
+from moerules.engine.rules.loading import LDict, load_yaml
+from moerules.engine.rules.overlay import BUNDLE_FILE, apply_sets, find_bundle, load_bundle_document
+from moerules.engine.rules.validation import did_you_mean
+from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.pipeline import Pipeline
+from moerules.engine.runtime.report import RunReport
 
 __all__ = [
     "collect_rule_files",
@@ -41,7 +40,7 @@ def resolve_bundle(ref: str) -> Path:
     """A bundle file from a path or a shipped name; RuleError naming the alternatives if not."""
     path = find_bundle(ref)
     if path is None:
-        from engine.overlay import shipped_bundles
+        from moerules.engine.rules.overlay import shipped_bundles
 
         hint = did_you_mean(ref, shipped_bundles())
         raise RuleError([Problem(Position(ref), f"no bundle file or shipped bundle named "
@@ -108,7 +107,7 @@ def _kind(path: Path) -> str | None:
 
 def validate_paths(paths: Iterable[str]) -> tuple[int, list[Problem]]:
     """Validate every bundle and test file under ``paths``; (files checked, problems)."""
-    from engine.testing import load_test_file
+    from moerules.engine.authoring.testing import load_test_file
 
     bundles, tests, problems = collect_rule_files(paths)
     for path in bundles:

@@ -186,8 +186,8 @@ class Sink(ABC):
 
 
 _BUILTIN = {
-    "mparticle": "connectors.mparticle:MParticleSource",
-    "moengage": "connectors.moengage:MoEngageDataSink",
+    "mparticle": "moerules.connectors.mparticle.source:MParticleSource",
+    "moengage": "moerules.connectors.moengage.sink:MoEngageDataSink",
 }
 
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
-
-from benchmarks.generate import BASE_MS, batches, commerce_pairs
-from benchmarks.handwritten import map_event
-from benchmarks.mapping import compiled_mapper, load_reference, verify
-from engine.compiler import CompiledBundle
+from moerules.benchmarks.generate import BASE_MS, batches, commerce_pairs
+from moerules.benchmarks.handwritten import map_event
+from moerules.benchmarks.mapping import compiled_mapper, load_reference, verify
+from moerules.engine.compile.compiler import CompiledBundle
 
 Pair = tuple[dict[str, Any], dict[str, Any]]
 

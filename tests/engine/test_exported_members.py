@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import engine
+import moerules.engine as engine
 
 
 def test_exported_members() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import moerules.engine.api as api
 import pytest
-
-import engine.api as api
 
 _rng = random.Random(5)
 INPUTS = [

@@ -1,0 +1,309 @@
+"""The ``moerules`` command line. Commands parse options, call the engine, render results.
+
+Exit codes: 0 success (a run that finished, dead letters included: they are counted, written
+and reported, not lost); 1 invalid rules or failed tests; 2 usage error; 3 the run finished
+with dead letters and ``--fail-on-dead-letter`` was given; 4 the run was interrupted or could
+not deliver.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import orjson
+from moerules.engine.errors import MoerulesError, RuleError
+
+EXIT_RULES, EXIT_DEAD_LETTERS, EXIT_INTERRUPTED = 1, 3, 4
+
+
+def _fail_rules(exc: RuleError) -> None:
+    for problem in exc.problems:
+        click.echo(str(problem), err=True)
+    count = len(exc.problems)
+    click.echo(f"{count} problem{'s' if count != 1 else ''} found", err=True)
+    sys.exit(EXIT_RULES)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="moerules")
+def main() -> None:
+    """Declarative YAML rules that move data between MoEngage and its partners."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+def validate(paths: tuple[str, ...]) -> None:
+    """Check bundle and test files (files, directories or shipped bundle names)."""
+    from moerules.engine.api import validate_paths
+
+    checked, problems = validate_paths(paths)
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found in "
+                   f"{checked} files", err=True)
+        sys.exit(EXIT_RULES)
+    if checked == 0:
+        click.echo("no bundle or test files found", err=True)
+        sys.exit(EXIT_RULES)
+    click.echo(f"ok: {checked} files valid")
+
+
+def _delivery_options(command: Any) -> Any:
+    """Options of commands that send (run, replay); they map onto DeliveryOptions."""
+    for option in reversed([
+        click.option("--concurrency", default=8, show_default=True,
+                     type=click.IntRange(min=1), help="requests in flight at once"),
+        click.option("--max-attempts", default=6, show_default=True,
+                     type=click.IntRange(min=1), help="tries per request (429, 5xx, timeouts)"),
+        click.option("--backoff-base", default=0.5, show_default=True,
+                     type=click.FloatRange(min=0), help="seconds; backoff doubles from here"),
+        click.option("--backoff-cap", default=30.0, show_default=True,
+                     type=click.FloatRange(min=0), help="longest backoff, in seconds"),
+        click.option("--drain-timeout", default=30.0, show_default=True,
+                     type=click.FloatRange(min=0),
+                     help="on SIGINT/SIGTERM, seconds to finish what was read"),
+    ]):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--input", "input_", required=True, help="JSON Lines file, or - for stdin")
+@click.option("--dry-run", is_flag=True, help="send nothing; write the requests instead")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="dry run: write requests here instead of stdout")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the run report as JSON")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a bundle key, e.g. destination.data_center=02 (repeatable)")
+@click.option("--dead-letter", type=click.Path(dir_okay=False, path_type=Path),
+              help="dead-letter file (default: <state-dir>/dead-letter.jsonl; with --dry-run "
+                   "moerules-dead-letter.jsonl)")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where checkpoints live (default: .moerules)")
+@click.option("--from-start", is_flag=True, help="ignore the checkpoint; read from line 1")
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option("--fail-on-dead-letter", is_flag=True,
+              help="exit 3 when any record was dead-lettered (for CI and cron)")
+@_delivery_options
+def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Path | None,
+        sets: tuple[str, ...], dead_letter: Path | None, state_dir: Path | None,
+        from_start: bool, quiet: bool, fail_on_dead_letter: bool, **delivery: Any) -> None:
+    """Run BUNDLE (a path or a shipped bundle's name) over JSON Lines input."""
+    from moerules.engine.api import dry_run as do_dry_run
+    from moerules.engine.api import iter_lines, load_bundle
+
+    try:
+        compiled = load_bundle(bundle, sets)
+    except RuleError as exc:
+        _fail_rules(exc)
+    if input_ != "-" and not Path(input_).is_file():
+        raise click.UsageError(f"input file {input_!r} not found")
+    if dry_run:
+        dead_path = dead_letter or Path("moerules-dead-letter.jsonl")
+        out: IO[bytes]
+        with (output.open("wb") if output else _stdout()) as out:
+            result = do_dry_run(compiled, iter_lines(input_), out, dead_letter=dead_path)
+    else:
+        if compiled.missing_env:
+            raise click.UsageError(
+                "a real run needs these environment variables set: "
+                + ", ".join(compiled.missing_env) + " (or use --dry-run)")
+        from moerules.engine.runtime.delivery import DEFAULT_STATE_DIR, DeliveryOptions, deliver
+
+        dead_letter = dead_letter or (state_dir or DEFAULT_STATE_DIR) / "dead-letter.jsonl"
+        result = deliver(compiled, input_, dead_letter=dead_letter, state_dir=state_dir,
+                         from_start=from_start, quiet=quiet, options=DeliveryOptions(**delivery))
+    _finish(result, report, dead_letter or (
+        Path("moerules-dead-letter.jsonl") if dry_run else None), fail_on_dead_letter)
+
+
+def _stdout() -> Any:
+    class _Keep:
+        def __enter__(self) -> IO[bytes]:
+            return sys.stdout.buffer
+
+        def __exit__(self, *exc: object) -> None:
+            sys.stdout.buffer.flush()
+
+    return _Keep()
+
+
+def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
+            fail_on_dead_letter: bool = False) -> None:
+    click.echo(result.summary(), err=True)
+    dead = sum(result.dead_lettered.values())
+    if dead and dead_path is not None:
+        click.echo(f"  dead letters written to {dead_path}", err=True)
+    if report_path is not None:
+        report_path.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    if result.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if dead and fail_on_dead_letter:
+        sys.exit(EXIT_DEAD_LETTERS)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--bundle", help="bundle to send with (default: the one the dead letters name)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a bundle key, e.g. destination.endpoint=... (repeatable)")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the replay report as JSON")
+@click.option("--quiet", "-q", is_flag=True, help="no progress output")
+@click.option("--fail-on-dead-letter", is_flag=True,
+              help="exit 3 when any record failed again")
+@_delivery_options
+def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path | None,
+           quiet: bool, fail_on_dead_letter: bool, **delivery: Any) -> None:
+    """Send the delivery failures in a dead-letter FILE again, after a fix.
+
+    FILE is rewritten: what was delivered leaves it, what failed again is updated.
+    """
+    from moerules.engine.api import load_bundle
+    from moerules.engine.runtime.delivery import DeliveryOptions
+    from moerules.engine.runtime.replay import bundles_named, read_dead_letters, replay_file
+
+    if bundle is None:
+        names = bundles_named(read_dead_letters(file))
+        if len(names) != 1:
+            raise click.UsageError(
+                "pass --bundle: " + (f"{file} holds dead letters of {', '.join(sorted(names))}"
+                                     if names else f"{file} holds no delivery failures"))
+        bundle = names.pop()
+    try:
+        compiled = load_bundle(bundle, sets)
+    except RuleError as exc:
+        _fail_rules(exc)
+    if compiled.missing_env:
+        raise click.UsageError("replay needs these environment variables set: "
+                               + ", ".join(compiled.missing_env))
+    result = replay_file(compiled, file, options=DeliveryOptions(**delivery), quiet=quiet)
+    _finish(result, report, file, fail_on_dead_letter)
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--event", "event_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a JSON file with one input record (or JSON Lines: the first line)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True, help="print the trace as JSON")
+def explain(bundle: str, event_file: Path, sets: tuple[str, ...], as_json: bool) -> None:
+    """Trace one input record through BUNDLE: rules, identity, fields, routing, request."""
+    from moerules.engine.api import load_bundle
+    from moerules.engine.authoring.explain import explain_record
+
+    try:
+        traced = load_bundle(bundle, sets, trace=True)
+    except RuleError as exc:
+        _fail_rules(exc)
+    data = event_file.read_bytes()
+    stripped = data.strip()
+    line = stripped if stripped.startswith(b"{") and _is_json(stripped) else (
+        stripped.splitlines()[0] if stripped else b"")
+    result = explain_record(traced, line)
+    if as_json:
+        click.echo(result.to_json().decode())
+    else:
+        click.echo(f"explain {traced.model.bundle} <- {event_file}")
+        click.echo(result.render())
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+        return True
+    except orjson.JSONDecodeError:
+        return False
+
+
+@main.command("test")
+@click.argument("paths", nargs=-1, required=True)
+def test_cmd(paths: tuple[str, ...]) -> None:
+    """Run the YAML test cases under PATHS (files, directories or shipped bundle names)."""
+    from moerules.engine.api import collect_rule_files
+    from moerules.engine.authoring.testing import run_test_file
+
+    _, tests, problems = collect_rule_files(paths)
+    passed = failed = 0
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    for path in tests:
+        try:
+            results = run_test_file(path)
+        except RuleError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            failed += 1
+            continue
+        for result in results:
+            if result.passed:
+                passed += 1
+                continue
+            failed += 1
+            click.echo(f"FAIL {result.position}: {result.name}")
+            for failure in result.failures:
+                click.echo("  " + failure.replace("\n", "\n  "))
+    click.echo(f"{passed} passed, {failed} failed")
+    if failed or problems or not (passed or failed):
+        sys.exit(EXIT_RULES)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of bundle files (for yaml-language-server / VS Code)."""
+    from moerules.engine.rules.schema import bundle_schema
+
+    click.echo(orjson.dumps(bundle_schema(), option=orjson.OPT_INDENT_2).decode())
+
+
+@main.command()
+def bundles() -> None:
+    """List the shipped bundles."""
+    from moerules.engine.api import load_document
+    from moerules.engine.rules.overlay import shipped_bundles
+
+    for name, path in shipped_bundles().items():
+        try:
+            description = str(load_document(path).get("description", ""))
+        except MoerulesError:
+            description = "(does not load: run `moerules validate`)"
+        click.echo(f"{name:<32} {description}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+def emulate(name: str, host: str, port: int) -> None:
+    """Serve a local emulator of a partner API (moengage, amplitude, segment, mixpanel)."""
+    from moerules.connectors.emulation import EMULATORS
+    from moerules.connectors.emulation.server import run_forever
+
+    if name not in EMULATORS:
+        raise click.UsageError(f"unknown emulator {name!r}; choose from "
+                               f"{', '.join(sorted(EMULATORS))}")
+    run_forever(name, host, port)
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="every size / 10, for a smoke run")
+@click.option("--seed", default=42, show_default=True, type=int, help="data generator seed")
+def bench(quick: bool, seed: int) -> None:
+    """Run the benchmark suite (`python -m moerules.benchmarks`): speed against hand-written."""
+    try:
+        from moerules.benchmarks.__main__ import main as run_benchmarks
+    except ImportError:  # a source checkout installed before benchmarks/ existed
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from moerules.benchmarks.__main__ import main as run_benchmarks
+    sys.exit(run_benchmarks([*(["--quick"] if quick else []), "--seed", str(seed)]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,300 @@
+"""JMESPath paths and conditions, compiled to Python source where possible.
+
+Most rule expressions are field paths (``event.data.product_action.total_amount``) and simple
+conditions (``event.event_type == 'commerce_event' && event.data.product_action``). Those are
+translated into plain subscripts and comparisons with JMESPath's semantics (a missing field is
+null; truthiness treats ``0`` as true and empty containers as false). Anything richer runs
+through ``jmespath``'s compiled expression, which is still parsed once, at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jmespath
+from jmespath import exceptions as jmespath_errors
+from jmespath import functions as jmespath_functions
+from moerules.engine.compile.codegen import Codegen, PathCache
+from moerules.engine.errors import RecordError
+
+__all__ = [
+    "ExpressionError",
+    "ValueCompiler",
+    "jmespath_truthy",
+    "parse",
+    "root_fields",
+    "simple_path",
+]
+
+Path = tuple[str | int, ...]
+_MISSING = (KeyError, TypeError, IndexError)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})  # read-only: generated code shares it
+_VIEW = "\0dict"  # PathCache key prefix of dict views (no path starts with a NUL)
+
+
+class ExpressionError(ValueError):
+    """A JMESPath expression that does not parse, with the parser's explanation."""
+
+
+class _Functions(jmespath_functions.Functions):
+    """JMESPath's built-in functions; nothing added, so rules cannot call out."""
+
+
+_OPTIONS = jmespath.Options(custom_functions=_Functions())
+
+
+def parse(expression: str) -> dict[str, Any]:
+    """Parse ``expression`` and return its AST, or raise ExpressionError with the reason."""
+    try:
+        parsed: dict[str, Any] = jmespath.compile(expression).parsed  # type: ignore[assignment]
+        return parsed
+    except jmespath_errors.JMESPathError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExpressionError(f"invalid JMESPath {expression!r}: {reason}") from None
+
+
+def simple_path(ast: dict[str, Any]) -> Path | None:
+    """``a.b[0].c`` as ``('a', 'b', 0, 'c')``; None when the expression is more than a path."""
+    kind = ast["type"]
+    if kind == "field":
+        return (ast["value"],)
+    if kind == "subexpression":
+        out: Path = ()
+        for child in ast["children"]:
+            part = simple_path(child)
+            if part is None:
+                return None
+            out += part
+        return out
+    if kind == "index_expression":
+        left_ast, index_ast = ast["children"]
+        left = simple_path(left_ast)
+        if left is not None and index_ast["type"] == "index":
+            return (*left, int(index_ast["value"]))
+    return None
+
+
+_RELATIVE_RIGHT = {
+    "subexpression", "index_expression", "projection", "value_projection",
+    "filter_projection", "flatten", "pipe",
+}
+
+
+def root_fields(ast: dict[str, Any]) -> set[str]:
+    """The field names an expression reads from its root (to check ``event.``/``batch.``)."""
+    kind = ast["type"]
+    children = ast.get("children", [])
+    if kind == "field":
+        return {ast["value"]}
+    if kind in _RELATIVE_RIGHT:
+        return root_fields(children[0]) if children else set()
+    if kind == "key_val_pair":
+        return root_fields(children[0])
+    out: set[str] = set()
+    for child in children:
+        if isinstance(child, dict):
+            out |= root_fields(child)
+    return out
+
+
+def jmespath_truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null and empty strings/lists/objects are false; 0 is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
+    return True
+
+
+class _Search:
+    """A compiled JMESPath expression; its runtime type errors make the record bad."""
+
+    __slots__ = ("compiled", "expression")
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        self.compiled = jmespath.compile(expression)
+
+    def __call__(self, scope: Any) -> Any:
+        try:
+            return self.compiled.search(scope, _OPTIONS)
+        except jmespath_errors.JMESPathError as exc:
+            # e.g. length(null): the record lacks what the rule assumes; dead-letter it
+            raise RecordError(f"expression {self.expression!r} failed",
+                              str(exc).splitlines()[0]) from None
+
+
+class ValueCompiler:
+    """Emits code that computes expressions into locals of the function being generated."""
+
+    def __init__(self, cg: Codegen) -> None:
+        self.cg = cg
+        self.truthy = cg.const(jmespath_truthy, "truthy")
+        self.empty = cg.const(_EMPTY, "EMPTY")
+        # Fast mode: a field of an object is read with .get on ``parent or EMPTY``; a parent
+        # that is neither empty nor an object (a string, number or list where the rule expects
+        # an object) raises AttributeError, and the caller must then run the same function
+        # compiled in safe mode (the default), which reads every field with a guarded
+        # subscript. See _Compiler.function.
+        self.fast = False
+        # locals the caller guarantees hold a dict (the pipeline checks records): no view
+        self.known_dicts: frozenset[str] = frozenset()
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, path: Path, cache: PathCache) -> str:
+        """A local holding the value at ``path`` (first element names a root), None if absent."""
+        hit = cache.get(path)
+        if hit is not None:
+            return hit
+        if len(path) == 1:
+            root = path[0]
+            if isinstance(root, str) and root in cache.roots:
+                return cache.roots[root]
+        parent = self.path(path[:-1], cache) if len(path) > 1 else None
+        if parent is None:  # a relative path: the root object itself is the parent
+            parent = cache.roots["@"]
+        local = self.cg.name("v")
+        key = path[-1]
+        if self.fast and isinstance(key, str):
+            # dict.get: a missing key costs what a present one does (a KeyError raised and
+            # caught costs ten times more), as in hand-written code
+            self.cg.emit(f"{local} = {self.dict_view(parent, cache)}.get({self.cg.literal(key)})")
+            cache.put(path, local)
+            return local
+        with self.cg.block("try:"):
+            self.cg.emit(f"{local} = {parent}[{self.cg.literal(key)}]")
+        with self.cg.block("except _MISSING:"):
+            self.cg.emit(f"{local} = None")
+        if isinstance(key, int):
+            # Python's negative index and subscripting a string with an int differ from JMESPath
+            self.cg.emit(f"if type({parent}) is not list: {local} = None")
+        cache.put(path, local)
+        return local
+
+    def dict_view(self, local: str, cache: PathCache) -> str:
+        """Fast mode: a local that is ``local``, or an empty mapping when ``local`` is falsy.
+
+        A non-empty value that is not an object passes through (see ``fast``).
+        """
+        if local in self.known_dicts:
+            return local
+        key = (_VIEW, local)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        view = self.cg.name("d")
+        self.cg.emit(f"{view} = {local} or {self.empty}")
+        cache.put(key, view)
+        return view
+
+    def assume_truthy(self, ast: dict[str, Any], cache: PathCache) -> None:
+        """``cache`` is inside ``if <ast>:`` (fast mode): a path the condition requires to be
+        truthy is its own dict view (``v or EMPTY`` is ``v``)."""
+        if not self.fast:
+            return
+        if ast["type"] == "and_expression":
+            for child in ast["children"]:
+                self.assume_truthy(child, cache)
+            return
+        path = simple_path(ast)
+        local = cache.get(path) if path is not None else None
+        if local is not None:
+            cache.put((_VIEW, local), local)
+
+    def value(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
+        """A local holding the expression's value."""
+        path = simple_path(ast)
+        if path is not None and (path[0] in cache.roots or "@" in cache.roots):
+            return self.path(path, cache)
+        return self._fallback(expression, cache)
+
+    def _fallback(self, expression: str, cache: PathCache) -> str:
+        compiled = self.cg.const(_Search(expression), "jp")
+        local = self.cg.name("x")
+        if "@" in cache.roots:
+            scope = cache.roots["@"]
+        else:
+            scope = "{" + ", ".join(f"{k!r}: {v}" for k, v in cache.roots.items()) + "}"
+        self.cg.emit(f"{local} = {compiled}({scope})")
+        return local
+
+    # -- conditions ----------------------------------------------------------------------
+    def condition(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
+        """Python source of a boolean for ``expression`` in a condition position."""
+        translated = self._bool(ast, cache)
+        if translated is not None:
+            return translated
+        return f"{self.truthy}({self._fallback(expression, cache)})"
+
+    def _operand(self, ast: dict[str, Any], cache: PathCache) -> tuple[str, Any] | None:
+        """(source, literal-or-sentinel) for a comparison operand we can translate."""
+        if ast["type"] == "literal":
+            return self.cg.literal(ast["value"]), ast["value"]
+        path = simple_path(ast)
+        if path is not None and (path[0] in cache.roots or "@" in cache.roots):
+            return self.path(path, cache), _NOT_LITERAL
+        return None
+
+    def _bool(self, ast: dict[str, Any], cache: PathCache) -> str | None:
+        kind = ast["type"]
+        children = ast.get("children", [])
+        if kind == "and_expression" or kind == "or_expression":
+            lhs = self._bool(children[0], cache)
+            rhs = self._bool(children[1], cache)
+            if lhs is None or rhs is None:
+                return None
+            op = "and" if kind == "and_expression" else "or"
+            return f"({lhs} {op} {rhs})"
+        if kind == "not_expression":
+            inner = self._bool(children[0], cache)
+            return None if inner is None else f"(not {inner})"
+        if kind == "comparator" and ast["value"] in ("eq", "ne"):
+            left = self._operand(children[0], cache)
+            right = self._operand(children[1], cache)
+            if left is None or right is None:
+                return None
+            literal = right[1] if right[1] is not _NOT_LITERAL else left[1]
+            other = left[0] if right[1] is not _NOT_LITERAL else right[0]
+            if literal is _NOT_LITERAL or not _exact_comparable(literal):
+                return None
+            if literal is None or isinstance(literal, bool):
+                op = "is" if ast["value"] == "eq" else "is not"
+                return f"({other} {op} {literal!r})"
+            op = "==" if ast["value"] == "eq" else "!="
+            return f"({other} {op} {self.cg.literal(literal)})"
+        if kind == "function_expression" and ast["value"] == "contains" and len(children) == 2:
+            haystack, needle = children
+            strings: list[Any] | None = None
+            if haystack["type"] == "literal" and isinstance(haystack["value"], list):
+                strings = haystack["value"]  # contains(`["a", "b"]`, x)
+            elif haystack["type"] == "multi_select_list" and "@" not in cache.roots:
+                # contains(['a', 'b'], x): a list of raw strings, built against the scope
+                # object (never null here), so it is the list of those strings
+                strings = [c.get("value") if c["type"] == "literal" else None
+                           for c in haystack["children"]]
+            if strings is not None and all(isinstance(v, str) for v in strings):
+                operand = self._operand(needle, cache)
+                if operand is None or operand[1] is not _NOT_LITERAL:
+                    return None
+                values = self.cg.const(frozenset(strings), "set")
+                return f"(type({operand[0]}) is str and {operand[0]} in {values})"
+            return None
+        path = simple_path(ast)
+        if path is not None and (path[0] in cache.roots or "@" in cache.roots):
+            v = self.path(path, cache)
+            # jmespath_truthy inline (no call per record): Python's truth, except that numbers
+            # are all true (0 == 0 and 0.0 == 0, but False == 0 too). Always a bool.
+            return f"(True if {v} else ({v} == 0 and {v} is not False))"
+        return None
+
+
+_NOT_LITERAL = object()
+
+
+def _exact_comparable(value: Any) -> bool:
+    # Strings, null and booleans compare in Python exactly as in JMESPath; numbers do not
+    # (True == 1 in Python), so numeric comparisons stay with jmespath.
+    return value is None or isinstance(value, str | bool)
+

@@ -1,0 +1,146 @@
+"""MoEngage Data API sink: request shapes, batching by bytes, classification of answers."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import orjson
+import pytest
+from moerules.connectors.moengage.sink import MoEngageDataSink
+from moerules.engine.connector import EventOut, UserOut
+from moerules.engine.runtime.retry import retry_after_seconds
+
+
+def sink(**settings: object) -> MoEngageDataSink:
+    return MoEngageDataSink({"workspace_id": "WS", "data_api_key": "KEY", **settings})
+
+
+def event(cid: str, name: str, project: str | None = None, pad: int = 0) -> EventOut:
+    return EventOut(cid, name, {"p": "x" * pad} if pad else {}, {"current_time": 1}, project,
+                    (1, 0), "r")
+
+
+def test_headers_and_urls() -> None:
+    s = sink(data_center="05")
+    enc = s.encoder()
+    (req,) = enc.add(UserOut("c1", {"a": 1}, (1, -1), "user")) + enc.flush()
+    assert req.method == "POST"
+    assert req.url == "https://api-05.moengage.com/v1/transition/WS?app_id=WS"
+    assert req.headers == {
+        "Authorization": "Basic " + base64.b64encode(b"WS:KEY").decode(),
+        "Content-Type": "application/json",
+        "MOE-APPKEY": "WS",
+    }
+    assert req.redacted_headers(s.secret_headers)["Authorization"] == "***"
+
+
+def test_bulk_groups_consecutive_actions_of_a_customer() -> None:
+    enc = sink().encoder()
+    for item in (UserOut("c1", {"a": 1}, (1, -1), "user"), event("c1", "A"), event("c1", "B"),
+                 event("c2", "C"), event("c1", "D", project="P1")):
+        assert enc.add(item) == []
+    portfolio, project = enc.flush()
+    assert orjson.loads(portfolio.body) == {"type": "transition", "elements": [
+        {"type": "customer", "customer_id": "c1", "attributes": {"a": 1}},
+        {"type": "event", "customer_id": "c1", "actions": [
+            {"action": "A", "attributes": {}, "current_time": 1},
+            {"action": "B", "attributes": {}, "current_time": 1}]},
+        {"type": "event", "customer_id": "c2", "actions": [
+            {"action": "C", "attributes": {}, "current_time": 1}]},
+    ]}
+    assert [type(i).__name__ for i in portfolio.items] == ["UserOut", "EventOut", "EventOut",
+                                                          "EventOut"]
+    assert project.url.endswith("?app_id=WS&project_code=P1")
+    assert len(orjson.loads(project.body)["elements"]) == 1
+
+
+def test_requests_stay_within_max_bytes_and_lose_nothing() -> None:
+    s = sink(max_request_bytes=4096)
+    enc = s.encoder()
+    requests = []
+    for i in range(300):
+        requests += enc.add(event(f"c{i % 7}", f"E{i}", pad=i % 200))
+    requests += enc.flush()
+    assert all(len(r.body) <= 4096 for r in requests)
+    names = [a["action"] for r in requests for e in orjson.loads(r.body)["elements"]
+             for a in e["actions"]]
+    assert names == [f"E{i}" for i in range(300)]
+    assert sum(len(r.items) for r in requests) == 300
+
+
+def test_single_mode_uses_event_and_customer_endpoints() -> None:
+    enc = sink(mode="single").encoder()
+    out = enc.add(UserOut("c1", {"a": 1}, (1, -1), "user"))
+    out += enc.add(event("c1", "A"))
+    out += enc.add(event("c1", "B"))
+    out += enc.add(event("c2", "C", project="P"))
+    out += enc.flush()
+    assert [r.url for r in out] == [
+        "https://api-01.moengage.com/v1/customer/WS?app_id=WS",
+        "https://api-01.moengage.com/v1/event/WS?app_id=WS",
+        "https://api-01.moengage.com/v1/event/WS?app_id=WS&project_code=P",
+    ]
+    assert orjson.loads(out[0].body) == {"type": "customer", "customer_id": "c1",
+                                         "attributes": {"a": 1}}
+    assert orjson.loads(out[1].body) == {"type": "event", "customer_id": "c1", "actions": [
+        {"action": "A", "attributes": {}, "current_time": 1},
+        {"action": "B", "attributes": {}, "current_time": 1}]}
+
+
+def test_endpoint_overrides_host() -> None:
+    s = sink(endpoint="http://127.0.0.1:8080/", data_center="02")
+    assert s.url("event", None) == "http://127.0.0.1:8080/v1/event/WS?app_id=WS"
+
+
+@pytest.mark.parametrize(("status", "body", "ok", "retry"), [
+    (200, b'{"status":"success","request_id":"x"}', True, False),
+    (200, b'{"status":"fail","error":{"type":"X"}}', False, False),
+    (400, b'{"status":"fail"}', False, False),
+    (401, b"", False, False),
+    (413, b"", False, False),
+    (408, b"", False, True),
+    (429, b'{"title":"Rate Limits Exceeded"}', False, True),
+    (500, b"", False, True),
+    (503, b"", False, True),
+])
+def test_classify(status: int, body: bytes, ok: bool, retry: bool) -> None:
+    outcome = sink().classify(status, {}, body)
+    assert (outcome.ok, outcome.retry, outcome.status) == (ok, retry, status)
+    if not ok:
+        assert outcome.excerpt == body.decode()[:300]
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 27 <= (retry_after_seconds(later) or 0) <= 30
+    outcome = sink().classify(429, {"retry-after": "3"}, b"")
+    assert outcome.retry_after == 3.0
+
+
+def test_settings_are_checked() -> None:
+    problems = dict(sink(data_center="99", mode="fast", endpoint="ftp://x",
+                         max_request_bytes=10, colour="red").check_settings())
+    assert set(problems) == {"data_center", "mode", "endpoint", "max_request_bytes", "colour"}
+    assert dict(MoEngageDataSink({}).check_settings())["workspace_id"] == (
+        "destination 'moengage' needs setting 'workspace_id'")
+
+
+def test_user_updates_stay_within_max_bytes_and_lose_nothing() -> None:
+    enc = sink(max_request_bytes=2048).encoder()
+    requests = []
+    for i in range(200):
+        requests += enc.add(UserOut(f"c{i}", {"bio": "y" * (i % 150)}, (i, -1), "user"))
+        requests += enc.add(event(f"c{i}", f"E{i}"))
+    requests += enc.flush()
+    assert all(len(r.body) <= 2048 for r in requests)
+    elements = [e for r in requests for e in orjson.loads(r.body)["elements"]]
+    users = [e["customer_id"] for e in elements if e["type"] == "customer"]
+    actions = [a["action"] for e in elements if e["type"] == "event" for a in e["actions"]]
+    assert users == [f"c{i}" for i in range(200)]
+    assert actions == [f"E{i}" for i in range(200)]
+    assert sum(len(r.items) for r in requests) == 400
