@@ -1,8 +1,51 @@
-"""The connector boundary: a source decodes input into records, a sink encodes and classifies.
+"""The connector boundary: a source decodes input into records, a sink takes items and reads
+the partner's answers. A new connector author reads this module (and the ones it re-exports).
 
-Connectors are found by name through the ``moerules.connectors`` entry-point group, so a third
-party can ship one as a package; the ones in this distribution are also registered directly,
-which keeps a source checkout usable without installing it.
+Adding a sink (a destination)
+-----------------------------
+A sink is a class with two methods to write and a few declarations::
+
+    class ExampleSink(Sink):
+        name = "example"                      # the entry-point name bundles use
+        accepts = frozenset({EVENT, USER})    # item kinds it can deliver (engine/items.py)
+        secret_settings = frozenset({"api_key"})
+
+        def __init__(self, settings):
+            super().__init__(settings)
+            self.batch_policy = BatchPolicy(max_items=2000, max_request_bytes=10 << 20,
+                                            max_age=5.0)
+
+        def encoder(self) -> SinkEncoder:     # items -> requests, by the batch policy
+            return JsonArrayEncoder(self.batch_policy, element=self.element,
+                                    request=self.request, key=lambda item: item.kind)
+
+        def classify(self, request: WireRequest, response: Response) -> Verdict:
+            ...                               # one verdict per answer (engine/verdicts.py)
+
+        def rate_limits(self) -> list[RateLimit]:   # what the partner counts, per window
+            return [RateLimit(1000, 1.0), RateLimit(2 << 30, 60.0, counts=BYTES)]
+
+1. **Items** (``Item``) carry a ``kind``: declare the kinds the partner can take in
+   ``accepts``. ``moerules validate`` refuses a bundle that emits any other kind.
+2. **Encoding**: ``encoder()`` returns a fresh ``SinkEncoder`` per run. ``JsonArrayEncoder``
+   covers any API whose body is a JSON array of items (inside an envelope); write your own only
+   for a wire format it cannot express (MoEngage's bulk ``transition`` elements). Raise
+   ``ItemTooLarge`` / ``Unencodable`` for an item that can never be sent: it is dead-lettered
+   with its reason, identically in dry and real runs.
+3. **Batch policy** (``BatchPolicy``): most items, bytes per request, bytes per item and the
+   longest an item may wait (``max_age``), from the partner's documented limits.
+4. **Verdicts**: ``classify`` turns each answer into one of ``Delivered``, ``Retry``,
+   ``Reject``, ``Partial``, ``Split``, ``Fatal``. The runtime knows no status codes: the
+   partner's documented statuses go in ``documented_answers`` and the conformance suite
+   (tests/connectors/test_conformance.py) checks ``classify`` against them.
+5. **Rate limits**: ``RateLimit`` counts requests, items (optionally of one kind) or bytes
+   per window, per ``limit_key`` (an endpoint); pacing honours every limit at once.
+6. **Secrets**: settings named in ``secret_settings`` and headers in ``secret_headers`` are
+   redacted from dry-run output, reports and dead letters.
+7. Register the class under the ``moerules.connectors`` entry-point group and add it to the
+   conformance suite's example settings (``example_settings``).
+
+A source is a class with ``decode(line) -> record``; see ``Source``.
 """
 
 from __future__ import annotations
@@ -10,82 +53,94 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+from moerules.engine.batching import (
+    BatchPolicy,
+    ItemTooLarge,
+    JsonArrayEncoder,
+    Refused,
+    SinkEncoder,
+    Unencodable,
+    WireRequest,
+)
+from moerules.engine.items import COHORT_MEMBERSHIP, EVENT, KINDS, USER, Item
+from moerules.engine.verdicts import (
+    Delivered,
+    Fatal,
+    Partial,
+    Reject,
+    Response,
+    Retry,
+    Split,
+    Verdict,
+)
+
 __all__ = [
-    "DeliveryOutcome",
-    "EventOut",
+    "BYTES",
+    "COHORT_MEMBERSHIP",
+    "EVENT",
+    "ITEMS",
+    "KINDS",
+    "REQUESTS",
+    "USER",
+    "BatchPolicy",
+    "Delivered",
+    "Fatal",
+    "Item",
+    "ItemTooLarge",
+    "JsonArrayEncoder",
+    "Partial",
     "RateLimit",
+    "Refused",
+    "Reject",
+    "Response",
+    "Retry",
     "Sink",
     "SinkEncoder",
     "Source",
-    "UserOut",
+    "Split",
+    "Unencodable",
+    "Verdict",
     "WireRequest",
     "connector_names",
+    "kind_problem",
     "load_connector",
 ]
 
-
-@dataclass(slots=True)
-class EventOut:
-    """One mapped event on its way to a sink."""
-
-    identity: str
-    name: str
-    attributes: dict[str, Any]
-    fields: dict[str, Any]
-    project: str | None  # the routed project's code; None = portfolio level
-    ref: tuple[int, int]  # (input line, event index) for acknowledgement and dead letters
-    rule: str
-
-
-@dataclass(slots=True)
-class UserOut:
-    """One user-attribute update on its way to a sink."""
-
-    identity: str
-    attributes: dict[str, Any]
-    ref: tuple[int, int]
-    rule: str
-
-
-@dataclass(slots=True)
-class WireRequest:
-    """An HTTP request a sink wants sent, with the items it carries."""
-
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    items: list[EventOut | UserOut] = field(default_factory=list)
-    limit_key: str = "default"  # which rate limits apply (per endpoint)
-
-    def redacted_headers(self, secret_headers: frozenset[str]) -> dict[str, str]:
-        return {k: ("***" if k.lower() in secret_headers else v) for k, v in self.headers.items()}
+REQUESTS, ITEMS, BYTES = "requests", "items", "bytes"
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """At most ``requests`` per ``per_seconds`` for requests whose limit_key matches."""
+    """At most ``amount`` units per ``per_seconds`` for requests whose limit_key matches.
 
-    requests: int
+    ``counts`` says what a unit is: ``requests``, ``items`` (only those of ``kind`` when it is
+    set: MoEngage counts users and events separately) or ``bytes`` of request bodies.
+    """
+
+    amount: int
     per_seconds: float
     limit_key: str = "*"
+    counts: str = REQUESTS
+    kind: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.counts not in (REQUESTS, ITEMS, BYTES):
+            raise ValueError(f"RateLimit.counts is requests, items or bytes, not {self.counts!r}")
 
-@dataclass(slots=True)
-class DeliveryOutcome:
-    """What a partner's answer means: ok, retry (maybe after a delay), or permanent failure."""
-
-    status: int | None
-    ok: bool = False
-    retry: bool = False
-    retry_after: float | None = None
-    error: str = ""
-    excerpt: str = ""
-    failed_items: dict[int, str] = field(default_factory=dict)  # item index -> error
+    def cost(self, request: WireRequest) -> int:
+        """The units ``request`` takes from this limit."""
+        if self.counts == REQUESTS:
+            return 1
+        if self.counts == BYTES:
+            return len(request.body)
+        if self.kind is None:
+            return len(request.items)
+        kind = self.kind
+        return sum(1 for item in request.items if item.kind == kind)
 
 
 class Source(ABC):
@@ -113,52 +168,27 @@ class Source(ABC):
         return [(k, f"unknown setting {k!r} for source {self.name!r}") for k in unknown]
 
 
-class SinkEncoder(ABC):
-    """Turns mapped events and user updates into requests, batching by count and bytes."""
-
-    @abstractmethod
-    def add(self, item: EventOut | UserOut) -> list[WireRequest]:
-        """Take one item; return the requests that became full.
-
-        Raises TypeError or ValueError, holding nothing of the item, when it cannot be encoded.
-        """
-
-    def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
-                                                          list[tuple[EventOut, str]]]:
-        """Take one input record's events, in order: the requests that became full, and the
-        items that cannot be encoded with why (held nowhere; the caller dead-letters them).
-
-        A sink overrides this to encode a record's events at once (one serialisation per
-        record rather than per event); the result must be what ``add`` one by one gives.
-        """
-        out: list[WireRequest] = []
-        failed: list[tuple[EventOut, str]] = []
-        add = self.add
-        for item in items:
-            try:
-                requests = add(item)
-            except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
-                failed.append((item, str(exc)))
-                continue
-            if requests:
-                out += requests
-        return out, failed
-
-    @abstractmethod
-    def flush(self) -> list[WireRequest]:
-        """Return requests for everything still held."""
-
-
 class Sink(ABC):
-    """A destination: settings, an encoder, and how to read its answers."""
+    """A destination: which kinds it accepts, how it encodes and batches them, how it reads
+    the partner's answers, and what the partner's rate limits count.
+
+    Write ``encoder`` and ``classify``; declare ``accepts``, ``batch_policy`` and, when the
+    partner has them, ``rate_limits``. ``documented_answers`` lists (status, body, verdict
+    class) from the partner's docs, checked by the conformance suite.
+    """
 
     name: ClassVar[str]
+    accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
     event_fields: ClassVar[Mapping[str, str]] = {}
     settings_doc: ClassVar[Mapping[str, str]] = {}
     required_settings: ClassVar[frozenset[str]] = frozenset()
     secret_settings: ClassVar[frozenset[str]] = frozenset()
     secret_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
     supports_routing: ClassVar[bool] = False
+    # settings that make a working sink in tests (the conformance suite), secrets fake
+    example_settings: ClassVar[Mapping[str, Any]] = {}
+    documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = ()
+    batch_policy: BatchPolicy = BatchPolicy()
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -175,14 +205,24 @@ class Sink(ABC):
         return problems
 
     @abstractmethod
-    def encoder(self) -> SinkEncoder: ...
+    def encoder(self) -> SinkEncoder:
+        """A fresh encoder: items in, requests out, by ``batch_policy``."""
 
     @abstractmethod
-    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
-        ...
+    def classify(self, request: WireRequest, response: Response) -> Verdict:
+        """What the partner's answer to ``request`` means, as one verdict."""
 
     def rate_limits(self) -> list[RateLimit]:
         return []
+
+
+def kind_problem(sink: type[Sink] | Sink, kind: str) -> str | None:
+    """Why ``sink`` cannot take items of ``kind`` (a validate error), or None when it can."""
+    if kind in sink.accepts:
+        return None
+    what = KINDS.get(kind, kind)
+    return (f"destination {sink.name!r} cannot take {kind!r} items ({what}); it accepts: "
+            f"{', '.join(sorted(sink.accepts))}")
 
 
 _BUILTIN = {

@@ -35,7 +35,14 @@ from moerules.engine.compile.transforms import (
     emit_transform,
     to_string,
 )
-from moerules.engine.connector import Sink, Source, connector_names, load_connector
+from moerules.engine.connector import (
+    USER,
+    Sink,
+    Source,
+    connector_names,
+    kind_problem,
+    load_connector,
+)
 from moerules.engine.errors import Position, Problem, RecordError, RuleError
 from moerules.engine.rules.loading import LDict, position_of
 from moerules.engine.rules.model import Bundle, EventRule, FieldSpec, Spread
@@ -761,6 +768,7 @@ class _Compiler:
         self.gen_user()
         if sink is not None:
             self.gen_events(sink)
+            self.check_kinds(sink)
         if self.problems or source is None or sink is None:
             raise RuleError(self.problems)
         namespace = self.cg.build(f"<bundle {bundle.bundle}>")
@@ -777,6 +785,15 @@ class _Compiler:
             missing_env=sorted(set(missing + routing_missing)), secrets=frozenset(secrets),
             traced=self.trace,
         )
+
+    def check_kinds(self, sink: Sink) -> None:
+        """Every kind of item the bundle emits is one its destination accepts."""
+        if self.bundle.user is not None and (problem := kind_problem(sink, USER)):
+            self.error(("user",), problem, key=True)
+        for i, rule in enumerate(self.bundle.events):
+            if rule.drop is None and (problem := kind_problem(sink, rule.emit)):
+                self.error(("events", i, "emit") if "emit" in _set(rule) else ("events", i),
+                           problem, key="emit" in _set(rule))
 
     def connector(self, name: str, role: str, kind: type[Any]) -> Any:
         cls = load_connector(name)

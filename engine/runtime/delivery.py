@@ -27,7 +27,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,11 +39,19 @@ from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import (
-    DeliveryOutcome,
-    EventOut,
+    EVENT,
+    Delivered,
+    Fatal,
+    Item,
+    Partial,
+    Refused,
+    Reject,
+    Response,
+    Retry,
     Sink,
     SinkEncoder,
-    UserOut,
+    Split,
+    Verdict,
     WireRequest,
 )
 from moerules.engine.runtime.deadletter import DeadLetterWriter
@@ -68,13 +76,7 @@ __all__ = [
 DEFAULT_STATE_DIR = Path(".moerules")
 DEAD_LETTER_FILE = "dead-letter.jsonl"
 STATE_FILE = "state.sqlite"
-# Credentials refused or account suspended: every further request would fail the same way, so
-# the run stops (resumable) instead of dead-lettering the whole input.
-FATAL_STATUSES = frozenset({401, 403})
 _READ_CHUNK = 1 << 16
-
-Item = EventOut | UserOut
-
 
 _RETRY = RetryPolicy()
 
@@ -143,29 +145,28 @@ class RunControl:
 # -- items as dead letters -------------------------------------------------------------------
 def item_record(item: Item) -> dict[str, Any]:
     """The mapped item as written to a dead letter; ``item_from_record`` reads it back."""
-    if isinstance(item, EventOut):
-        record: dict[str, Any] = {"kind": "event", "identity": item.identity, "name": item.name,
-                                  "attributes": item.attributes}
-        if item.fields:
-            record["fields"] = item.fields
-        if item.project is not None:
-            record["project"] = item.project
-        return record
-    return {"kind": "user", "identity": item.identity, "attributes": item.attributes}
+    record: dict[str, Any] = {"kind": item.kind, "identity": item.identity}
+    if item.name:
+        record["name"] = item.name
+    record["attributes"] = item.attributes
+    if item.fields:
+        record["fields"] = item.fields
+    if item.route is not None:
+        record["project"] = item.route
+    return record
 
 
 def item_from_record(record: dict[str, Any], line: int, index: int | None,
                      rule: str | None) -> Item:
     ref = (line, -1 if index is None else index)
-    if record.get("kind") == "user":
-        return UserOut(str(record["identity"]), dict(record["attributes"]), ref, rule or "")
-    return EventOut(str(record["identity"]), str(record["name"]), dict(record["attributes"]),
-                    dict(record.get("fields") or {}), record.get("project"), ref, rule or "")
+    return Item(str(record.get("kind") or EVENT), str(record["identity"]),
+                str(record.get("name") or ""), dict(record["attributes"]),
+                dict(record.get("fields") or {}), record.get("project"), ref, rule or "")
 
 
 def _uncount(report: RunReport, item: Item) -> None:
     """The Pipeline counted the item delivered when it was encoded; take that back."""
-    if isinstance(item, EventOut):
+    if item.kind == EVENT:
         report.delivered_events -= 1
     else:
         report.delivered_user_updates -= 1
@@ -175,10 +176,12 @@ def _uncount(report: RunReport, item: Item) -> None:
 class Sender:
     """Takes a request to a final outcome: delivered, dead-lettered, or left open on abort.
 
-    Waits for the rate limiter, retries what is retryable (Retry-After when the partner gives
-    one, else backoff with jitter), splits a request the partner finds too large (413), and
-    dead-letters each item that cannot be delivered. ``on_final(items, delivered)`` hears of
-    every item that reached its outcome, after its dead letter is written.
+    Waits for the rate limiter, sends, and applies the sink's verdict on the answer: retries
+    what is retryable (after the partner's Retry-After when it gives one, else backoff with
+    jitter), resends in halves what is too large, dead-letters each item that cannot be
+    delivered, stops the run on a fatal verdict. It knows no status codes. ``on_final(items,
+    delivered)`` hears of every item that reached its outcome, after its dead letter is
+    written.
     """
 
     def __init__(self, sink: Sink, client: httpx.AsyncClient, limiter: RateLimiter,
@@ -195,44 +198,58 @@ class Sender:
         self.on_final = on_final
         self.request_timeout = request_timeout
 
-    async def send(self, request: WireRequest) -> None:
-        attempt = 0
+    async def send(self, request: WireRequest, attempt: int = 0) -> None:
+        """Send ``request`` until its items reach an outcome; ``attempt`` tries were made
+        for them already (a partial retry carries its count on)."""
         while True:
             attempt += 1
-            await self.limiter.acquire(request.limit_key)
+            await self.limiter.acquire(request)
             if self.control.aborted:
                 return
-            outcome = await self._attempt(request)
-            if self.control.aborted and not outcome.ok:
+            answer, verdict = await self._attempt(request)
+            if self.control.aborted and not isinstance(verdict, Delivered):
                 return  # after an abort only successes are recorded; the rerun sends the rest
-            status = outcome.status
-            if status == 413:
-                await self._split(request, outcome, attempt)
+            if isinstance(verdict, Delivered):
+                self.on_final(request.items, len(request.items))
                 return
-            if outcome.ok:
-                self._delivered(request.items, outcome, attempt)
+            if isinstance(verdict, Split):
+                await self._split(request, verdict, answer, attempt)
                 return
-            if status in FATAL_STATUSES:
-                self.control.abort(f"the destination refused the request (HTTP {status}): "
-                                   f"{outcome.excerpt[:200]}")
+            if isinstance(verdict, Fatal):
+                self.control.abort(verdict.reason if answer is None else
+                                   f"the destination refused the request ({verdict.reason}): "
+                                   f"{answer.excerpt[:200]}")
                 return
-            if status == 429:
+            if isinstance(verdict, Reject):
+                self._dead(request.items, f"rejected by the destination: {verdict.reason}",
+                           verdict.reason, answer, attempt)
+                return
+            if isinstance(verdict, Partial):
+                await self._partial(request, verdict, answer, attempt)
+                return
+            # Retry
+            if verdict.throttled:
                 self.limiter.widen(request.limit_key)
-            if outcome.retry and self.policy.can_retry(attempt):
-                self.report.retries += 1
-                delay = self.policy.delay(attempt, outcome.retry_after)
-                if outcome.retry_after is not None:
-                    # the partner speaks for the whole credential, not just this request
-                    self.limiter.pause(request.limit_key, delay)
-                if not await self.control.sleep(delay):
-                    return
-                continue
-            reason = (f"retries exhausted: {outcome.error}" if outcome.retry
-                      else f"rejected by the destination: {outcome.error}")
-            self._dead(request.items, reason, outcome, attempt)
-            return
+            if not await self._wait_to_retry(request, verdict.after, attempt):
+                if not self.control.aborted:
+                    self._dead(request.items, f"retries exhausted: {verdict.reason}",
+                               verdict.reason, answer, attempt)
+                return
 
-    async def _attempt(self, request: WireRequest) -> DeliveryOutcome:
+    async def _wait_to_retry(self, request: WireRequest, after: float | None,
+                             attempt: int) -> bool:
+        """Wait before another try; False when none may follow (retries out, or aborted)."""
+        if not self.policy.can_retry(attempt):
+            return False
+        self.report.retries += 1
+        delay = self.policy.delay(attempt, after)
+        if after is not None:
+            # the partner speaks for the whole credential, not just this request
+            self.limiter.pause(request.limit_key, delay)
+        return await self.control.sleep(delay)
+
+    async def _attempt(self, request: WireRequest) -> tuple[Response | None, Verdict]:
+        """One try: the answer (None when there was none) and its verdict."""
         report = self.report
         report.requests += 1
         report.request_bytes += len(request.body)
@@ -245,61 +262,84 @@ class Sender:
         except httpx.TimeoutException:
             pass
         except httpx.UnsupportedProtocol as exc:
-            self.control.abort(f"cannot send to {request.url.split('?')[0]}: {exc}")
-            return DeliveryOutcome(None, error=str(exc))
+            return None, Fatal(f"cannot send to {request.url.split('?')[0]}: {exc}")
         except httpx.TransportError as exc:
             report.statuses["connection error"] += 1
-            return DeliveryOutcome(None, retry=True,
-                                   error=f"connection failed ({type(exc).__name__}: {exc})")
+            return None, Retry(f"connection failed ({type(exc).__name__}: {exc})")
         if response is None:
             report.statuses["timeout"] += 1
-            return DeliveryOutcome(None, retry=True,
-                                   error=f"no answer within {self.request_timeout:g} s")
-        status = response.status_code
-        report.statuses[str(status)] += 1
-        if status == 429:
+            return None, Retry(f"no answer within {self.request_timeout:g} s")
+        report.statuses[str(response.status_code)] += 1
+        answer = Response(response.status_code, response.headers, response.content)
+        verdict = self.sink.classify(request, answer)
+        if getattr(verdict, "throttled", False):
             report.throttled += 1
-        if status == 413:
-            return DeliveryOutcome(413, error="HTTP 413",
-                                   excerpt=response.content[:300].decode("utf-8", "replace"))
-        return self.sink.classify(status, response.headers, response.content)
+        return answer, verdict
 
-    async def _split(self, request: WireRequest, outcome: DeliveryOutcome, attempt: int) -> None:
+    def _encode(self, items: list[Item]) -> list[WireRequest]:
+        """``items`` as new requests of the sink (a part to send again); refused ones are
+        dead-lettered (they were encodable once: only a changed sink refuses them)."""
+        encoder: SinkEncoder = self.sink.encoder()
+        requests, refused = encoder.add_all(items)
+        for item, reason, error in refused:
+            self._write_dead(item, reason, None, 0, error)
+        if refused:
+            self.on_final([r.item for r in refused], 0)
+        return requests + encoder.flush()
+
+    async def _split(self, request: WireRequest, verdict: Split, answer: Response | None,
+                     attempt: int) -> None:
         """Too large for the partner: send each half again, re-encoded; alone, dead-letter."""
         items = request.items
         if len(items) <= 1:
-            self._dead(items, "too large for one request (HTTP 413)", outcome, attempt)
+            self._dead(items, f"too large for one request ({verdict.reason})", verdict.reason,
+                       answer, attempt)
             return
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
-            encoder: SinkEncoder = self.sink.encoder()
-            parts = [part for item in half for part in encoder.add(item)]
-            for part in parts + encoder.flush():
+            for part in self._encode(half):
                 await self.send(part)
 
-    def _delivered(self, items: list[Item], outcome: DeliveryOutcome, attempt: int) -> None:
-        failed = outcome.failed_items
-        for index, error in failed.items():
-            if 0 <= index < len(items):
-                self._write_dead(items[index], "rejected by the destination: item refused",
-                                 outcome, attempt, error)
-        self.on_final(items, len(items) - len(failed))
+    async def _partial(self, request: WireRequest, verdict: Partial, answer: Response | None,
+                       attempt: int) -> None:
+        """Rejected items dead-lettered, the ones to retry sent again, the rest delivered."""
+        items = request.items
+        rejected = {i: why for i, why in verdict.rejected.items() if 0 <= i < len(items)}
+        again = sorted(i for i in verdict.retry if 0 <= i < len(items) and i not in rejected)
+        reason = f"rejected by the destination: {verdict.reason or 'item refused'}"
+        for index, why in rejected.items():
+            self._write_dead(items[index], reason, answer, attempt, why)
+        settled = [item for i, item in enumerate(items) if i not in verdict.retry or i in
+                   rejected]
+        self.on_final(settled, len(settled) - len(rejected))
+        if not again:
+            return
+        retry = [items[i] for i in again]
+        if verdict.throttled:
+            self.limiter.widen(request.limit_key)
+        if not await self._wait_to_retry(request, verdict.after, attempt):
+            if not self.control.aborted:
+                self._dead(retry, f"retries exhausted: {verdict.reason}", verdict.reason,
+                           answer, attempt)
+            return
+        for part in self._encode(retry):
+            await self.send(part, attempt)
 
-    def _dead(self, items: list[Item], reason: str, outcome: DeliveryOutcome,
+    def _dead(self, items: list[Item], reason: str, error: str, answer: Response | None,
               attempt: int) -> None:
         for item in items:
-            self._write_dead(item, reason, outcome, attempt, outcome.error)
+            self._write_dead(item, reason, answer, attempt, error)
         self.on_final(items, 0)
 
-    def _write_dead(self, item: Item, reason: str, outcome: DeliveryOutcome, attempt: int,
+    def _write_dead(self, item: Item, reason: str, answer: Response | None, attempt: int,
                     error: str) -> None:
         _uncount(self.report, item)
         self.report.dead_lettered[reason] += 1
         line, index = item.ref
         self.dead.write(reason, record=item_record(item), error=error, line=line,
                         rule=item.rule, event_index=None if index < 0 else index,
-                        stage="delivery", status=outcome.status, response=outcome.excerpt,
-                        attempts=attempt)
+                        stage="delivery", status=None if answer is None else answer.status,
+                        response="" if answer is None else answer.excerpt, attempts=attempt)
 
 
 # -- the task graph --------------------------------------------------------------------------
@@ -388,14 +428,13 @@ class _TrackingEncoder(SinkEncoder):
         self.tracker.add(item)
         return requests
 
-    def add_events(self, items: list[EventOut]) -> tuple[list[WireRequest],
-                                                          list[tuple[EventOut, str]]]:
+    def add_all(self, items: Sequence[Item]) -> tuple[list[WireRequest], list[Refused]]:
         if self.acked:
             items = [item for item in items if not self._acked_before(item)]
             if not items:
                 return [], []
-        requests, failed = self.inner.add_events(items)
-        refused = {id(item) for item, _ in failed}  # dead-lettered by the pipeline instead
+        requests, failed = self.inner.add_all(items)
+        refused = {id(r.item) for r in failed}  # dead-lettered by the pipeline instead
         add = self.tracker.add
         for item in items:
             if not refused or id(item) not in refused:

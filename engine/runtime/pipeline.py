@@ -16,7 +16,7 @@ from moerules.engine.compile.compiler import (
     CompiledBundle,
 )
 from moerules.engine.compile.projection import decoder, full_decoder
-from moerules.engine.connector import EventOut, UserOut, WireRequest
+from moerules.engine.connector import EVENT, USER, Item, Unencodable, WireRequest
 from moerules.engine.errors import RecordError
 from moerules.engine.rules.validation import did_you_mean
 from moerules.engine.runtime.deadletter import DeadLetterWriter
@@ -27,7 +27,7 @@ __all__ = ["NO_IDENTITY", "NO_RULE", "Pipeline"]
 NO_IDENTITY = "no usable identity"
 NO_RULE = "no rule matched"
 MAPPING_FAILED = "mapping failed on unexpected data"
-CANNOT_ENCODE = "cannot encode for the destination"
+CANNOT_ENCODE = Unencodable.reason
 _EVENT, _USER = object(), object()  # kinds of rule (a drop rule's kind is its reason)
 _FALLBACK = {ROUTE_MISSING: "missing", ROUTE_BLANK: "blank", ROUTE_UNKNOWN: "unknown"}
 
@@ -110,7 +110,7 @@ class Pipeline:
         identity_per_event = c.identity if self._identity_per_event else None
         codes, dropped = self._route_codes, report.dropped
         routed = self._routed  # reaches the report once, at the end (warn_routing)
-        items: list[EventOut] = []  # the line's events, handed to the encoder together
+        items: list[Item] = []  # the line's events, handed to the encoder together
         report.events_in += len(events)
         for index, event in enumerate(events):
             if type(event) is not dict:
@@ -154,8 +154,8 @@ class Pipeline:
                 self._dead("event name is empty", event, f"rule {rule_names[rule]!r}", line_no,
                            rule_names[rule], index)
                 continue
-            items.append(EventOut(ident, name, attrs, fields or {}, codes[route],
-                                  (line_no, index), rule_names[rule]))
+            items.append(Item(EVENT, ident, name, attrs, fields or {}, codes[route],
+                              (line_no, index), rule_names[rule]))
             routed[route] += 1
             if route == ROUTE_UNKNOWN:
                 report.unknown_projects[str(route_value)] += 1
@@ -164,12 +164,12 @@ class Pipeline:
         return out
 
     def _encode(self, line_no: int, batch: dict[str, Any], events: list[Any],
-                items: list[EventOut], out: list[WireRequest]) -> None:
+                items: list[Item], out: list[WireRequest]) -> None:
         """Hand a line's mapped events to the encoder; count the routes of those it took."""
-        requests, failed = self.encoder.add_events(items)
+        requests, failed = self.encoder.add_all(items)
         if requests:
             out += requests
-        for item, error in failed:  # rare: map the event again for the route it had
+        for item, reason, error in failed:  # rare: map the event again for the route it had
             index = item.ref[1]
             event = events[index]
             _, _, _, _, route, route_value = self.c.event(batch, event)
@@ -178,7 +178,7 @@ class Pipeline:
                 self.report.unknown_projects[str(route_value)] -= 1
                 if not self.report.unknown_projects[str(route_value)]:
                     del self.report.unknown_projects[str(route_value)]
-            self._dead(CANNOT_ENCODE, event, error, line_no, item.rule, index)
+            self._dead(reason, event, error, line_no, item.rule, index)
         self.report.delivered_events += len(items) - len(failed)
 
     def _user(self, user: Callable[..., dict[str, Any] | None], line_no: int,
@@ -207,9 +207,10 @@ class Pipeline:
             return
         ref = (line_no, -1 if index is None else index)
         try:
-            out += self.encoder.add(UserOut(ident, attrs, ref, rule))
-        except (TypeError, ValueError) as exc:
-            self._dead(CANNOT_ENCODE, record, str(exc), line_no, rule, index)
+            out += self.encoder.add(Item(USER, ident, "", attrs, {}, None, ref, rule))
+        except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits; too large...
+            self._dead(getattr(exc, "reason", CANNOT_ENCODE), record, str(exc), line_no, rule,
+                       index)
             return
         self.report.delivered_user_updates += 1
 

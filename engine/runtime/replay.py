@@ -26,7 +26,7 @@ import httpx
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
-from moerules.engine.connector import EventOut, UserOut, WireRequest
+from moerules.engine.connector import EVENT, Item, WireRequest
 from moerules.engine.runtime.deadletter import DeadLetterWriter
 from moerules.engine.runtime.delivery import (
     DeliveryOptions,
@@ -40,9 +40,6 @@ from moerules.engine.runtime.ratelimit import RateLimiter
 from moerules.engine.runtime.report import RunReport
 
 __all__ = ["DeadLetter", "bundles_named", "read_dead_letters", "replay_file"]
-
-Item = EventOut | UserOut
-
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -130,7 +127,7 @@ class _Replay:
                 continue
             self.counted.append(item)
             report.lines_in += 1
-            if isinstance(item, EventOut):
+            if item.kind == EVENT:
                 report.events_in += 1
                 report.delivered_events += 1
             else:
@@ -174,7 +171,7 @@ class _Replay:
             if self.index[id(item)] in self.resolved:
                 continue
             # counted when encoded but never sent (stopped): it stays in the file
-            if isinstance(item, EventOut):
+            if item.kind == EVENT:
                 report.events_in -= 1
                 report.delivered_events -= 1
             else:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from moerules.engine.connector import EventOut, UserOut
+from moerules.engine.connector import EVENT, Item
 
 __all__ = ["AckTracker", "Checkpoint", "CheckpointStore", "input_fingerprint"]
 
@@ -179,7 +179,7 @@ class AckTracker:
     def begin_line(self, offset: int) -> None:
         self._line_start = offset
 
-    def add(self, item: EventOut | UserOut) -> None:
+    def add(self, item: Item) -> None:
         line = item.ref[0]
         entry = self._open.get(line)
         if entry is None:
@@ -187,7 +187,7 @@ class AckTracker:
             self._order.append(line)
         else:
             entry[0] += 1
-        if isinstance(item, EventOut):
+        if item.kind == EVENT:
             self.open_events += 1
         else:
             self.open_users += 1
@@ -197,7 +197,7 @@ class AckTracker:
         self.fed_line = line
         self.fed_offset = end_offset
 
-    def resolve(self, items: Iterable[EventOut | UserOut], delivered: int) -> None:
+    def resolve(self, items: Iterable[Item], delivered: int) -> None:
         """``items`` reached a final outcome; ``delivered`` of them were delivered."""
         self.delivered += delivered
         for item in items:
@@ -205,7 +205,7 @@ class AckTracker:
             entry[0] -= 1
             if entry[0] == 0:
                 del self._open[item.ref[0]]
-            if isinstance(item, EventOut):
+            if item.kind == EVENT:
                 self.open_events -= 1
             else:
                 self.open_users -= 1

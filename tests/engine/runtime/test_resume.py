@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 from moerules.connectors.emulation import Fault
-from moerules.engine.connector import EventOut
+from moerules.engine.connector import EVENT, Item
 from moerules.engine.runtime.delivery import deliver
 from moerules.engine.runtime.state import AckTracker, CheckpointStore
 
@@ -126,8 +126,8 @@ def test_stdin_cannot_resume(emulator: tuple[TimedEmulator, str], tmp_path: Path
 
 
 def test_tracker_watermark_waits_for_the_oldest_open_line() -> None:
-    def item(line: int, index: int) -> EventOut:
-        return EventOut("c", "e", {}, {}, None, (line, index), "r")
+    def item(line: int, index: int) -> Item:
+        return Item(EVENT, "c", "e", {}, {}, None, (line, index), "r")
 
     tracker = AckTracker()
     offsets = {1: 0, 2: 10, 3: 25}
