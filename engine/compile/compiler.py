@@ -85,6 +85,9 @@ class CompiledBundle:
     missing_env: list[str] = field(default_factory=list)
     secrets: frozenset[str] = frozenset()
     traced: bool = False
+    # the user section's counted drops: entries per drop, and each drop's reason
+    user_drops: Callable[..., tuple[int, ...]] | None = None
+    user_drop_reasons: list[str] = field(default_factory=list)
 
 
 class _Compiler:
@@ -628,6 +631,31 @@ class _Compiler:
 
         self.function("user", frozenset({"batch"}), body)
 
+    def gen_user_drops(self) -> list[str]:
+        """``user_drops(batch, event)``: how many entries each of ``user.drop``'s lists holds
+        (a value that is not a list holds none). Counted whatever ``user.when`` says: the
+        changes exist, and are not sent, either way."""
+        user = self.bundle.user
+        if user is None or not user.drop:
+            return []
+        cg = self.cg
+        counts: list[str] = []
+        with cg.block("def user_drops(batch, event):"):
+            cache = PathCache(dict(SCOPE))
+            for i, drop in enumerate(user.drop):
+                loc: Loc = ("user", "drop", i)
+                if not drop.reason.strip():
+                    self.error((*loc, "reason"), "drop reason is blank")
+                ast = self.expr(drop.each, (*loc, "each"), frozenset(SCOPE))
+                if ast is None:
+                    continue
+                items = self.values.value(drop.each, ast, cache)
+                n = cg.name("n")
+                cg.emit(f"{n} = len({items}) if type({items}) is list else 0")
+                counts.append(n)
+            cg.emit(f"return ({''.join(c + ', ' for c in counts)})")
+        return [d.reason for d in user.drop]
+
     def gen_routing(self, attrs: str, cache: PathCache) -> tuple[str, str]:
         routing = self.bundle.routing
         cg = self.cg
@@ -766,6 +794,7 @@ class _Compiler:
                 self.error(("tables", name), f"table {name!r} is empty")
         per_batch, _ = self.gen_identity()
         self.gen_user()
+        drop_reasons = self.gen_user_drops()
         if sink is not None:
             self.gen_events(sink)
             self.check_kinds(sink)
@@ -783,7 +812,8 @@ class _Compiler:
             emits=[r.emit for r in bundle.events],
             projects=projects, source_code=self.cg.source(), reads=self.reads,
             missing_env=sorted(set(missing + routing_missing)), secrets=frozenset(secrets),
-            traced=self.trace,
+            traced=self.trace, user_drops=namespace.get("user_drops"),
+            user_drop_reasons=drop_reasons,
         )
 
     def check_kinds(self, sink: Sink) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import jmespath
 from jmespath import exceptions as jmespath_errors
 from jmespath import functions as jmespath_functions
+from jmespath.parser import ParsedResult
+
 from moerules.engine.compile.codegen import Codegen, PathCache
 from moerules.engine.errors import RecordError
 
@@ -109,13 +111,16 @@ def jmespath_truthy(value: Any) -> bool:
 
 
 class _Search:
-    """A compiled JMESPath expression; its runtime type errors make the record bad."""
+    """A compiled JMESPath expression (or one part of it, ``ast``); its runtime type errors
+    make the record bad."""
 
     __slots__ = ("compiled", "expression")
 
-    def __init__(self, expression: str) -> None:
+    def __init__(self, expression: str, ast: dict[str, Any] | None = None) -> None:
         self.expression = expression
-        self.compiled = jmespath.compile(expression)
+        # a part of a parsed expression runs on the parser's own result type
+        self.compiled = (jmespath.compile(expression) if ast is None
+                         else ParsedResult(expression, ast))  # type: ignore[arg-type]
 
     def __call__(self, scope: Any) -> Any:
         try:
@@ -203,15 +208,35 @@ class ValueCompiler:
         if local is not None:
             cache.put((_VIEW, local), local)
 
-    def value(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
-        """A local holding the expression's value."""
+    def value(self, expression: str, ast: dict[str, Any], cache: PathCache,
+              part: bool = False) -> str:
+        """A local holding the expression's value (``part``: ``ast`` is a part of it)."""
         path = simple_path(ast)
         if path is not None and (path[0] in cache.roots or "@" in cache.roots):
             return self.path(path, cache)
-        return self._fallback(expression, cache)
+        if ast["type"] in ("or_expression", "and_expression"):
+            return self._or_and(expression, ast, cache)
+        return self._fallback(expression, cache, ast if part else None)
 
-    def _fallback(self, expression: str, cache: PathCache) -> str:
-        compiled = self.cg.const(_Search(expression), "jp")
+    def _or_and(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
+        """``a || b``: a when JMESPath calls it true, else b; ``a && b``: a when it is false,
+        else b. b is computed only when needed, in a branch whose reads stay there. Spellings
+        of one field (``x.customer_id || x.customerid``) then cost a read each, and a guard
+        (``x[0] && <an expression only the interpreter can do>``) keeps the interpreter off
+        records the guard rules out."""
+        left, right = ast["children"]
+        out = self.cg.name("o")
+        self.cg.emit(f"{out} = {self.value(expression, left, cache, part=True)}")
+        # jmespath_truthy inline, as in _bool
+        truthy = f"(True if {out} else ({out} == 0 and {out} is not False))"
+        test = f"not {truthy}" if ast["type"] == "or_expression" else truthy
+        with self.cg.block(f"if {test}:"):
+            self.cg.emit(f"{out} = {self.value(expression, right, cache.child(), part=True)}")
+        return out
+
+    def _fallback(self, expression: str, cache: PathCache,
+                  ast: dict[str, Any] | None = None) -> str:
+        compiled = self.cg.const(_Search(expression, ast), "jp")
         local = self.cg.name("x")
         if "@" in cache.roots:
             scope = cache.roots["@"]
@@ -223,10 +248,20 @@ class ValueCompiler:
     # -- conditions ----------------------------------------------------------------------
     def condition(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
         """Python source of a boolean for ``expression`` in a condition position."""
-        translated = self._bool(ast, cache)
+        translated = self._bool(ast, cache, expression)
         if translated is not None:
             return translated
         return f"{self.truthy}({self._fallback(expression, cache)})"
+
+    def _search_truthy(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str:
+        """An inline call of the interpreter on a part of ``expression``, as a boolean: in a
+        condition it runs only when Python's ``and``/``or`` gets to it."""
+        compiled = self.cg.const(_Search(expression, ast), "jp")
+        if "@" in cache.roots:
+            scope = cache.roots["@"]
+        else:
+            scope = "{" + ", ".join(f"{k!r}: {v}" for k, v in cache.roots.items()) + "}"
+        return f"{self.truthy}({compiled}({scope}))"
 
     def _operand(self, ast: dict[str, Any], cache: PathCache) -> tuple[str, Any] | None:
         """(source, literal-or-sentinel) for a comparison operand we can translate."""
@@ -237,18 +272,25 @@ class ValueCompiler:
             return self.path(path, cache), _NOT_LITERAL
         return None
 
-    def _bool(self, ast: dict[str, Any], cache: PathCache) -> str | None:
+    def _bool(self, ast: dict[str, Any], cache: PathCache,
+              expression: str | None = None) -> str | None:
         kind = ast["type"]
         children = ast.get("children", [])
         if kind == "and_expression" or kind == "or_expression":
-            lhs = self._bool(children[0], cache)
-            rhs = self._bool(children[1], cache)
+            # `a && b` is true when both are, `a || b` when either is (JMESPath's values,
+            # Python's short-circuit): a part only the interpreter can do runs only when
+            # the other part does not settle it
+            lhs = self._bool(children[0], cache, expression)
+            rhs = self._bool(children[1], cache, expression)
             if lhs is None or rhs is None:
-                return None
+                if expression is None or (lhs is None and rhs is None):
+                    return None  # the whole condition goes to the interpreter, once
+                lhs = lhs or self._search_truthy(expression, children[0], cache)
+                rhs = rhs or self._search_truthy(expression, children[1], cache)
             op = "and" if kind == "and_expression" else "or"
             return f"({lhs} {op} {rhs})"
         if kind == "not_expression":
-            inner = self._bool(children[0], cache)
+            inner = self._bool(children[0], cache, expression)
             return None if inner is None else f"(not {inner})"
         if kind == "comparator" and ast["value"] in ("eq", "ne"):
             left = self._operand(children[0], cache)
@@ -281,6 +323,9 @@ class ValueCompiler:
                 values = self.cg.const(frozenset(strings), "set")
                 return f"(type({operand[0]}) is str and {operand[0]} in {values})"
             return None
+        if (kind == "function_expression" and ast["value"] in ("starts_with", "ends_with")
+                and len(children) == 2 and expression is not None):
+            return self._affix(expression, ast, cache)
         path = simple_path(ast)
         if path is not None and (path[0] in cache.roots or "@" in cache.roots):
             v = self.path(path, cache)
@@ -288,6 +333,24 @@ class ValueCompiler:
             # are all true (0 == 0 and 0.0 == 0, but False == 0 too). Always a bool.
             return f"(True if {v} else ({v} == 0 and {v} is not False))"
         return None
+
+    def _affix(self, expression: str, ast: dict[str, Any], cache: PathCache) -> str | None:
+        """``starts_with(p, 'x')`` (or ``ends_with``, or with ``to_string(p)``): a string
+        method when p holds a string; anything else goes to the interpreter, which gives
+        JMESPath's answer or its type error."""
+        subject, affix = ast["children"]
+        if affix["type"] != "literal" or not isinstance(affix["value"], str):
+            return None
+        if (subject["type"] == "function_expression" and subject["value"] == "to_string"
+                and len(subject["children"]) == 1):
+            subject = subject["children"][0]  # to_string of a string is the string
+        path = simple_path(subject)
+        if path is None or not (path[0] in cache.roots or "@" in cache.roots):
+            return None
+        v = self.path(path, cache)
+        method = "startswith" if ast["value"] == "starts_with" else "endswith"
+        other = self._search_truthy(expression, ast, cache)
+        return f"({v}.{method}({self.cg.literal(affix['value'])}) if type({v}) is str else {other})"
 
 
 _NOT_LITERAL = object()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 __all__ = [
     "Bundle",
     "ConnectorRef",
+    "CountedDrop",
     "EventRule",
     "FieldSpec",
     "Identity",
@@ -125,12 +126,27 @@ class EventRule(_Rule):
     )
 
 
+class CountedDrop(_Rule):
+    """User changes a record lists that the destination cannot take: each entry of the list
+    counts as one user update, dropped with ``reason``, so the report shows them.
+
+    ``{each: batch.deleted_user_attributes, reason: user attribute deletion not forwarded}``
+    """
+
+    each: str = Field(description="JMESPath to a list; every entry is one dropped user update")
+    reason: str = Field(description="the drop reason the report counts the entries under")
+
+
 class UserRule(_Rule):
     """User attributes taken from every record (reserved -> standard, the rest -> custom)."""
 
     when: str | None = None
     attributes: dict[str, Field_] = Field(default_factory=dict)
     spread: Annotated[list[Spread], BeforeValidator(_as_list)] = Field(default_factory=list)
+    drop: list[CountedDrop] = Field(
+        default_factory=list,
+        description="lists of user changes not sent: each entry counted as a dropped update",
+    )
 
 
 class Identity(_Rule):

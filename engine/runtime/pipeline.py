@@ -96,6 +96,11 @@ class Pipeline:
 
     def _batch(self, line_no: int, batch: dict[str, Any]) -> list[WireRequest]:
         c, report = self.c, self.report
+        if c.user_drops is not None:  # first: should it fail, the line is dead-lettered whole
+            for reason, n in zip(c.user_drop_reasons, c.user_drops(batch, None), strict=True):
+                if n:
+                    report.user_updates_in += n
+                    report.dropped[reason] += n
         events = batch.get(self.events_key) if self.events_key else None
         ident = None
         if c.identity is not None and c.identity_per_batch:

@@ -13,8 +13,9 @@ __all__ = ["RunReport"]
 class RunReport:
     """Counts a run's items. Invariant: items_in == delivered + dropped + dead_lettered.
 
-    An item is one event, one user-attribute update, or one input line that could not be
-    read as a record (its events are unknown, so it counts once).
+    An item is one event, one user-attribute update (an entry a bundle's ``user.drop`` counts
+    is one too), or one input line that could not be read as a record (its events are
+    unknown, so it counts once).
     """
 
     bundle: str = ""

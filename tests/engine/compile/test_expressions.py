@@ -34,19 +34,41 @@ CONDITIONS = [
     "event.data.list[0]", "event.data.list[1] == 'two'", "event.data.list[-1] == 'two'",
     "event.event_type == `5`",
     "length(event.data.list) > `1`",
+    # a part only the interpreter can do, next to parts compiled; run only when needed
+    "event.event_type == 'commerce_event' && starts_with(event.data.s, 'st')",
+    "event.event_type == 'custom_event' || starts_with(event.data.s, 'st')",
+    "starts_with(to_string(event.data.s), 'x') || event.data.t",
+    "event.data.t && length(event.data.list) > `1` && event.data.s == 'str'",
+    # starts_with/ends_with on a path: a string method; anything else: the interpreter
+    "starts_with(event.data.s, 'st')", "ends_with(event.data.s, 'tr')",
+    "starts_with(event.data.n, 'st')", "starts_with(event.data.missing, 'x')",
+    "starts_with(to_string(event.data.n), '0')", "starts_with(to_string(event.data.nul), 'nu')",
+    "event.event_type == 'commerce_event' && (starts_with(to_string(event.data.s), 'x')"
+    " || ends_with(to_string(event.data.s), 'r'))",
 ]
 
 VALUES = [
     "event.event_type", "event.data.product_action.action", "event.data.list[1]",
     "event.data.list[5]", "event.data.s[0]", "event.data.list[-1]", "event.data",
     "event.data.list[*]", "event.missing.deeper",
+    # `||` in a value: each alternative compiled, the later ones read only when needed
+    "event.data.nul || event.data.s", "event.data.n || event.data.s",
+    "event.data.e || event.data.l || event.data.o || event.data.f || event.data.t",
+    "event.data.missing || event.data.nul", "event.data.list[0] || event.data.s",
+    "event.data.missing || (event.data.list[?@ == 'two'] | [0])",
+    "(event.data.list[?@ == 'two'] | [0]) || event.data.s",
+    # `&&` in a value: a guard keeps the interpreter off records it rules out
+    "event.data.list[0] && (event.data.list[?@ == 'two'] | [0])",
+    "event.data.o[0] && (event.data.list[?@ == 'two'] | [0])", "event.data.n && event.data.s",
+    "event.data.e && event.data.s", "event.data.f && event.data.s",
 ]
 
 
-def compile_expr(expr: str, condition: bool) -> Any:
+def compile_expr(expr: str, condition: bool, fast: bool = False) -> Any:
     cg = Codegen()
     cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
     values = ValueCompiler(cg)
+    values.fast = fast
     with cg.block("def f(event):"):
         cache = PathCache({"event": "event"})
         if condition:
@@ -74,6 +96,71 @@ def test_values_match_jmespath(expr: str) -> None:
     fn = compile_expr(expr, condition=False)
     for doc in DOCS:
         assert fn(doc.get("event")) == jmespath.search(expr, doc), (expr, doc)
+
+
+@pytest.mark.parametrize("expr", [v for v in VALUES if "||" in v])
+def test_or_values_match_jmespath_in_fast_mode(expr: str) -> None:
+    """Fast mode reads objects with .get: a record of another shape raises AttributeError
+    (the generated function then runs its safe twin); every other record matches."""
+    fn = compile_expr(expr, condition=False, fast=True)
+    matched = 0
+    for doc in DOCS:
+        try:
+            got = fn(doc.get("event"))
+        except AttributeError:
+            continue
+        assert got == jmespath.search(expr, doc), (expr, doc)
+        matched += 1
+    assert matched >= 2
+
+
+def test_or_reads_its_alternatives_without_the_interpreter() -> None:
+    cg = Codegen()
+    cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
+    values = ValueCompiler(cg)
+    expr = "event.ids.customer_id || event.ids.customerid"
+    with cg.block("def f(event):"):
+        local = values.value(expr, parse(expr), PathCache({"event": "event"}))
+        cg.emit(f"return {local}")
+    source = cg.source()
+    assert "jp_" not in source
+    fn = cg.build("<test>")["f"]
+    assert fn({"ids": {"customerid": "c-1"}}) == "c-1"
+    assert fn({"ids": {"customer_id": "c-2", "customerid": "c-1"}}) == "c-2"
+    assert fn({"ids": {"customer_id": "", "customerid": "c-1"}}) == "c-1"
+
+
+def test_interpreter_part_of_a_condition_runs_only_when_needed() -> None:
+    """starts_with(null, ...) is a type error; behind a false `&&` it is never evaluated, as
+    in JMESPath, and the compiled part reads no interpreter."""
+    expr = "event.event_type == 'custom_event' && starts_with(event.data.name, 'moe_')"
+    fn = compile_expr(expr, condition=True)
+    assert fn({"event_type": "commerce_event"}) is False  # no error: never evaluated
+    assert fn({"event_type": "custom_event", "data": {"name": "moe_x"}}) is True
+    assert fn({"event_type": "custom_event", "data": {"name": "x"}}) is False
+    with pytest.raises(RecordError, match="failed"):
+        fn({"event_type": "custom_event", "data": {}})
+
+
+def test_starts_with_compiles_to_a_string_method() -> None:
+    expr = ("event.event_type == 'custom_event' && (starts_with(to_string(event.data.name), "
+            "'moe_') || starts_with(event.data.name, 'MOE_'))")
+    cg = Codegen()
+    cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
+    values = ValueCompiler(cg)
+    with cg.block("def f(event):"):
+        cg.emit(f"return {values.condition(expr, parse(expr), PathCache({'event': 'event'}))}")
+    assert ".startswith('moe_') if type(" in cg.source()
+    fn = cg.build("<test>")["f"]
+    for name in ["moe_x", "MOE_X", "x", None, 5]:
+        doc = {"event_type": "custom_event", "data": {"name": name}}
+        try:
+            expected = jmespath_truthy(jmespath.search(expr, {"event": doc}))
+        except jmespath.exceptions.JMESPathTypeError:
+            with pytest.raises(RecordError):
+                fn(doc)
+            continue
+        assert fn(doc) is expected, name
 
 
 def test_simple_paths_compile_to_subscripts() -> None:
