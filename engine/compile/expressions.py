@@ -17,7 +17,6 @@ import jmespath
 from jmespath import exceptions as jmespath_errors
 from jmespath import functions as jmespath_functions
 from jmespath.parser import ParsedResult
-
 from moerules.engine.compile.codegen import Codegen, PathCache
 from moerules.engine.errors import RecordError
 

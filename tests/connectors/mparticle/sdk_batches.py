@@ -23,7 +23,7 @@ GAID = "38400000-8cf0-11bd-b23e-10b96e40000d"
 class _Capture(BaseHTTPRequestHandler):
     bodies: list[tuple[str, bytes]]
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.bodies.append((self.path, body))  # type: ignore[attr-defined]
         self.send_response(202)  # the Events API's answer

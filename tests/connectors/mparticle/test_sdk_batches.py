@@ -3,8 +3,8 @@
 Issue 9, item 1: a new user who builds batches with ``mparticle`` 0.16.1 (Batch,
 UserIdentities, AppEvent, CommerceEvent, ...) gets the customer ID written as
 ``user_identities.customerid``. The batches here are made by that client and captured as it
-sends them (tests/connectors/mparticle/sdk_batches.py), then run through ``mparticle-to-moengage`` with the
-engine API and the CLI; the requests and the report must be exactly these.
+sends them (sdk_batches.py), then run through ``mparticle-to-moengage`` with the engine API
+and the CLI; the requests and the report must be exactly these.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
-
 from moerules.engine.api import dry_run, load_bundle
+
 from tests.conftest import Result
 from tests.connectors.mparticle.sdk_batches import GAID, IDFA, build_batches, captured_uploads
 

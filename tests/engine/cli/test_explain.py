@@ -69,8 +69,10 @@ def test_explain_json(cli: Callable[..., Result], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     rules = [s for s in data["steps"] if s["step"] == "rule"]
-    assert [r["rule"] for r in rules[:2]] == ["custom-event", "commerce-purchase"]
-    assert [r["matched"] for r in rules[:2]] == [False, True]
+    assert [r["rule"] for r in rules[:4]] == ["custom-event-reserved-name",
+                                              "custom-event-attribution", "custom-event",
+                                              "commerce-purchase"]
+    assert [r["matched"] for r in rules[:4]] == [False, False, False, True]
     route = next(s for s in data["steps"] if s["step"] == "route")
     assert route["decision"] == "portfolio level (unknown project name)"
     assert data["report"]["routing_fallback"] == {"unknown": 1}

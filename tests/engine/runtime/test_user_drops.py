@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 import pytest
-
 from moerules.engine.api import dry_run, load_bundle
 from moerules.engine.errors import RuleError
+
 from tests.conftest import MINIMAL_BUNDLE
 
 REASON = "user attribute deletion not forwarded"
