@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +19,7 @@ import orjson
 from moerules.engine.compile.compiler import CompiledBundle, compile_bundle
 from moerules.engine.connector import WireRequest
 from moerules.engine.errors import Position, Problem, RuleError
-from moerules.engine.rules.loading import LDict, load_yaml
+from moerules.engine.rules.loading import LDict, load_yaml, top_level_keys
 from moerules.engine.rules.overlay import BUNDLE_FILE, apply_sets, find_bundle, load_bundle_document
 from moerules.engine.rules.validation import did_you_mean
 from moerules.engine.runtime.deadletter import DeadLetterWriter
@@ -60,15 +61,21 @@ def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = Fals
 
 
 def collect_rule_files(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[Problem]]:
-    """Bundle files and test files under ``paths`` (files or directories)."""
+    """Bundle files and test files under ``paths`` (files, directories or shipped names).
+
+    In a directory, ``bundle.yaml`` files are bundles and YAML files in a ``tests`` folder are
+    test files; any other YAML file is parsed (capped, depth-bounded, no values built) and is
+    a bundle when its top-level mapping has ``bundle`` or ``extends``, a test file when it has
+    ``cases``. A file that cannot be parsed is reported, since it may be a bundle. Symbolic
+    links to folders are not followed (a link cycle cannot make the walk endless).
+    """
     bundles: list[Path] = []
     tests: list[Path] = []
     problems: list[Problem] = []
     for ref in paths:
         path = Path(ref)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")
-                           and p.is_file())
+            files = sorted(_yaml_files(path))
         elif path.is_file():
             files = [path]
         else:
@@ -80,7 +87,11 @@ def collect_rule_files(paths: Iterable[str]) -> tuple[list[Path], list[Path], li
                                                        "bundle"))
                 continue
         for file in files:
-            kind = _kind(file)
+            try:
+                kind = _kind(file)
+            except RuleError as exc:
+                problems += exc.problems
+                continue
             if kind == "bundle":
                 bundles.append(file)
             elif kind == "tests":
@@ -88,20 +99,25 @@ def collect_rule_files(paths: Iterable[str]) -> tuple[list[Path], list[Path], li
     return bundles, tests, problems
 
 
+def _yaml_files(folder: Path) -> Iterator[Path]:
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in names:
+            file = Path(root, name)
+            if file.suffix in (".yaml", ".yml") and file.is_file():
+                yield file
+
+
 def _kind(path: Path) -> str | None:
     if path.name == BUNDLE_FILE:
         return "bundle"
     if path.parent.name == "tests":
         return "tests"
-    try:
-        head = path.read_text(encoding="utf-8", errors="replace")[:65536]
-    except OSError:
-        return None
-    for line in head.splitlines():
-        if line.startswith("bundle:"):
-            return "bundle"
-        if line.startswith("cases:"):
-            return "tests"
+    keys = top_level_keys(path)
+    if "bundle" in keys or "extends" in keys:
+        return "bundle"
+    if "cases" in keys:
+        return "tests"
     return None
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from moerules.engine.errors import Position, Problem, RuleError
-from moerules.engine.rules.loading import LDict, LList, load_yaml
+from moerules.engine.rules.loading import MAX_DEPTH, LDict, LList, load_value, load_yaml
 
 __all__ = [
     "BUNDLE_FILE",
@@ -50,16 +50,17 @@ def shipped_bundles() -> dict[str, Path]:
     return out
 
 
-def find_bundle(ref: str, relative_to: Path | None = None) -> Path | None:
-    """A bundle file from a path (file or directory) or a shipped bundle's name."""
-    candidates = [Path(ref)]
-    if relative_to is not None and not Path(ref).is_absolute():
-        candidates.insert(0, relative_to / ref)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-        if candidate.is_dir() and (candidate / BUNDLE_FILE).is_file():
-            return candidate / BUNDLE_FILE
+def find_bundle(ref: str) -> Path | None:
+    """A bundle file from a path given by the user (file or directory) or a shipped name.
+
+    For command-line arguments: what the user names is read. ``extends:`` in a file goes
+    through the stricter ``_extended``.
+    """
+    candidate = Path(ref)
+    if candidate.is_file():
+        return candidate
+    if candidate.is_dir() and (candidate / BUNDLE_FILE).is_file():
+        return candidate / BUNDLE_FILE
     return shipped_bundles().get(ref)
 
 
@@ -129,8 +130,18 @@ def _merge_rules(base: LList, over: LList) -> LList:
     return out
 
 
-def load_bundle_document(path: Path, _chain: tuple[Path, ...] = ()) -> LDict:
-    """Load a bundle file, resolving ``extends:`` chains into one merged document."""
+def load_bundle_document(path: Path, _chain: tuple[Path, ...] = (),
+                         _project: Path | None = None) -> LDict:
+    """Load a bundle file, resolving ``extends:`` chains into one merged document.
+
+    ``extends:`` names a shipped bundle, or a file (or a folder holding ``bundle.yaml``)
+    inside the project folder: the folder of the bundle file being loaded, and everything
+    under it. The project folder is fixed by the first file of the chain, so a base file may
+    extend another file of the same project. Anything else (``/etc/...``, ``../..``, a
+    symbolic link that leads out) is refused by its path alone: it is never opened.
+    """
+    resolved = path.resolve()
+    project = _project or resolved.parent
     doc = load_yaml(path)
     if not isinstance(doc, LDict):
         raise RuleError([Problem(getattr(doc, "pos", Position(str(path))),
@@ -139,39 +150,72 @@ def load_bundle_document(path: Path, _chain: tuple[Path, ...] = ()) -> LDict:
     if parent_ref is None:
         return doc
     pos = doc.val_pos["extends"]
-    if not isinstance(parent_ref, str):
+    if not isinstance(parent_ref, str) or not parent_ref.strip():
         raise RuleError([Problem(pos, "`extends` takes a shipped bundle's name or a path")])
-    parent = find_bundle(parent_ref, path.parent)
-    if parent is None:
-        from moerules.engine.rules.validation import did_you_mean
-
-        hint = did_you_mean(parent_ref, shipped_bundles())
-        raise RuleError([Problem(pos, f"cannot find bundle {parent_ref!r} to extend{hint}; "
-                                      "give a shipped bundle's name or a path")])
-    resolved = parent.resolve()
-    if resolved in _chain or resolved == path.resolve() or len(_chain) >= MAX_EXTENDS_DEPTH:
+    parent, parent_project = _extended(parent_ref, path, project, pos)
+    parent_resolved = parent.resolve()
+    if parent_resolved in _chain or parent_resolved == resolved \
+            or len(_chain) >= MAX_EXTENDS_DEPTH:
         raise RuleError([Problem(pos, f"`extends` loops back to {parent} (or nests too deep)")])
-    base = load_bundle_document(parent, (*_chain, path.resolve()))
+    base = load_bundle_document(parent, (*_chain, resolved), parent_project)
     merged: LDict = _merge(base, doc, None)
     return merged
 
 
+def _extended(ref: str, path: Path, project: Path, pos: Position) -> tuple[Path, Path]:
+    """The file ``extends: ref`` names and the project folder it belongs to."""
+    candidate = (path.parent / ref).resolve()  # absolute refs stay absolute
+    if candidate.is_relative_to(project):
+        if candidate.is_file():
+            return candidate, project
+        if candidate.is_dir() and (candidate / BUNDLE_FILE).is_file():
+            return candidate / BUNDLE_FILE, project
+    shipped = shipped_bundles().get(ref)
+    if shipped is not None:
+        return shipped, rules_dir().resolve()
+    if not candidate.is_relative_to(project):
+        raise RuleError([Problem(pos, f"`extends` may name a shipped bundle or a file inside "
+                                      f"this bundle's folder {project}; {ref!r} is outside it")])
+    from moerules.engine.rules.validation import did_you_mean
+
+    hint = did_you_mean(ref, shipped_bundles())
+    raise RuleError([Problem(pos, f"cannot find bundle {ref!r} to extend{hint}; "
+                                  "give a shipped bundle's name or a path")])
+
+
+_SET_USAGE = "--set takes KEY=VALUE, e.g. destination.data_center=02"
+
+
 def apply_sets(doc: LDict, sets: list[str]) -> LDict:
-    """Apply ``--set a.b.c=value`` overrides (values parsed as YAML) to a merged document."""
+    """Apply ``--set a.b.c=value`` overrides (values parsed as YAML) to a merged document.
+
+    Problems are positioned at ``--set KEY`` (with the column inside the value); the value
+    itself is never part of a message, as it may be a secret (``destination.data_api_key``).
+    """
     out: LDict = _copy(doc)
     problems = []
-    for item in sets:
-        pos = Position(f"--set {item}")
+    for n, item in enumerate(sets, 1):
         key, sep, text = item.partition("=")
-        if not sep or not key:
-            problems.append(Problem(pos, "--set takes KEY=VALUE, e.g. destination.data_center=02"))
-            continue
         parts = key.split(".")
+        label = f"--set {key if len(key) <= 80 else key[:80] + '...'}"
+        if not sep or not key or not all(parts):
+            problems.append(Problem(Position(f"--set #{n}"), _SET_USAGE))
+            continue
         if parts[0] in ("source", "destination") and len(parts) > 1 and parts[1] not in (
             "connector", "settings"
         ):
             parts.insert(1, "settings")  # --set destination.endpoint=... is a setting
-        value = load_yaml(pos.path, f"v: {text}\n")["v"] if text.strip() else ""
+        depth = MAX_DEPTH - len(parts)
+        if depth < 1:
+            problems.append(Problem(Position(label), f"KEY has more than {MAX_DEPTH - 1} "
+                                                     "parts"))
+            continue
+        pos = Position(label)
+        try:
+            value = load_value(label, text, depth) if text.strip() else ""
+        except RuleError as exc:
+            problems += [_without(p, text) for p in exc.problems]
+            continue
         node = out
         for part in parts[:-1]:
             child = node.get(part)
@@ -185,6 +229,14 @@ def apply_sets(doc: LDict, sets: list[str]) -> LDict:
     if problems:
         raise RuleError(problems)
     return out
+
+
+def _without(problem: Problem, text: str) -> Problem:
+    """A problem whose message cannot quote the value, in case the value is a secret."""
+    value = text.strip()
+    if len(value) < 4 or value not in problem.message:
+        return problem
+    return Problem(problem.position, problem.message.replace(value, "***"))
 
 
 def resolve_env(
