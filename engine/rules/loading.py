@@ -58,6 +58,7 @@ MAX_DEPTH = 64
 
 _TOO_DEEP = f"document nests deeper than {MAX_DEPTH} levels; refusing to load it"
 _STR = "tag:yaml.org,2002:str"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
@@ -232,6 +233,8 @@ class _Builder:
         tag = str(event.tag)
         if event.tag is None or tag == "!":
             tag = str(self.yaml.resolver.resolve(ScalarNode, event.value, event.implicit))
+            if tag == _TIMESTAMP:  # YAML 1.2 has no implicit dates: `2024-01-31` is text
+                tag = _STR
         if tag == _MERGE and stack and isinstance(stack[-1].value, LDict) \
                 and stack[-1].key_mark is None:
             raise self.fail(event, "YAML merge keys (<<) are not supported; use `extends:`")
@@ -329,8 +332,12 @@ def _load(path: str, text: str, max_depth: int, col_shift: int = 0,
         mark = exc.problem_mark or exc.context_mark
         pos = Position(path)
         if mark is not None:
-            col = mark.column + 1 - (col_shift if mark.line == 0 else 0)
-            pos = Position(path, mark.line + 1, max(col, 1))
+            line, column = mark.line, mark.column
+            lines = text.split("\n")
+            if line >= len(lines):  # the end of the stream: just after the last character
+                line, column = len(lines) - 1, len(lines[-1])
+            col = column + 1 - (col_shift if line == 0 else 0)
+            pos = Position(path, line + 1, max(col, 1))
         message = " ".join(str(m) for m in (exc.context, exc.problem) if m)
         raise RuleError([Problem(pos, f"invalid YAML: {message}")]) from None
     except YAMLError as exc:
@@ -364,7 +371,7 @@ def load_value(label: str, text: str, max_depth: int = MAX_DEPTH) -> Any:
     # parsed as a mapping's value, so `a: b` is an error here as it would be in a file
     too_deep = (f"value nests deeper than {MAX_DEPTH} levels (its KEY's included); "
                 "refusing to load it")
-    doc = _load(label, f"v: {text}\n", max_depth + 1, 3, too_deep)
+    doc = _load(label, f"v: {text}", max_depth + 1, 3, too_deep)
     return doc["v"] if isinstance(doc, LDict) else None
 
 

@@ -188,7 +188,7 @@ def test_bad_set_is_a_rule_error(cli: Callable[..., Result], tmp_path: Path) -> 
     result = cli("run", "mparticle-to-moengage", "--input", str(data), "--dry-run",
                  "--set", "destination.data_center=99")
     assert result.exit_code == 1
-    assert "--set destination.data_center=99:1:1: error: unknown data center '99'" in (
+    assert "--set destination.data_center:1:1: error: unknown data center '99'" in (
         result.stderr)
 
 

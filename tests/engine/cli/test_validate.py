@@ -214,3 +214,72 @@ def test_missing_path_is_an_error(cli: Callable[..., Result], tmp_path: Path) ->
     result = cli("validate", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 1
     assert "no such file, directory or shipped bundle" in result.stderr
+
+
+def test_deep_nesting_is_an_error_not_a_crash(moerules: Callable[..., object],
+                                             tmp_path: Path) -> None:
+    # before: the C composer recursed into 50,000 `[` and the process died (SIGSEGV)
+    path = tmp_path / "bundle.yaml"
+    path.write_text("bundle: x\nsource: " + "[" * 50_000 + "\n")
+    result = moerules("validate", str(path))
+    assert (result.returncode, result.stdout, result.stderr) == (  # type: ignore[attr-defined]
+        1, "", f"{path}:2:72: error: document nests deeper than 64 levels; refusing to load "
+               "it\n1 problem found in 1 files\n")
+    deep_set = moerules("run", "mparticle-to-moengage", "--input", "-", "--dry-run",
+                        "--set", "identity.precedence=" + "[" * 50_000, input="")
+    assert (deep_set.returncode, deep_set.stderr) == (  # type: ignore[attr-defined]
+        1, "--set identity.precedence:1:63: error: value nests deeper than 64 levels (its "
+           "KEY's included); refusing to load it\n1 problem found\n")
+
+
+def test_huge_integer_is_an_error(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
+    path = write("bundle.yaml", "bundle: " + "9" * 5000 + "\n")
+    result = cli("validate", str(path))
+    assert (result.exit_code, result.stderr) == (
+        1, f"{path}:1:9: error: number has too many digits; write it as a string (in quotes) "
+           "if it is an identifier\n1 problem found in 1 files\n")
+
+
+FLOW = ('{bundle: t, source: {connector: mparticle}, destination: {connector: moengage, '
+        'settings: {workspace_id: WS, data_api_key: K, data_center: "99"}}}\n')
+REST = ('source: {connector: mparticle}\ndestination: {connector: moengage, settings: '
+        '{workspace_id: WS, data_api_key: K, data_center: "99"}}\n')
+
+
+@pytest.mark.parametrize("text", [
+    FLOW,                                           # flow style
+    '"bundle": t\n' + REST,                         # a quoted key
+    "# a comment first\n" + "".join(f"  {line}\n" for line in f"bundle: t\n{REST}".splitlines()),
+    "? bundle\n: t\n" + REST,                       # an explicit key
+])
+def test_validate_dir_finds_bundles_however_they_are_written(
+        cli: Callable[..., Result], tmp_path: Path, text: str) -> None:
+    (tmp_path / "acme.yaml").write_text(text)
+    (tmp_path / "ci.yml").write_text("name: not a rule file\non: [push]\n")  # skipped
+    result = cli("validate", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr.endswith("1 problem found in 1 files\n")
+    assert "unknown data center '99'" in result.stderr
+
+
+def test_validate_dir_finds_overlays_without_a_bundle_key(cli: Callable[..., Result],
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "o.yaml").write_text("extends: mparticle-to-moengage\nevents: 3\n")
+    result = cli("validate", str(tmp_path))
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'o.yaml'}:2:9: error: events: Input should be a valid list" in (
+        result.stderr)
+
+
+def test_validate_dir_reports_files_it_cannot_read(cli: Callable[..., Result],
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("bundle: [x\n")
+    (tmp_path / "big.yaml").write_bytes(b"#" * (3 << 20))
+    result = cli("validate", str(tmp_path))
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'bad.yaml'}:2:1: error: invalid YAML: ")
+    assert lines[1:] == [
+        f"{tmp_path / 'big.yaml'}:1:1: error: file is larger than 1048576 bytes; rule files "
+        "are limited to 1048576 bytes",
+        "2 problems found in 0 files"]

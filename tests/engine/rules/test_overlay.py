@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,3 +129,91 @@ def test_extends_loop(write: Callable[..., Path]) -> None:
     with pytest.raises(RuleError) as info:
         load_bundle(b)
     assert "loops back" in str(info.value)
+
+
+def opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every file the loader opens, recorded."""
+    from moerules.engine.rules import loading
+
+    seen: list[str] = []
+    real_open = loading.os.open
+
+    def spy(path: str, flags: int, *args: int) -> int:
+        seen.append(str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(loading.os, "open", spy)
+    return seen
+
+
+@pytest.mark.parametrize("ref", ["/proc/self/status", "/etc/passwd", "../../../etc/passwd",
+                                 "../outside.yaml"])
+def test_extends_outside_the_project_is_refused_unread(
+        ref: str, write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    write("outside.yaml", BASE)
+    overlay = write("project/o.yaml", f"extends: {ref}\nbundle: o\n")
+    seen = opened_paths(monkeypatch)
+    with pytest.raises(RuleError) as info:
+        load_bundle(overlay)
+    assert str(info.value) == (
+        f"{overlay}:1:10: error: `extends` may name a shipped bundle or a file inside this "
+        f"bundle's folder {overlay.parent.resolve()}; {ref!r} is outside it")
+    assert seen == [str(overlay)]
+
+
+def test_a_link_that_leads_out_of_the_project_is_refused(
+        write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    outside = write("outside.yaml", BASE)
+    overlay = write("project/o.yaml", "extends: base.yaml\n")
+    (overlay.parent / "base.yaml").symlink_to(outside)
+    seen = opened_paths(monkeypatch)
+    with pytest.raises(RuleError) as info:
+        load_bundle(overlay)
+    assert "'base.yaml' is outside it" in str(info.value)
+    assert seen == [str(overlay)]
+
+
+def test_extends_within_the_project_folder_tree(write: Callable[..., Path]) -> None:
+    # the project folder is the first file's: a base below it may extend a file beside it
+    write("project/common.yaml", BASE)
+    write("project/bases/acme.yaml", "extends: ../common.yaml\nbundle: acme-base\n")
+    overlay = write("project/o.yaml", "extends: bases/acme.yaml\nbundle: o\n")
+    assert load_bundle(overlay).model.routing is not None
+    # ...but the base alone, loaded as the first file, may not reach above its own folder
+    with pytest.raises(RuleError) as info:
+        load_bundle(overlay.parent / "bases" / "acme.yaml")
+    assert "'../common.yaml' is outside it" in str(info.value)
+
+
+def test_extends_a_fifo_in_the_project_does_not_wait(write: Callable[..., Path]) -> None:
+    overlay = write("project/o.yaml", "extends: pipe.yaml\n")
+    os.mkfifo(overlay.parent / "pipe.yaml")
+    with pytest.raises(RuleError) as info:
+        load_bundle(overlay)
+    assert str(info.value) == (f"{overlay}:1:10: error: cannot find bundle 'pipe.yaml' to "
+                               "extend; give a shipped bundle's name or a path")
+
+
+SECRET = "Sx9-very-secret-key-value"
+
+
+@pytest.mark.parametrize(("sets", "expected"), [
+    ([SECRET], "--set #1:1:1: error: --set takes KEY=VALUE, e.g. destination.data_center=02"),
+    (["destination..x=1"], "--set #1:1:1: error: --set takes KEY=VALUE, e.g. "
+                           "destination.data_center=02"),
+    ([f"destination.data_api_key=[{SECRET}"],
+     "--set destination.data_api_key:1:27: error: invalid YAML: while parsing a flow sequence "
+     "did not find expected ',' or ']'"),
+    ([f"destination.data_api_key='{SECRET}"],
+     "--set destination.data_api_key:1:27: error: invalid YAML: while scanning a quoted scalar "
+     "found unexpected end of stream"),
+    (["identity.precedence=" + "[" * 50_000],
+     "--set identity.precedence:1:63: error: value nests deeper than 64 levels (its KEY's "
+     "included); refusing to load it"),
+    (["a." * 70 + "b=1"], "--set " + ("a." * 40) + "...:1:1: error: KEY has more than 63 parts"),
+])
+def test_set_errors(sets: list[str], expected: str) -> None:
+    with pytest.raises(RuleError) as info:
+        load_bundle("mparticle-to-moengage", sets)
+    assert str(info.value) == expected
+    assert SECRET not in str(info.value)
