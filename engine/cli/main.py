@@ -305,5 +305,9 @@ def bench(quick: bool, seed: int) -> None:
     sys.exit(run_benchmarks([*(["--quick"] if quick else []), "--seed", str(seed)]))
 
 
+from moerules.engine.cli.authoring import register as _register_authoring  # noqa: E402
+
+_register_authoring(main)  # diff, coverage, playground (engine/cli/authoring.py)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
