@@ -1,6 +1,7 @@
 """The per-record path: decode, identity, user attributes, event rules, routing, encode.
 
-Everything here is bookkeeping around the compiled functions: it counts each item's outcome,
+Everything here is bookkeeping around the compiled functions: it records in the run's ledger
+what it read and each outcome it decides (dropped, dead-lettered, taken by the sink),
 dead-letters what cannot be processed, and hands mapped items to the sink's encoder.
 """
 
@@ -39,6 +40,7 @@ class Pipeline:
                  dead_letters: DeadLetterWriter) -> None:
         self.c = compiled
         self.report = report
+        self.ledger = report.ledger
         self.dead = dead_letters
         self.encoder = compiled.sink.encoder()
         self.events_key = compiled.source.events_key
@@ -68,8 +70,8 @@ class Pipeline:
 
     def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
         """Process one input line; return the requests that filled up."""
-        report = self.report
-        report.lines_in += 1
+        ledger = self.ledger
+        ledger.lines += 1
         batch = None
         if self._project is not None:
             try:
@@ -81,15 +83,13 @@ class Pipeline:
             try:
                 batch = self.c.source.decode(line)
             except RecordError as exc:
-                report.unreadable_lines += 1
-                report.dead_lettered[exc.reason] += 1
+                ledger.unreadable_line(exc.reason)
                 self.dead.write(exc.reason, raw=line, error=exc.detail, line=line_no)
                 return []
         try:
             return self._batch(line_no, batch)
         except RecordError as exc:  # a failure outside any one event: the whole line
-            report.unreadable_lines += 1
-            report.dead_lettered[exc.reason] += 1
+            ledger.unreadable_line(exc.reason)
             self.dead.write(exc.reason, record=self._whole_record(batch, None), error=exc.detail,
                             line=line_no)
             return []
@@ -99,8 +99,8 @@ class Pipeline:
         if c.user_drops is not None:  # first: should it fail, the line is dead-lettered whole
             for reason, n in zip(c.user_drop_reasons, c.user_drops(batch, None), strict=True):
                 if n:
-                    report.user_updates_in += n
-                    report.dropped[reason] += n
+                    self.ledger.user_updates_in += n
+                    self.ledger.drop(reason, n)
         events = batch.get(self.events_key) if self.events_key else None
         ident = None
         if c.identity is not None and c.identity_per_batch:
@@ -113,10 +113,10 @@ class Pipeline:
         # the loop runs per event: everything it looks up is a local
         mapper, kinds, rule_names = c.event, self._kinds, c.rule_names
         identity_per_event = c.identity if self._identity_per_event else None
-        codes, dropped = self._route_codes, report.dropped
+        codes, dropped = self._route_codes, self.ledger.dropped
         routed = self._routed  # reaches the report once, at the end (warn_routing)
         items: list[Item] = []  # the line's events, handed to the encoder together
-        report.events_in += len(events)
+        self.ledger.events_in += len(events)
         for index, event in enumerate(events):
             if type(event) is not dict:
                 self._dead("event is not a JSON object", event, "", line_no, None, index)
@@ -184,24 +184,24 @@ class Pipeline:
                 if not self.report.unknown_projects[str(route_value)]:
                     del self.report.unknown_projects[str(route_value)]
             self._dead(reason, event, error, line_no, item.rule, index)
-        self.report.delivered_events += len(items) - len(failed)
+        self.ledger.take(EVENT, True, len(items) - len(failed))
 
     def _user(self, user: Callable[..., dict[str, Any] | None], line_no: int,
               batch: dict[str, Any], ident: str | None, out: list[WireRequest]) -> None:
         """The record's own user update (the bundle's ``user`` section)."""
-        report = self.report
+        ledger = self.ledger
         try:
             attrs = user(batch, None)
         except RecordError as exc:
-            report.user_updates_in += 1
+            ledger.user_updates_in += 1
             self._dead(exc.reason, batch, exc.detail, line_no, "user")
             return
         except Exception as exc:  # as for events
-            report.user_updates_in += 1
+            ledger.user_updates_in += 1
             self._dead(MAPPING_FAILED, batch, f"{type(exc).__name__}: {exc}", line_no, "user")
             return
         if attrs:
-            report.user_updates_in += 1
+            ledger.user_updates_in += 1
             self._add_user(ident, attrs, line_no, None, batch, "user", out)
 
     def _add_user(self, ident: str | None, attrs: dict[str, Any], line_no: int,
@@ -217,7 +217,7 @@ class Pipeline:
             self._dead(getattr(exc, "reason", CANNOT_ENCODE), record, str(exc), line_no, rule,
                        index)
             return
-        self.report.delivered_user_updates += 1
+        self.ledger.take(USER, index is not None)
 
     def _count_routes(self) -> None:
         """Move the events counted per route (indexed by route code) to the report."""
@@ -233,7 +233,7 @@ class Pipeline:
 
     def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
               index: int | None = None) -> None:
-        self.report.dead_lettered[reason] += 1
+        self.ledger.dead_letter(reason)
         self.dead.write(reason, record=self._whole_record(record, index), error=error,
                         line=line_no, rule=rule, event_index=index)
 
@@ -256,6 +256,10 @@ class Pipeline:
         """Requests for everything the encoder still holds, and the routing warnings."""
         self.warn_routing()
         return self.encoder.flush()
+
+    def stopped(self) -> None:
+        """No more lines come and what is held is not sent (an aborted run)."""
+        self.warn_routing()
 
     def warn_routing(self) -> None:
         """Routing counts and warnings into the report: once, when no more lines come."""

@@ -1,10 +1,18 @@
-"""The run report: every item's outcome, counted by reason and by routing target."""
+"""The run report: every item's outcome, counted by reason and by routing target.
+
+The item counts are read from the run's ``Ledger`` (engine/runtime/ledger.py), where each
+outcome is recorded once; the report adds what the run did on the wire (requests, statuses,
+retries), routing, warnings and notes.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from moerules.engine.items import EVENT, USER
+from moerules.engine.runtime.ledger import Ledger
 
 __all__ = ["RunReport"]
 
@@ -15,19 +23,14 @@ class RunReport:
 
     An item is one event, one user-attribute update (an entry a bundle's ``user.drop`` counts
     is one too), or one input line that could not be read as a record (its events are
-    unknown, so it counts once).
+    unknown, so it counts once). Items the sink took whose outcome never came are "would
+    deliver" in a dry run; in a real run they were read but not sent (a stop), and are left
+    out: the rerun reads them again.
     """
 
     bundle: str = ""
     dry_run: bool = True
-    lines_in: int = 0
-    events_in: int = 0
-    user_updates_in: int = 0
-    unreadable_lines: int = 0
-    delivered_events: int = 0
-    delivered_user_updates: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    dead_lettered: Counter[str] = field(default_factory=Counter)
+    ledger: Ledger = field(default_factory=Ledger, repr=False, compare=False)
     routing: Counter[str] = field(default_factory=Counter)
     fallback: Counter[str] = field(default_factory=Counter)
     unknown_projects: Counter[str] = field(default_factory=Counter)
@@ -41,13 +44,60 @@ class RunReport:
     interrupted: bool = False
     elapsed_seconds: float = 0.0
 
+    # -- counts, from the ledger ------------------------------------------------------------
+    @property
+    def lines_in(self) -> int:
+        return self.ledger.lines
+
+    @property
+    def events_in(self) -> int:
+        unsent = 0 if self.dry_run else self.ledger.open(from_event=True)
+        return self.ledger.events_in - unsent
+
+    @property
+    def user_updates_in(self) -> int:
+        unsent = 0 if self.dry_run else self.ledger.open(from_event=False)
+        return self.ledger.user_updates_in - unsent
+
+    @property
+    def unreadable_lines(self) -> int:
+        return self.ledger.unreadable
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self.ledger.dropped
+
+    @property
+    def dead_lettered(self) -> Counter[str]:
+        return self.ledger.dead
+
+    def delivered_of(self, kind: str) -> int:
+        """Items of ``kind`` delivered (in a dry run: that would be delivered)."""
+        would = self.ledger.open(kind) if self.dry_run else 0
+        return self.ledger.delivered[kind] + would
+
+    @property
+    def delivered_events(self) -> int:
+        return self.delivered_of(EVENT)
+
+    @property
+    def delivered_user_updates(self) -> int:
+        return self.delivered_of(USER)
+
+    @property
+    def other_kinds(self) -> dict[str, int]:
+        """Delivered items of kinds other than events and user updates, by kind."""
+        return {kind: self.delivered_of(kind) for kind in self.ledger.kinds()
+                if kind not in (EVENT, USER)}
+
     @property
     def items_in(self) -> int:
         return self.events_in + self.user_updates_in + self.unreadable_lines
 
     @property
     def delivered(self) -> int:
-        return self.delivered_events + self.delivered_user_updates
+        return self.delivered_events + self.delivered_user_updates + sum(
+            self.other_kinds.values())
 
     def balanced(self) -> bool:
         return self.items_in == self.delivered + sum(self.dropped.values()) + sum(
@@ -65,6 +115,7 @@ class RunReport:
             "delivered": self.delivered,
             "delivered_events": self.delivered_events,
             "delivered_user_updates": self.delivered_user_updates,
+            **({"delivered_by_kind": self.other_kinds} if self.other_kinds else {}),
             "dropped": dict(sorted(self.dropped.items())),
             "dropped_total": sum(self.dropped.values()),
             "dead_lettered": dict(sorted(self.dead_lettered.items())),
@@ -92,7 +143,9 @@ class RunReport:
             f"  read      {self.lines_in} lines: {self.events_in} events, "
             f"{self.user_updates_in} user updates, {self.unreadable_lines} unreadable",
             f"  {verb:<9} {self.delivered} ({self.delivered_events} events, "
-            f"{self.delivered_user_updates} user updates) in {self.requests} requests",
+            f"{self.delivered_user_updates} user updates"
+            + "".join(f", {n} {kind}" for kind, n in self.other_kinds.items())
+            + f") in {self.requests} requests",
             f"  dropped   {sum(self.dropped.values())}",
         ]
         lines += [f"    {n:>7}  {reason}" for reason, n in self.dropped.most_common()]

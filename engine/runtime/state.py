@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from moerules.engine.connector import EVENT, Item
+from moerules.engine.connector import Item
 
 __all__ = ["AckTracker", "Checkpoint", "CheckpointStore", "input_fingerprint"]
 
@@ -169,11 +169,7 @@ class AckTracker:
         self._line_start = offset
         self.fed_line = line
         self.fed_offset = offset
-        self.open_events = 0
-        self.open_users = 0
-        # user updates made by an event rule (user_attribute_change): the report counted
-        # them as events in, so taking them back must take them from events
-        self.open_users_from_events = 0
+        self.open_items = 0
         self.delivered = 0
 
     def begin_line(self, offset: int) -> None:
@@ -187,11 +183,7 @@ class AckTracker:
             self._order.append(line)
         else:
             entry[0] += 1
-        if item.kind == EVENT:
-            self.open_events += 1
-        else:
-            self.open_users += 1
-            self.open_users_from_events += item.ref[1] >= 0
+        self.open_items += 1
 
     def end_line(self, line: int, end_offset: int) -> None:
         self.fed_line = line
@@ -205,11 +197,7 @@ class AckTracker:
             entry[0] -= 1
             if entry[0] == 0:
                 del self._open[item.ref[0]]
-            if item.kind == EVENT:
-                self.open_events -= 1
-            else:
-                self.open_users -= 1
-                self.open_users_from_events -= item.ref[1] >= 0
+            self.open_items -= 1
 
     @property
     def watermark(self) -> tuple[int, int]:
@@ -221,7 +209,3 @@ class AckTracker:
             return self.fed_line, self.fed_offset
         first = order[0]
         return first - 1, self._open[first][1]
-
-    @property
-    def open_items(self) -> int:
-        return self.open_events + self.open_users
