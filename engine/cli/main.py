@@ -166,11 +166,16 @@ def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path |
     FILE is rewritten: what was delivered leaves it, what failed again is updated.
     """
     from moerules.engine.api import load_bundle
+    from moerules.engine.runtime.deadletter import DeadLetterFormatError
     from moerules.engine.runtime.delivery import DeliveryOptions
     from moerules.engine.runtime.replay import bundles_named, read_dead_letters, replay_file
 
+    try:
+        letters = read_dead_letters(file)
+    except DeadLetterFormatError as exc:
+        raise click.UsageError(str(exc)) from None
     if bundle is None:
-        names = bundles_named(read_dead_letters(file))
+        names = bundles_named(letters)
         if len(names) != 1:
             raise click.UsageError(
                 "pass --bundle: " + (f"{file} holds dead letters of {', '.join(sorted(names))}"
