@@ -163,7 +163,7 @@ class RecordRunner:
         self.compiled = compiled
         self.report = RunReport(bundle=compiled.model.bundle, dry_run=True)
         self._drops = _DropLog()
-        self.report.dropped = self._drops
+        self.report.ledger.dropped = self._drops
         self._dead = _DeadLetterLog(compiled)
         self.pipeline = Pipeline(compiled, self.report, self._dead)
         self._names = {code: name for name, code in compiled.projects}
