@@ -29,6 +29,10 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import orjson
+from moerules.connectors.moengage.settings import (
+    DATA_CENTERS,
+    MoEngageDataSettings,
+)
 from moerules.engine.connector import (
     EVENT,
     ITEMS,
@@ -54,13 +58,6 @@ from moerules.engine.runtime.retry import retry_after_seconds
 
 __all__ = ["DATA_CENTERS", "MoEngageDataSink"]
 
-DATA_CENTERS = {
-    "01": "https://api-01.moengage.com", "02": "https://api-02.moengage.com",
-    "03": "https://api-03.moengage.com", "04": "https://api-04.moengage.com",
-    "05": "https://api-05.moengage.com", "06": "https://api-06.moengage.com",
-    "101": "https://api-101.moengage.com",
-}
-DEFAULT_MAX_BYTES = 100 * 1024
 # the longest an item waits in a request that is not full (inputs that never end)
 DEFAULT_MAX_AGE = 5.0
 # documented per-minute limits by endpoint and what they count (§1.3)
@@ -68,12 +65,6 @@ ENDPOINT_LIMITS: tuple[tuple[str, str, int], ...] = (
     ("transition", USER, 60_000), ("transition", EVENT, 60_000),
     ("event", EVENT, 30_000), ("customer", USER, 10_000),
 )
-
-
-def _data_center(value: Any) -> str:
-    """``"02"``, ``2`` and ``"DC-02"`` all name data center 02 (YAML reads 02 as a number)."""
-    text = str(value).strip().upper().removeprefix("DC-").removeprefix("DC")
-    return text.zfill(2) if text.isdigit() and len(text) < 2 else text
 
 
 class _Pending:
@@ -265,18 +256,7 @@ class MoEngageDataSink(Sink):
         (429, b'{"title":"Rate Limits Exceeded"}', Retry),
         (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
     )
-    required_settings: ClassVar[frozenset[str]] = frozenset({"workspace_id", "data_api_key"})
-    secret_settings: ClassVar[frozenset[str]] = frozenset({"data_api_key"})
-    settings_doc: ClassVar[dict[str, str]] = {
-        "workspace_id": "Workspace ID (formerly App ID): Basic-auth user and MOE-APPKEY",
-        "data_api_key": "Data API key: Basic-auth password (secret; use ${ENV_VAR})",
-        "data_center": "01-06 or 101: picks https://api-{dc}.moengage.com (default 01)",
-        "endpoint": "base URL overriding the data-center host (proxies, local emulator)",
-        "mode": "bulk (transition requests, default) or single (event/customer endpoints)",
-        "max_request_bytes": "largest request body (default 100 KB)",
-        "requests_per_second": "rate limit (default 500, the partner-feed limit)",
-        "requests_per_minute": "rate limit (default 15000, the partner-feed limit)",
-    }
+    settings_model: ClassVar[type[MoEngageDataSettings]] = MoEngageDataSettings
     event_fields: ClassVar[dict[str, str]] = {
         "current_time": "UTC time of the event (epoch seconds or ISO-8601)",
         "user_time": "local time of the event",
@@ -286,14 +266,25 @@ class MoEngageDataSink(Sink):
         "moe_os_type": "only for the TV platform",
     }
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        super().__init__(settings)
-        self.workspace_id = str(self.settings.get("workspace_id", ""))
-        self.api_key = str(self.settings.get("data_api_key", ""))
-        dc = _data_center(self.settings.get("data_center", "01"))
-        self.host = str(self.settings.get("endpoint") or DATA_CENTERS.get(dc, "")).rstrip("/")
-        self.bulk = str(self.settings.get("mode", "bulk")) == "bulk"
-        self.max_bytes = int(self.settings.get("max_request_bytes", DEFAULT_MAX_BYTES))
+    def __init__(self, settings: MoEngageDataSettings | Mapping[str, Any]) -> None:
+        """From checked settings, or a mapping checked here by the same model (pydantic's
+        ValidationError when it is wrong): the model is the one place settings are parsed.
+
+        Note for the contract (engine/connector.py): the engine builds every connector with
+        ``from_settings(parsed)``, its settings checked at their file positions by
+        engine/rules/settings.py; ``Sink.settings``, ``check_settings``, ``settings_doc`` and
+        ``required_settings`` are no longer read by the engine and can go with the base
+        class's ``__init__(Mapping)`` once every connector declares ``settings_model``.
+        """
+        config = settings if isinstance(settings, MoEngageDataSettings) else (
+            MoEngageDataSettings.model_validate(settings))
+        super().__init__(config.model_dump())
+        self.config = config
+        self.workspace_id = config.workspace_id
+        self.api_key = config.data_api_key.get_secret_value()
+        self.host = (config.endpoint or DATA_CENTERS[config.data_center]).rstrip("/")
+        self.bulk = config.mode == "bulk"
+        self.max_bytes = config.max_request_bytes
         self.batch_policy = BatchPolicy(max_request_bytes=self.max_bytes,
                                         max_age=DEFAULT_MAX_AGE)
         token = base64.b64encode(f"{self.workspace_id}:{self.api_key}".encode()).decode()
@@ -303,23 +294,10 @@ class MoEngageDataSink(Sink):
             "MOE-APPKEY": self.workspace_id,
         }
 
-    def check_settings(self) -> list[tuple[str, str]]:
-        problems = super().check_settings()
-        dc = _data_center(self.settings.get("data_center", "01"))
-        if dc not in DATA_CENTERS:
-            problems.append(("data_center", f"unknown data center {dc!r}; use one of "
-                             f"{', '.join(DATA_CENTERS)}"))
-        if str(self.settings.get("mode", "bulk")) not in ("bulk", "single"):
-            problems.append(("mode", "mode is `bulk` or `single`"))
-        endpoint = self.settings.get("endpoint")
-        if endpoint and not str(endpoint).startswith(("http://", "https://")):
-            problems.append(("endpoint", "endpoint must be an http:// or https:// URL"))
-        try:
-            if int(self.settings.get("max_request_bytes", DEFAULT_MAX_BYTES)) < 1024:
-                raise ValueError
-        except (TypeError, ValueError):
-            problems.append(("max_request_bytes", "max_request_bytes is a number >= 1024"))
-        return problems
+    @classmethod
+    def from_settings(cls, settings: MoEngageDataSettings) -> MoEngageDataSink:
+        """The sink for settings already checked (how the engine builds it)."""
+        return cls(settings)
 
     def url(self, endpoint: str, project: str | None) -> str:
         ws = quote(self.workspace_id, safe="${}")
@@ -338,8 +316,8 @@ class MoEngageDataSink(Sink):
 
     def rate_limits(self) -> list[RateLimit]:
         limits = [
-            RateLimit(int(self.settings.get("requests_per_second", 500)), 1.0),
-            RateLimit(int(self.settings.get("requests_per_minute", 15000)), 60.0),
+            RateLimit(self.config.requests_per_second, 1.0),
+            RateLimit(self.config.requests_per_minute, 60.0),
         ]
         limits += [RateLimit(amount, 60.0, endpoint, counts=ITEMS, kind=kind)
                    for endpoint, kind, amount in ENDPOINT_LIMITS]

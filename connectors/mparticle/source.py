@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import orjson
+from moerules.connectors.mparticle.settings import MParticleSettings
 from moerules.engine.connector import Source
 from moerules.engine.errors import RecordError
 
@@ -24,7 +25,12 @@ class MParticleSource(Source):
     name: ClassVar[str] = "mparticle"
     events_key: ClassVar[str | None] = "events"
     projectable: ClassVar[bool] = True
-    settings_doc: ClassVar[dict[str, str]] = {}
+    settings_model: ClassVar[type[MParticleSettings]] = MParticleSettings
+
+    @classmethod
+    def from_settings(cls, settings: MParticleSettings) -> MParticleSource:
+        """The source for checked settings (engine/rules/settings.py builds connectors so)."""
+        return cls(settings.model_dump())
 
     def decode(self, line: bytes) -> dict[str, Any]:
         try:

@@ -47,6 +47,7 @@ from moerules.engine.errors import Position, Problem, RecordError, RuleError
 from moerules.engine.rules.loading import LDict, position_of
 from moerules.engine.rules.model import Bundle, EventRule, FieldSpec, Spread
 from moerules.engine.rules.overlay import resolve_env
+from moerules.engine.rules.settings import bind_settings
 from moerules.engine.rules.validation import did_you_mean, validate_document
 
 __all__ = [
@@ -60,7 +61,6 @@ __all__ = [
 Loc = tuple[str | int, ...]
 SCOPE = {"batch": "batch", "event": "event"}
 ROUTE_MISSING, ROUTE_BLANK, ROUTE_UNKNOWN, ROUTE_NONE = -1, -2, -3, -4
-MIN_SECRET_LENGTH = 6
 _CAST_FAST = {"string": "str", "int": "int", "float": "float", "bool": "bool"}
 
 
@@ -689,7 +689,7 @@ class _Compiler:
         self.tr(f"('route', {cg.literal(routing.from_)}, {value}, {route})")
         return route, value
 
-    def gen_events(self, sink: Sink) -> None:
+    def gen_events(self, sink: Sink | type[Sink]) -> None:
         cg = self.cg
         roots = frozenset(SCOPE)
 
@@ -722,7 +722,8 @@ class _Compiler:
         # The pipeline calls event() only with a dict event (explain, traced, with any value).
         self.function("event", frozenset({"batch", "event"}), body)
 
-    def gen_rule(self, rule: EventRule, i: int, loc: Loc, cache: PathCache, sink: Sink) -> None:
+    def gen_rule(self, rule: EventRule, i: int, loc: Loc, cache: PathCache,
+                 sink: Sink | type[Sink]) -> None:
         cg = self.cg
         roots = frozenset(SCOPE)
         if rule.drop is not None:
@@ -766,38 +767,29 @@ class _Compiler:
         secrets: set[str] = set()
         missing: list[str] = []
         source = sink = None
+        # settings are checked against each connector's model at their file positions
         if source_cls is not None:
-            settings, miss = resolve_env(bundle.source.settings, self.env_vars)
-            missing += miss
-            source = source_cls(settings)
-            for key, message in source.check_settings():
-                self.error(("source", "settings", key) if key in bundle.source.settings
-                           else ("source",), message, key=True)
+            bound = bind_settings(self.raw, "source", source_cls, self.env_vars)
+            self.problems += bound.problems
+            missing += bound.missing
+            source = bound.connector
         if sink_cls is not None:
-            settings, miss = resolve_env(bundle.destination.settings, self.env_vars)
-            missing += miss
-            sink = sink_cls(settings)
-            for key, message in sink.check_settings():
-                hint = did_you_mean(key, sink.settings_doc) if message.startswith(
-                    "unknown setting") else ""
-                self.error(("destination", "settings", key) if key in
-                           bundle.destination.settings else ("destination",),
-                           message + hint, key=True)
-            # Secrets are scrubbed from output as substrings; one too short to be a real key
-            # ("K" in a test) would corrupt every header and value it appears in.
-            secrets |= {str(settings[k]) for k in sink.secret_settings
-                        if k in settings and len(str(settings[k])) >= MIN_SECRET_LENGTH
-                        and "${" not in str(settings[k])}
-        projects = self.check_routing(sink)
+            bound = bind_settings(self.raw, "destination", sink_cls, self.env_vars)
+            self.problems += bound.problems
+            missing += bound.missing
+            secrets |= bound.secrets
+            sink = bound.connector
+        checked = sink if sink is not None else sink_cls  # rules are checked by its class too
+        projects = self.check_routing(checked)
         for name, table in bundle.tables.items():
             if not table.values:
                 self.error(("tables", name), f"table {name!r} is empty")
         per_batch, _ = self.gen_identity()
         self.gen_user()
         drop_reasons = self.gen_user_drops()
-        if sink is not None:
-            self.gen_events(sink)
-            self.check_kinds(sink)
+        if checked is not None:
+            self.gen_events(checked)
+            self.check_kinds(checked)
         if self.problems or source is None or sink is None:
             raise RuleError(self.problems)
         namespace = self.cg.build(f"<bundle {bundle.bundle}>")
@@ -816,7 +808,7 @@ class _Compiler:
             user_drop_reasons=drop_reasons,
         )
 
-    def check_kinds(self, sink: Sink) -> None:
+    def check_kinds(self, sink: Sink | type[Sink]) -> None:
         """Every kind of item the bundle emits is one its destination accepts."""
         if self.bundle.user is not None and (problem := kind_problem(sink, USER)):
             self.error(("user",), problem, key=True)
@@ -835,7 +827,7 @@ class _Compiler:
             return None
         return cls
 
-    def check_routing(self, sink: Sink | None) -> list[tuple[str, str]]:
+    def check_routing(self, sink: Sink | type[Sink] | None) -> list[tuple[str, str]]:
         routing = self.bundle.routing
         if routing is None:
             return []

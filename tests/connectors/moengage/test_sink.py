@@ -167,14 +167,6 @@ def test_max_age_says_when_held_items_must_leave() -> None:
     assert enc.until_next() is None
 
 
-def test_settings_are_checked() -> None:
-    problems = dict(sink(data_center="99", mode="fast", endpoint="ftp://x",
-                         max_request_bytes=10, colour="red").check_settings())
-    assert set(problems) == {"data_center", "mode", "endpoint", "max_request_bytes", "colour"}
-    assert dict(MoEngageDataSink({}).check_settings())["workspace_id"] == (
-        "destination 'moengage' needs setting 'workspace_id'")
-
-
 def test_user_updates_stay_within_max_bytes_and_lose_nothing() -> None:
     enc = sink(max_request_bytes=2048).encoder()
     requests = []
