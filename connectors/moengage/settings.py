@@ -44,8 +44,16 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value():
+        raise PydanticCustomError("empty", "the key is empty")
+    return value
+
+
 DataCenter = Annotated[str, BeforeValidator(_data_center), WithJsonSchema({
     "enum": [*DATA_CENTERS, *sorted({int(dc) for dc in DATA_CENTERS})]})]
+Secret = Annotated[SecretStr, AfterValidator(_not_empty), WithJsonSchema({
+    "type": "string", "minLength": 1, "format": "password", "writeOnly": True})]
 HttpUrl = Annotated[str, AfterValidator(_http_url), WithJsonSchema({
     "type": "string", "pattern": "^https?://"})]
 
@@ -56,8 +64,8 @@ class MoEngageDataSettings(ConnectorSettings):
     workspace_id: str = Field(
         min_length=1, description="Workspace ID (formerly App ID): the Basic-auth user and "
                                   "MOE-APPKEY")
-    data_api_key: SecretStr = Field(
-        min_length=1, description="Data API key: the Basic-auth password (secret; use "
+    data_api_key: Secret = Field(
+        description="Data API key: the Basic-auth password (secret; use "
                                   "${ENV_VAR})")
     data_center: DataCenter = Field(
         "01", description="01-06 or 101, from dashboard-0X.moengage.com: picks "

@@ -44,7 +44,10 @@ def _path_shorthand(value: Any) -> Any:
     return {"from": value} if isinstance(value, str) else value
 
 
-Transforms = Annotated[list[TransformStep], BeforeValidator(_as_list)]
+# json_schema_input_type: the JSON Schema (for editors) shows the short forms a rule file may
+# use, as the validators accept them, not only the widened model
+Transforms = Annotated[list[TransformStep], BeforeValidator(
+    _as_list, json_schema_input_type=TransformStep | list[TransformStep] | None)]
 
 
 class FieldSpec(_Rule):
@@ -71,12 +74,13 @@ class FieldSpec(_Rule):
     attributes: dict[str, Field_] | None = Field(
         None, description="for `each` (or a nested object): the item's fields, paths relative to it"
     )
-    spread: Annotated[list[Spread], BeforeValidator(_as_list)] = Field(
+    spread: Spreads = Field(
         default_factory=list, description="with `attributes`: objects to copy into the item"
     )
 
 
-Field_ = Annotated[FieldSpec, BeforeValidator(_path_shorthand)]
+Field_ = Annotated[FieldSpec, BeforeValidator(_path_shorthand,
+                                               json_schema_input_type=str | FieldSpec)]
 
 
 class Spread(_Rule):
@@ -103,6 +107,9 @@ class Spread(_Rule):
     transform: Transforms = Field(default_factory=list)
 
 
+Spreads = Annotated[list[Spread], BeforeValidator(
+    _as_list, json_schema_input_type=Spread | list[Spread] | None)]
+
 FieldSpec.model_rebuild()
 
 
@@ -116,10 +123,11 @@ class EventRule(_Rule):
         "event", description="`event`, or `user` to turn the record into a user-attribute update"
     )
     event_name: Annotated[
-        FieldSpec | None, BeforeValidator(lambda v: {"template": v} if isinstance(v, str) else v)
+        FieldSpec | None, BeforeValidator(lambda v: {"template": v} if isinstance(v, str) else v,
+                                          json_schema_input_type=str | FieldSpec | None)
     ] = Field(None, description="the event name: a template, or {from/transform}")
     attributes: dict[str, Field_] = Field(default_factory=dict)
-    spread: Annotated[list[Spread], BeforeValidator(_as_list)] = Field(default_factory=list)
+    spread: Spreads = Field(default_factory=list)
     fields: dict[str, Field_] = Field(
         default_factory=dict,
         description="destination-level fields of the event (time, platform, app version...)",
@@ -142,7 +150,7 @@ class UserRule(_Rule):
 
     when: str | None = None
     attributes: dict[str, Field_] = Field(default_factory=dict)
-    spread: Annotated[list[Spread], BeforeValidator(_as_list)] = Field(default_factory=list)
+    spread: Spreads = Field(default_factory=list)
     drop: list[CountedDrop] = Field(
         default_factory=list,
         description="lists of user changes not sent: each entry counted as a dropped update",
@@ -210,6 +218,7 @@ class Bundle(_Rule):
     user: UserRule | None = None
     events: list[EventRule] = Field(default_factory=list)
     routing: Routing | None = None
-    tables: dict[str, Annotated[Table, BeforeValidator(_table_shorthand)]] = Field(
+    tables: dict[str, Annotated[Table, BeforeValidator(
+        _table_shorthand, json_schema_input_type=Table | dict[str, Any])]] = Field(
         default_factory=dict
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import jsonschema
+
 from tests.conftest import Result
 
 
@@ -39,3 +41,37 @@ def test_installed_script_bundles(moerules: Callable[..., object]) -> None:
     result = moerules("bundles")
     assert result.returncode == 0  # type: ignore[attr-defined]
     assert "mparticle-to-moengage" in result.stdout  # type: ignore[attr-defined]
+
+
+def test_schema_takes_settings_from_the_connectors_models(cli: Callable[..., Result]) -> None:
+    from moerules.connectors.moengage.settings import MoEngageDataSettings
+    from moerules.engine.rules.loading import load_yaml
+    from moerules.engine.rules.overlay import shipped_bundles
+
+    schema = json.loads(cli("schema").stdout)
+    defs = schema["$defs"]
+    assert schema["properties"]["destination"] == {"$ref": "#/$defs/DestinationRef"}
+    assert defs["DestinationRef"]["properties"]["connector"]["enum"] == ["moengage"]
+    assert defs["SourceRef"]["properties"]["connector"]["enum"] == ["mparticle"]
+    settings = defs["MoEngageDataSettings"]
+    assert list(settings["properties"]) == list(MoEngageDataSettings.model_fields)
+    assert settings["required"] == ["workspace_id", "data_api_key"]
+    assert settings["properties"]["data_api_key"]["writeOnly"] is True
+    assert defs["MParticleSettings"]["properties"] == {}
+
+    validator = jsonschema.Draft202012Validator(schema)
+    shipped = load_yaml(shipped_bundles()["mparticle-to-moengage"])
+    assert list(validator.iter_errors(json.loads(json.dumps(shipped)))) == []
+
+    def errors(**settings: object) -> list[str]:
+        bundle = {"bundle": "b", "source": {"connector": "mparticle"}, "destination": {
+            "connector": "moengage",
+            "settings": {"workspace_id": "WS", "data_api_key": "${KEY}", **settings}}}
+        return sorted(e.message for e in validator.iter_errors(bundle))
+
+    assert errors(requests_per_second=250, data_center="02", mode="single") == []
+    assert errors(requests_per_second="${RPS}", data_center=2) == []
+    assert errors(requests_per_second=0) != []
+    assert errors(requests_per_second="abc") != []
+    assert errors(data_centre="01") != []
+    assert errors(mode="fast") != []
