@@ -121,16 +121,27 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def validate_paths(paths: Iterable[str]) -> tuple[int, list[Problem]]:
-    """Validate every bundle and test file under ``paths``; (files checked, problems)."""
+def validate_paths(paths: Iterable[str], *, warnings: bool = False
+                   ) -> tuple[int, list[Problem]]:
+    """Validate every bundle and test file under ``paths``; (files checked, problems).
+
+    With ``warnings``, the problems also hold warnings (``severity == "warning"``): rule paths
+    the source's records never contain (``engine/authoring/path_checks.py``).
+    """
     from moerules.engine.authoring.testing import load_test_file
 
     bundles, tests, problems = collect_rule_files(paths)
     for path in bundles:
         try:
-            compile_bundle(load_bundle_document(path))
+            raw = load_bundle_document(path)
+            compiled = compile_bundle(raw)
         except RuleError as exc:
             problems += exc.problems
+            continue
+        if warnings:
+            from moerules.engine.authoring.path_checks import record_path_warnings
+
+            problems += record_path_warnings(raw, compiled)
     for path in tests:
         try:
             load_test_file(path)

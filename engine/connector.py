@@ -108,6 +108,7 @@ __all__ = [
     "connector_names",
     "kind_problem",
     "load_connector",
+    "packaged_schema",
 ]
 
 REQUESTS, ITEMS, BYTES = "requests", "items", "bytes"
@@ -154,6 +155,10 @@ class Source(ABC):
     # projected decode's types enforce too (an object; ``events_key`` a list of objects):
     # the engine may then decode only the fields the rules read (engine/projection.py)
     projectable: ClassVar[bool] = False
+    # The JSON Schema of the record ``decode`` returns (``packaged_schema`` loads one shipped
+    # next to the source): ``moerules validate`` warns about a rule path that no record can
+    # ever contain. None: the record's shape is unknown, and paths are not checked.
+    record_schema: ClassVar[Mapping[str, Any] | None] = None
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
@@ -236,6 +241,16 @@ def _registry() -> dict[str, str]:
     for ep in entry_points(group="moerules.connectors"):
         found.setdefault(ep.name, ep.value)
     return found
+
+
+def packaged_schema(package: str, name: str) -> Mapping[str, Any]:
+    """A JSON Schema file shipped in a connector's package, for ``Source.record_schema``."""
+    import json
+    from importlib import resources
+
+    schema: Mapping[str, Any] = json.loads(resources.files(package).joinpath(name).read_text(
+        encoding="utf-8"))
+    return schema
 
 
 def connector_names() -> list[str]:

@@ -44,13 +44,19 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with a rule file, rendered as ``PATH:LINE:COL: error: message``."""
+    """One thing wrong with a rule file, rendered as ``PATH:LINE:COL: error: message``.
+
+    A ``warning`` (``PATH:LINE:COL: warning: message``) is a likely mistake that does not stop
+    the bundle from running, such as a path the source's records never contain; ``validate
+    --strict`` counts warnings as errors. RuleError only ever holds errors.
+    """
 
     position: Position
     message: str
+    severity: str = "error"  # or "warning"
 
     def __str__(self) -> str:
-        return f"{self.position}: error: {self.message}"
+        return f"{self.position}: {self.severity}: {self.message}"
 
 
 class MoerulesError(Exception):

@@ -8,11 +8,12 @@ One input line is one batch: ``user_identities``, top-level ``mpid``, ``user_att
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
 from moerules.connectors.mparticle.settings import MParticleSettings
-from moerules.engine.connector import Source
+from moerules.engine.connector import Source, packaged_schema
 from moerules.engine.errors import RecordError
 
 __all__ = ["MParticleSource"]
@@ -26,6 +27,9 @@ class MParticleSource(Source):
     events_key: ClassVar[str | None] = "events"
     projectable: ClassVar[bool] = True
     settings_model: ClassVar[type[MParticleSettings]] = MParticleSettings
+    # mParticle's published batch schema, amended to the current JSON reference (its $comment)
+    record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(__package__ or "",
+                                                                         "batch.schema.json")
 
     @classmethod
     def from_settings(cls, settings: MParticleSettings) -> MParticleSource:

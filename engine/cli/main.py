@@ -35,21 +35,27 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-def validate(paths: tuple[str, ...]) -> None:
+@click.option("--strict", is_flag=True, help="warnings (e.g. a path the source's records "
+              "never contain) fail validation too")
+def validate(paths: tuple[str, ...], strict: bool) -> None:
     """Check bundle and test files (files, directories or shipped bundle names)."""
     from moerules.engine.api import validate_paths
 
-    checked, problems = validate_paths(paths)
+    checked, problems = validate_paths(paths, warnings=True)
     for problem in problems:
         click.echo(str(problem), err=True)
-    if problems:
-        click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found in "
+    failing = [p for p in problems if strict or p.severity == "error"]
+    if failing:
+        click.echo(f"{len(failing)} problem{'s' if len(failing) != 1 else ''} found in "
                    f"{checked} files", err=True)
         sys.exit(EXIT_RULES)
     if checked == 0:
         click.echo("no bundle or test files found", err=True)
         sys.exit(EXIT_RULES)
-    click.echo(f"ok: {checked} files valid")
+    warned = len(problems)
+    click.echo(f"ok: {checked} files valid" + (
+        f" ({warned} warning{'s' if warned != 1 else ''}; --strict fails on them)"
+        if warned else ""))
 
 
 def _delivery_options(command: Any) -> Any:
