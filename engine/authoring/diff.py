@@ -29,6 +29,7 @@ import orjson
 from moerules.engine.authoring.records import (
     DEAD,
     DROPPED,
+    LINE_SLOT,
     SENT,
     USER_SLOT,
     ItemOutcome,
@@ -533,7 +534,7 @@ def _item_noun(x: ItemOutcome | None, y: ItemOutcome | None) -> str:
         if item is not None and item.outcome == SENT:
             return "user update" if item.kind == "user" else "event"
     slot = (x or y).slot  # type: ignore[union-attr]
-    return "event" if slot >= 0 else "user update" if slot == -1 else "line"
+    return "event" if slot >= 0 else "line" if slot == LINE_SLOT else "user update"
 
 
 def _noun(nouns: set[str], n: int) -> str:

@@ -34,6 +34,9 @@ USER_SLOT = -1
 LINE_SLOT = -2
 """The whole line, when it could not be read as a record (or failed as a whole)."""
 
+FIRST_USER_CHANGE_SLOT = -3
+"""The record's user changes that ``user.drop`` dropped: slots -3, -4, ..., in order."""
+
 SENT, DROPPED, DEAD = "sent", "dropped", "dead-lettered"
 
 
@@ -60,6 +63,8 @@ class ItemOutcome:
             return "user update"
         if self.slot == LINE_SLOT:
             return "line"
+        if self.slot <= FIRST_USER_CHANGE_SLOT:
+            return f"user change {FIRST_USER_CHANGE_SLOT - self.slot + 1}"
         return f"event {self.slot}"
 
 
@@ -71,20 +76,23 @@ class RecordOutcome:
     costs a comparison of request bodies and little else.
     """
 
-    __slots__ = ("_items", "dead", "drops", "events", "line", "requests")
+    __slots__ = ("_items", "dead", "drops", "events", "line", "requests", "user_drops")
 
     def __init__(self, line: int, requests: list[Any], drops: list[str],
-                 dead: list[tuple[int, str, str, str | None]], events: int) -> None:
+                 dead: list[tuple[int, str, str, str | None]], events: int,
+                 user_drops: list[str] | None = None) -> None:
         self.line = line
         self.requests = requests  # WireRequests, each with the items it carries
         self.drops = drops  # drop reasons, in event order
         self.dead = dead  # (slot, reason, error, rule)
         self.events = events  # events in the record
+        self.user_drops = user_drops or []  # user changes dropped (``user.drop``), in order
         self._items: list[ItemOutcome] | None = None
 
     def same_as(self, other: RecordOutcome) -> bool:
         """True when the two outcomes would look the same on the wire and in the report."""
-        if self.drops != other.drops or [d[:2] for d in self.dead] != [
+        if self.drops != other.drops or self.user_drops != other.user_drops or [
+                d[:2] for d in self.dead] != [
                 d[:2] for d in other.dead] or len(self.requests) != len(other.requests):
             return False
         return all(a.url == b.url and a.body == b.body
@@ -96,7 +104,8 @@ class RecordOutcome:
         if self._items is not None:
             return len(self._items)
         sent = {item.ref[1] for request in self.requests for item in request.items}
-        return len(sent) + len(self.dead) + min(len(self.drops), self.events)
+        return (len(sent) + len(self.dead) + min(len(self.drops), self.events)
+                + len(self.user_drops))
 
     @property
     def items(self) -> list[ItemOutcome]:
@@ -121,21 +130,31 @@ class RecordOutcome:
         open_slots = [i for i in range(self.events) if i not in items]
         for slot, reason in zip(open_slots, self.drops, strict=False):
             items[slot] = ItemOutcome(slot, DROPPED, reason=reason)
+        for k, reason in enumerate(self.user_drops):
+            slot = FIRST_USER_CHANGE_SLOT - k
+            items[slot] = ItemOutcome(slot, DROPPED, kind="user", reason=reason)
         return [items[k] for k in sorted(items)]
 
 
 class _DropLog(Counter[str]):
-    """The report's drop counter, also remembering each drop's reason in order: the
-    pipeline drops a record's events in event order, so the n-th drop is the n-th event
-    that was neither sent nor dead-lettered."""
+    """The ledger's drop counter, also remembering each drop's reason in order. The pipeline
+    drops a record's user changes (``user.drop``) before it counts the record's events, then
+    its events in event order: so a drop logged before the events are counted is a user
+    change, and the n-th drop after is the n-th event that was neither sent nor
+    dead-lettered."""
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: Any) -> None:
         super().__init__()
-        self.log: list[str] = []
+        self.ledger = ledger
+        self.events_before = 0  # the ledger's events_in when the line started
+        self.log: list[str] = []  # event drops
+        self.user_log: list[str] = []  # user changes dropped
 
     def __setitem__(self, key: str, value: int) -> None:
-        if value > self.get(key, 0):
-            self.log.extend([key] * (value - self.get(key, 0)))
+        added = value - self.get(key, 0)
+        if added > 0:
+            log = self.log if self.ledger.events_in > self.events_before else self.user_log
+            log.extend([key] * added)
         super().__setitem__(key, value)
 
 
@@ -162,8 +181,9 @@ class RecordRunner:
     def __init__(self, compiled: CompiledBundle) -> None:
         self.compiled = compiled
         self.report = RunReport(bundle=compiled.model.bundle, dry_run=True)
-        self._drops = _DropLog()
-        self.report.ledger.dropped = self._drops
+        ledger = self.report.ledger
+        self._drops = _DropLog(ledger)
+        ledger.dropped = self._drops
         self._dead = _DeadLetterLog(compiled)
         self.pipeline = Pipeline(compiled, self.report, self._dead)
         self._names = {code: name for name, code in compiled.projects}
@@ -181,12 +201,14 @@ class RecordRunner:
 
     def run(self, line_no: int, line: bytes) -> RecordOutcome:
         """Everything that becomes of one input line."""
-        report = self.report
-        events_before = report.events_in
-        drops, dead = self._drops.log, self._dead.log
+        ledger = self.report.ledger
+        log = self._drops
+        log.events_before = ledger.events_in
+        drops, user_drops, dead = log.log, log.user_log, self._dead.log
         requests = self.requests(line_no, line)
-        self._drops.log, self._dead.log = [], []
-        return RecordOutcome(line_no, requests, drops, dead, report.events_in - events_before)
+        log.log, log.user_log, self._dead.log = [], [], []
+        return RecordOutcome(line_no, requests, drops, dead, ledger.events_in - log.events_before,
+                             user_drops)
 
     def finish(self) -> RunReport:
         """The totals of every line run, as the dry run's report would count them."""
