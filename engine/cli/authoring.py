@@ -96,6 +96,38 @@ def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
         sys.exit(EXIT_CHANGED)
 
 
+@click.command()
+@click.argument("bundle")
+@click.option("--input", "input_", required=True,
+              help="sample: JSON Lines in the bundle's source format, or - for stdin")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a bundle key (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print the coverage as JSON")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0),
+              help="unmapped paths and unused table rows shown (text output)")
+def coverage(bundle: str, input_: str, sets: tuple[str, ...], as_json: bool,
+             limit: int) -> None:
+    """Show what a sample exercises of BUNDLE: rules, table rows, attributes, identities,
+    project names, and the input fields no rule reads."""
+    from moerules.engine.api import iter_lines
+    from moerules.engine.authoring.coverage import measure
+
+    _check_input(input_)
+    with ExitStack() as stack:
+        try:
+            compiled = stack.enter_context(_bundle(bundle, sets, stack))
+        except RuleError as exc:
+            _fail_rules(exc)
+        result = measure(compiled, iter_lines(input_))
+    if as_json:
+        click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(result.render(limit))
+    click.echo(f"measured {result.records:,} records in {result.elapsed_seconds:.1f} s",
+               err=True)
+
+
 def register(group: click.Group) -> None:
     """Add the authoring commands to the ``moerules`` command group."""
     group.add_command(diff)
+    group.add_command(coverage)
