@@ -1,35 +1,49 @@
 """Shared machinery of the partner emulators: request store, control endpoints, faults.
 
-Each emulator is an ASGI app. The outer `__call__` buffers the body, applies the fault
-plan, then hands the request to the starlette routes of the concrete emulator.
+Each emulator is an ASGI app. The outer `__call__` applies the fault plan (the network
+and infrastructure in front of the partner), then hands the request, body unread, to
+the starlette routes of the concrete emulator. Those check what the partner checks on
+the headers (path, auth, content type, declared size) before reading the body as a
+capped stream (`read_body`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import anyio
 import orjson
-from moerules.connectors.emulation.faults import Fault, FaultPlan
+from moerules.connectors.emulation.faults import Fault, FaultPlan, bounded_int
+from moerules.connectors.emulation.intake import (
+    BasicAuth,
+    BodyTooLarge,
+    media_type,
+    parse_basic_auth,
+    read_body,
+)
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 CONTROL_PREFIX = "/_emulator"
+MAX_CONTROL_BODY = 64 * 1024  # a fault plan is small; anything larger is refused unread
+DEFAULT_MAX_RECEIVED = 100_000
 _T0_KEY = "moerules.emulator.t0"
 _FAULT_KEY = "moerules.emulator.fault"
+CLIENT_CLOSED = 499  # nginx's code for "the client went away"; only ever seen in stats
+
+__all__ = ["BasicAuth", "BodyTooLarge", "Emulator", "Received", "json_response", "media_type",
+           "parse_basic_auth"]
 
 
 class InjectedConnectionReset(Exception):
@@ -47,33 +61,6 @@ class _DropInjectedResets(logging.Filter):
 _RESET_FILTER = _DropInjectedResets()
 
 
-class BasicAuth(NamedTuple):
-    username: str
-    password: str
-
-
-def parse_basic_auth(value: str | None) -> BasicAuth | None:
-    """Decode an `Authorization: Basic` header; None when absent or not valid Basic."""
-    if not value:
-        return None
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "basic" or not token.strip():
-        return None
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    username, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    return BasicAuth(username, password)
-
-
-def media_type(request: Request) -> str:
-    """The Content-Type without parameters, lower-cased ('' when missing)."""
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
 def json_response(payload: Any, status: int = 200,
                   headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, headers=dict(headers or {}),
@@ -82,7 +69,11 @@ def json_response(payload: Any, status: int = 200,
 
 @dataclass(frozen=True)
 class Received:
-    """One request the emulator processed (injected faults are never stored)."""
+    """One request the emulator processed (injected faults are never stored).
+
+    `records` are what the partner ingests; `rejected` the indices of records it refused
+    or silently drops, with the reason of each in `reasons`.
+    """
 
     method: str
     path: str
@@ -93,6 +84,7 @@ class Received:
     at: float
     records: tuple[Any, ...] = ()
     rejected: tuple[int, ...] = ()
+    reasons: dict[int, str] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool:
@@ -102,7 +94,8 @@ class Received:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "path": self.path, "query": self.query,
                 "headers": self.headers, "body": self.body, "status": self.status,
-                "at": self.at, "records": list(self.records), "rejected": list(self.rejected)}
+                "at": self.at, "records": list(self.records), "rejected": list(self.rejected),
+                "reasons": {str(i): r for i, r in sorted(self.reasons.items())}}
 
 
 @dataclass
@@ -111,17 +104,27 @@ class _Stats:
     by_status: Counter[int] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
+    evicted: int = 0
 
 
 class Emulator:
-    """Base of the partner emulators; subclasses add routes, credentials and error bodies."""
+    """Base of the partner emulators; subclasses add routes, credentials and error bodies.
+
+    The store keeps the last `max_received` processed requests (older ones are counted
+    in stats()["evicted"]), so an emulator left running for days stays bounded.
+    """
 
     name: ClassVar[str] = "emulator"
+    # Whether an injected error reads the body (up to body_limit) to shape its answer, as
+    # Amplitude's 429 does to name the throttled users.
+    fault_reads_body: ClassVar[bool] = False
 
-    def __init__(self, *, faults: FaultPlan | None = None) -> None:
+    def __init__(self, *, faults: FaultPlan | None = None,
+                 max_received: int = DEFAULT_MAX_RECEIVED) -> None:
         self.faults = faults if faults is not None else FaultPlan()
         self._lock = threading.Lock()
-        self._received: list[Received] = []
+        self._received: deque[Received] = deque(
+            maxlen=bounded_int("max_received", max_received, 1, 10_000_000))
         self._stats = _Stats()
         uvicorn_log = logging.getLogger("uvicorn.error")
         if _RESET_FILTER not in uvicorn_log.filters:
@@ -131,12 +134,18 @@ class Emulator:
             Route(f"{CONTROL_PREFIX}/reset", self._post_reset, methods=["POST"]),
             Route(f"{CONTROL_PREFIX}/faults", self._faults_endpoint, methods=["GET", "POST"]),
             Route(f"{CONTROL_PREFIX}/stats", self._get_stats, methods=["GET"]),
+            *self.control_routes(),
         ]
-        self.app = Starlette(routes=[*control, *self.routes()])
+        self.app = Starlette(routes=[*control, *self.routes()],
+                             exception_handlers={ClientDisconnect: _client_closed})
 
     # -- subclass hooks --------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
         raise NotImplementedError
+
+    def control_routes(self) -> list[BaseRoute]:
+        """Extra `/_emulator/...` routes (e.g. MoEngage's cohort membership)."""
+        return []
 
     def credentials(self) -> dict[str, str]:
         """What a client must send; printed by `moerules emulate`."""
@@ -149,6 +158,13 @@ class Emulator:
     def fault_headers(self, status: int, retry_after: int) -> dict[str, str]:
         """Extra headers on injected error answers (e.g. rate-limit headers)."""
         return {}
+
+    def reset_state(self) -> None:
+        """Forget the partner-side state of a subclass (usage windows, cohorts...)."""
+
+    def body_limit(self, path: str) -> int:
+        """The partner's request size limit for `path`, in bytes."""
+        return 1024 * 1024
 
     # -- test helpers ----------------------------------------------------------------------
     @property
@@ -182,20 +198,35 @@ class Emulator:
                 "rate_limited": s.rate_limited,
                 "received": len(self._received),
                 "records": sum(len(r.records) for r in self._received),
+                "evicted": s.evicted,
             }
 
     def reset(self) -> None:
-        """Forget every request and statistic, and clear the fault plan."""
+        """Back to a freshly constructed emulator: no requests, no statistics, no faults
+        (the plan's initial seed), no partner-side usage or state."""
         with self._lock:
             self._received.clear()
             self._stats = _Stats()
-        self.faults.clear()
+        self.faults.reset()
+        self.reset_state()
 
     # -- helpers for concrete emulators ----------------------------------------------------
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        """The body as a stream capped at `limit` bytes; BodyTooLarge beyond (unread rest)."""
+        return await read_body(request, limit)
+
     def respond(self, request: Request, status: int, payload: Any, *, body: Any = None,
                 records: Sequence[Any] = (), rejected: Sequence[int] = (),
+                reasons: Mapping[int, str] | None = None,
                 headers: Mapping[str, str] | None = None) -> Response:
         """Store the request as processed, then answer `payload` as JSON."""
+        self.store(request, status, body=body, records=records, rejected=rejected,
+                   reasons=reasons)
+        return json_response(payload, status, headers)
+
+    def store(self, request: Request, status: int, *, body: Any = None,
+              records: Sequence[Any] = (), rejected: Sequence[int] = (),
+              reasons: Mapping[int, str] | None = None) -> None:
         entry = Received(
             method=request.method,
             path=request.url.path,
@@ -206,10 +237,12 @@ class Emulator:
             at=float(request.scope.get(_T0_KEY, time.monotonic())),
             records=tuple(records),
             rejected=tuple(rejected),
+            reasons=dict(reasons or {}),
         )
         with self._lock:
+            if len(self._received) == self._received.maxlen:
+                self._stats.evicted += 1
             self._received.append(entry)
-        return json_response(payload, status, headers)
 
     def record_fault(self, request: Request) -> Fault | None:
         """The record_400 fault injected into this request, if any."""
@@ -230,16 +263,13 @@ class Emulator:
             await self.app(scope, receive, send)
             return
         scope[_T0_KEY] = time.monotonic()
-        raw = await _read_body(receive)
-        if raw is None:  # client went away before sending its body
-            return
         with self._lock:
             self._stats.requests += 1
         decision = self.faults.decide(path)
         if decision is not None:
             fault = decision.fault
             if fault.delay > 0:
-                await anyio.sleep(fault.delay)
+                receive = await self._slow(fault, scope, receive)
             if decision.source == "rate_limit":
                 with self._lock:
                     self._stats.rate_limited += 1
@@ -250,17 +280,40 @@ class Emulator:
                 await _drop_connection(send)
             status = fault.status
             if status is not None:
+                raw = b""
+                if self.fault_reads_body:
+                    raw = await _peek_body(scope, receive, self.body_limit(path))
                 await self._fault_response(fault, status, raw)(scope, receive, self._count(send))
                 return
             scope[_FAULT_KEY] = fault
-        await self.app(scope, _replay(raw, receive), self._count(send))
+        await self.app(scope, receive, self._count(send))
+
+    async def _slow(self, fault: Fault, scope: Scope, receive: Receive) -> Receive:
+        """Wait out a fault's delay with the body already received (up to the limit): a
+        partner that is slow to answer has the request, and ingests it even when the client
+        gives up waiting. The buffered part is replayed to the handler, then the rest."""
+        buffered: list[Message] = []
+        if fault.status is None:
+            limit, size = self.body_limit(str(scope.get("path", ""))), 0
+            while size <= limit:
+                message = await receive()
+                buffered.append(message)
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+                size += len(message.get("body", b""))
+        await anyio.sleep(fault.delay)
+
+        async def replay() -> Message:
+            return buffered.pop(0) if buffered else await receive()
+
+        return replay
 
     def _fault_response(self, fault: Fault, status: int, raw: bytes) -> Response:
         headers = self.fault_headers(status, fault.retry_after)
         if fault.kind == "429":
             headers["Retry-After"] = str(fault.retry_after)
         elif fault.kind == "429_date":
-            headers["Retry-After"] = _http_date(time.time() + fault.retry_after)
+            headers["Retry-After"] = formatdate(time.time() + fault.retry_after, usegmt=True)
         return json_response(self.error_body(status, raw), status, headers)
 
     def _count(self, send: Send) -> Send:
@@ -283,11 +336,14 @@ class Emulator:
     async def _faults_endpoint(self, request: Request) -> Response:
         if request.method == "POST":
             try:
-                config = orjson.loads(await request.body() or b"{}")
+                raw = await read_body(request, MAX_CONTROL_BODY)
+                config = orjson.loads(raw or b"{}")
                 if not isinstance(config, dict):
                     raise ValueError("the fault plan must be a JSON object")
                 self.faults.configure(config)
-            except (ValueError, TypeError) as exc:
+            except BodyTooLarge as exc:
+                return json_response({"error": f"the fault plan {exc}"}, 413)
+            except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
                 return json_response({"error": str(exc)}, 400)
         return json_response(self.faults.to_config())
 
@@ -295,27 +351,29 @@ class Emulator:
         return json_response(self.stats())
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
+async def _client_closed(request: Request, exc: Exception) -> Response:
+    """The client went away mid-body: nothing is stored and nobody reads the answer."""
+    return Response(status_code=CLIENT_CLOSED)
+
+
+async def _peek_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Up to `limit` bytes of the body for an injected error's answer; b'' when the body
+    is declared or turns out larger (the rest is never read)."""
+    if limit <= 0:
+        return b""
+    for key, value in scope.get("headers", []):
+        if key == b"content-length" and value.strip().isdigit() and int(value) > limit:
+            return b""
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return None
-        chunks.append(bytes(message.get("body", b"")))
+            return b""
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return b""
         if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(raw: bytes, receive: Receive) -> Receive:
-    """A receive() that yields the buffered body once, then defers to the real one."""
-    pending = [raw]
-
-    async def replay() -> Message:
-        if pending:
-            return {"type": "http.request", "body": pending.pop(), "more_body": False}
-        return await receive()
-
-    return replay
+            return bytes(body)
 
 
 async def _drop_connection(send: Send) -> None:
@@ -329,10 +387,6 @@ async def _drop_connection(send: Send) -> None:
     except Exception as exc:
         raise InjectedConnectionReset("injected connection reset") from exc
     raise InjectedConnectionReset("injected connection reset (after a 1xx start)")
-
-
-def _http_date(epoch: float) -> str:
-    return formatdate(epoch, usegmt=True)
 
 
 def _header_dict(request: Request) -> dict[str, str]:

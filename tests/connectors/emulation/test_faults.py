@@ -22,6 +22,8 @@ from moerules.connectors.emulation import (
 )
 from moerules.connectors.emulation.server import build
 
+from tests.connectors.emulation.rawhttp import exchange, head
+
 KEY = "seg-key"
 TRACK = {"userId": "user-1", "event": "Clicked"}
 
@@ -123,9 +125,10 @@ def test_configure_round_trip() -> None:
                     "rate_limit": {"per_second": 10}})
     config = plan.to_config()
     assert config["seed"] == 9
-    assert [e["kind"] for e in config["script"]] == ["503", "503", "slow", "record_400"]
-    assert config["script"][2]["delay"] == 0.5
-    assert config["script"][3]["indices"] == [0]
+    assert [(e["kind"], e["count"]) for e in config["script"]] == [
+        ("503", 2), ("slow", 1), ("record_400", 1)]
+    assert config["script"][1]["delay"] == 0.5
+    assert config["script"][2]["indices"] == [0]
     assert config["random"] == [{"kind": "500", "retry_after": 1, "delay": 0.0, "path": "",
                                  "probability": 0.25}]
     assert config["rate_limit"] == {"per_second": 10, "per_minute": None,
@@ -134,6 +137,38 @@ def test_configure_round_trip() -> None:
     assert plan.pending == 5
     plan.configure({})
     assert plan.to_config() == {"seed": 9, "script": [], "random": [], "rate_limit": None}
+
+
+def test_a_huge_count_costs_one_entry() -> None:
+    plan = FaultPlan().push("503", count=1_000_000)
+    plan.configure({"append": True, "script": [{"kind": "503", "count": 999_999}]})
+    assert plan.pending == 1_999_999
+    assert plan.to_config()["script"] == [
+        {"kind": "503", "retry_after": 1, "delay": 0.0, "path": "", "count": 1_000_000},
+        {"kind": "503", "retry_after": 1, "delay": 0.0, "path": "", "count": 999_999}]
+    decision = plan.decide("/")
+    assert decision is not None and decision.fault.kind == "503"
+    assert plan.pending == 1_999_998
+
+
+def test_reset_restores_the_initial_seed() -> None:
+    plan = FaultPlan(seed=3)
+    plan.configure({"seed": 2**63 - 1, "random": [{"kind": "500", "probability": 0.5}]})
+    plan.clear()
+    assert plan.to_config()["seed"] == 2**63 - 1  # clear() keeps the seed, so runs repeat
+    plan.reset()
+    assert plan.to_config() == {"seed": 3, "script": [], "random": [], "rate_limit": None}
+
+
+def test_a_refused_config_changes_nothing() -> None:
+    plan = FaultPlan().push("503").add_random("500", 0.5)
+    before = plan.to_config()
+    for config in ({"script": [{"kind": "429"}], "random": [{"kind": "500", "probability": 2}]},
+                   {"append": True, "random": [{"kind": "503", "probability": 0.6}]},
+                   {"seed": 1, "script": [{"kind": "429", "count": 10**8}]}):
+        with pytest.raises(ValueError):
+            plan.configure(config)
+        assert plan.to_config() == before
 
 
 @pytest.mark.parametrize("config", [
@@ -145,6 +180,31 @@ def test_configure_round_trip() -> None:
     {"rate_limit": {"per_second": 0}},
     {"chaos": True},
     {"script": {"kind": "503"}},
+    # every number is bounded, and of the right type
+    {"script": [{"kind": "503", "count": 10**8}]},
+    {"script": [{"kind": "503", "count": True}]},
+    {"script": [{"kind": "503", "count": "5"}]},
+    {"script": [{"kind": "503"}] * 1001},
+    {"seed": -1},
+    {"seed": 2**63},
+    {"seed": 1.5},
+    {"seed": 1e300},
+    {"script": [{"kind": "429", "retry_after": 86_401}]},
+    {"script": [{"kind": "429", "retry_after": -1}]},
+    {"script": [{"kind": "slow", "delay": 601}]},
+    {"script": [{"kind": "slow", "delay": float("nan")}]},
+    {"script": [{"kind": "slow", "delay": float("inf")}]},
+    {"script": [{"kind": "record_400", "indices": list(range(10_001))}]},
+    {"script": [{"kind": "record_400", "indices": [-1]}]},
+    {"script": [{"kind": "record_400", "record_probability": 1.5}]},
+    {"script": [{"kind": "500", "path": "/" * 1001}]},
+    {"script": [{"kind": 5}]},
+    {"random": [{"kind": "500", "probability": float("nan")}]},
+    {"random": [{"kind": "500", "probability": 0.001}] * 101},
+    {"rate_limit": {"per_second": 100_001}},
+    {"rate_limit": {"per_minute": 1.5}},
+    {"rate_limit": {"per_second": 5, "retry_after_header": "no"}},
+    {"append": "yes"},
 ])
 def test_configure_rejects_bad_config(config: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -263,7 +323,8 @@ def test_control_endpoints(client: httpx.Client, emu: SegmentEmulator) -> None:
     assert received[0]["headers"]["content-type"] == "application/json"
     assert client.get("/_emulator/stats").json() == {
         "requests": 4, "by_status": {"200": 2, "500": 1, "503": 1},
-        "faults": {"500": 1, "503": 1}, "rate_limited": 0, "received": 2, "records": 2}
+        "faults": {"500": 1, "503": 1}, "rate_limited": 0, "received": 2, "records": 2,
+        "evicted": 0}
     assert client.post("/_emulator/reset").json() == {"status": "ok"}
     assert client.get("/_emulator/received").json() == []
     assert client.get("/_emulator/stats").json()["requests"] == 0
@@ -274,6 +335,54 @@ def test_control_endpoint_rejects_bad_config(client: httpx.Client) -> None:
     assert response.status_code == 400
     assert "unknown fault kind 'teapot'" in response.json()["error"]
     assert client.post("/_emulator/faults", content=b"[1]").status_code == 400
+    assert client.post("/_emulator/faults", content=b"{bad").status_code == 400
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (b'{"seed": 123456789012345678901234567890}',
+     "seed must be an integer within [0, 9223372036854775807], got 1.2345678901234568e+29"),
+    (b'{"seed": 1e400}', "number is infinity when parsed as double"),
+    (b'{"script": [{"kind": "429", "retry_after": 100000000000}]}',
+     "retry_after must be an integer within [0, 86400], got 100000000000"),
+    (b'{"script": [{"kind": "503", "count": 100000000}]}',
+     "count must be an integer within [1, 1000000], got 100000000"),
+])
+def test_hostile_plans_are_refused_and_the_emulator_keeps_working(
+        client: httpx.Client, emu: SegmentEmulator, config: bytes, message: str) -> None:
+    """Issue 8 item 11: a huge seed or retry_after used to make every later request
+    answer 500, even after a reset; a count of 10^8 grew memory without bound."""
+    response = client.post("/_emulator/faults", content=config)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert client.get("/_emulator/faults").json() == {"seed": 0, "script": [], "random": [],
+                                                      "rate_limit": None}
+    assert track(client).status_code == 200
+
+
+def test_the_largest_accepted_values_still_answer(client: httpx.Client,
+                                                  emu: SegmentEmulator) -> None:
+    configured = client.post("/_emulator/faults", json={
+        "seed": 2**63 - 1,
+        "script": [{"kind": "429_date", "retry_after": 86_400},
+                   {"kind": "429", "retry_after": 86_400, "count": 1_000_000}]})
+    assert configured.status_code == 200
+    dated = track(client)
+    assert dated.status_code == 429
+    assert 86_390 <= parsedate_to_datetime(dated.headers["retry-after"]).timestamp() - (
+        time.time()) <= 86_401
+    assert track(client).headers["retry-after"] == "86400"
+    assert emu.faults.pending == 999_999
+    assert client.get("/_emulator/faults").status_code == 200
+    assert client.post("/_emulator/reset").json() == {"status": "ok"}
+    assert client.get("/_emulator/faults").json()["seed"] == 0
+    assert track(client).status_code == 200
+
+
+def test_control_endpoint_refuses_a_huge_plan_unread(url: str) -> None:
+    response = exchange(url, head("POST", "/_emulator/faults", {
+        "Content-Type": "application/json", "Content-Length": str(10**9)}))
+    assert response.status == 413
+    assert response.json() == {"error": "the fault plan request body exceeds 65536 bytes"}
 
 
 def test_random_faults_over_http_are_reproducible(client: httpx.Client) -> None:
@@ -351,6 +460,6 @@ def test_serve_reports_a_busy_port() -> None:
 def test_registry() -> None:
     assert sorted(EMULATORS) == ["amplitude", "mixpanel", "moengage", "segment"]
     emulator = build("amplitude", api_key="k")
-    assert emulator.credentials() == {"api_key": "k"}
+    assert emulator.credentials() == {"api_key": "k", "region": "us"}
     with pytest.raises(ValueError, match="unknown emulator"):
         build("braze")

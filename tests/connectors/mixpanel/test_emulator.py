@@ -12,6 +12,8 @@ import orjson
 import pytest
 from moerules.connectors.emulation import Fault, MixpanelEmulator, serve
 
+from tests.connectors.emulation.rawhttp import basic, chunks, exchange, head
+
 TOKEN = "mp-token"
 SA = ("sa.user", "sa-secret")
 PROJECT = "777"
@@ -87,7 +89,21 @@ def test_ndjson_and_gzip(client: httpx.Client, emu: MixpanelEmulator) -> None:
                               headers={"Content-Type": "application/json",
                                        "Content-Encoding": "gzip"})
     assert [r.status_code for r in (plain, zipped, zipped_json)] == [200, 200, 200]
-    assert emu.records() == events * 3
+    assert [r.json()["num_records_imported"] for r in (plain, zipped, zipped_json)] == [3, 3, 3]
+    assert emu.records() == events  # the resends are de-duplicated by $insert_id
+    assert emu.received[2].reasons == {
+        i: f"duplicate of an imported event ($insert_id {e['properties']['$insert_id']!r})"
+        for i, e in enumerate(events)}
+
+
+def test_insert_id_makes_retries_safe(client: httpx.Client, emu: MixpanelEmulator) -> None:
+    """Mixpanel de-duplicates on event, distinct_id, time (to the second) and $insert_id
+    [X2]; a different event name with the same $insert_id is another event."""
+    first = event(1)
+    renamed = dict(first, event="Refund")
+    client.post("/import", json=[first])
+    client.post("/import", json=[first, renamed])
+    assert emu.records() == [first, renamed]
 
 
 def test_bad_bodies(client: httpx.Client) -> None:
@@ -142,7 +158,7 @@ def test_partial_success_stores_valid_records(client: httpx.Client,
     ({"time": (NOW_S + 7200) * 1000}, "properties.time",
      "'properties.time' must not be more than 1 hour in the future"),
     ({"time": "yesterday"}, "properties.time",
-     "'properties.time' must be a number of seconds or milliseconds since epoch"),
+     "'properties.time' is invalid: must be specified as seconds since epoch"),
     ({"distinct_id": ""}, None, None),  # accepted, excluded from analysis by Mixpanel
     ({"$insert_id": "x" * 37}, "properties.$insert_id",
      "'properties.$insert_id' must be at most 36 alphanumeric or '-' characters"),
@@ -225,3 +241,72 @@ def test_engage(client: httpx.Client, emu: MixpanelEmulator) -> None:
                                             "$add": {"n": 1}}])
     assert two_ops.json()["status"] == 0
     assert len(emu.records("/engage")) == 3
+
+
+# -- headers first, then a capped body -------------------------------------------------------
+@pytest.mark.parametrize(("headers", "status"), [
+    ({"Authorization": basic("nobody", "")}, 401),
+    ({"Authorization": basic(TOKEN, ""), "Content-Type": "text/csv"}, 400),
+    ({"Authorization": basic(TOKEN, ""), "Content-Type": "application/json",
+      "Content-Encoding": "br"}, 400),
+    ({"Authorization": basic(TOKEN, ""), "Content-Type": "application/json",
+      "Content-Length": str(10 * 1024 * 1024 + 1)}, 413),
+])
+def test_refusals_come_before_the_body(url: str, emu: MixpanelEmulator,
+                                       headers: dict[str, str], status: int) -> None:
+    response = exchange(url, head("POST", "/import", {"Content-Length": "9000", **headers}))
+    assert response.status == status
+    assert [(r.status, r.body) for r in emu.received] == [(status, None)]
+
+
+def test_an_endless_chunked_body_gets_413_at_the_limit(url: str) -> None:
+    small = MixpanelEmulator(TOKEN, max_body_bytes=100_000)
+    with serve(small) as base:
+        response = exchange(base, head("POST", "/import", {
+            "Authorization": basic(TOKEN, ""), "Content-Type": "application/json",
+            "Transfer-Encoding": "chunked"}) + chunks([b" " * 10_000] * 11))
+    assert response.status == 413
+    assert response.json() == {"code": 413, "error": "request body exceeds 100000 bytes",
+                               "status": "Payload Too Large"}
+
+
+def test_a_gzip_bomb_is_cut_at_the_limit(url: str) -> None:
+    small = MixpanelEmulator(TOKEN, max_body_bytes=100_000)
+    bomb = gzip.compress(b"[" + b" " * 50_000_000 + b"]")  # 50 KB inflating to 50 MB
+    with serve(small) as base, httpx.Client(base_url=base, auth=(TOKEN, "")) as c:
+        response = c.post("/import", content=bomb, headers={"Content-Type": "application/json",
+                                                            "Content-Encoding": "gzip"})
+    assert response.status_code == 413
+
+
+def test_rate_limit_counts_uncompressed_bytes() -> None:
+    """2 GB of uncompressed JSON a minute per project [X2]; scaled to three bodies' worth
+    per 0.5 s, sent gzipped (the compressed size is not what counts)."""
+    bodies = [orjson.dumps([event(n, pad="x" * 900)]) for n in range(4)]
+    assert len({len(b) for b in bodies}) == 1
+    emu = MixpanelEmulator(TOKEN, bytes_per_minute=3 * len(bodies[0]), minute=0.5)
+    gzipped = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    with serve(emu) as url, httpx.Client(base_url=url, auth=(TOKEN, "")) as c:
+        statuses = [c.post("/import", content=gzip.compress(b), headers=gzipped) for b in bodies]
+        time.sleep(0.55)
+        after = c.post("/import", json=[event(9)])
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert statuses[3].json() == {"code": 429, "error": "Project exceeded rate limits. Please "
+                                  "retry the request with exponential backoff.",
+                                  "status": "Too Many Requests"}
+    assert "retry-after" not in statuses[3].headers
+    assert after.status_code == 200
+    assert len(emu.records()) == 4
+
+
+@pytest.mark.parametrize(("residency", "host", "ingested"), [
+    ("us", "api.mixpanel.com", True), ("us", "api-eu.mixpanel.com", False),
+    ("eu", "api-eu.mixpanel.com", True), ("in", "api-eu.mixpanel.com", False),
+    ("in", "api-in.mixpanel.com", True)])
+def test_wrong_residency_is_not_ingested(residency: str, host: str, ingested: bool) -> None:
+    emu = MixpanelEmulator(TOKEN, residency=residency)
+    with serve(emu) as url, httpx.Client(base_url=url, auth=(TOKEN, ""),
+                                         headers={"Host": host}) as c:
+        response = c.post("/import", params={"strict": "1"}, json=[event(1)])
+    assert response.status_code == 200
+    assert emu.records() == ([event(1)] if ingested else [])
