@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,9 +116,9 @@ class AmplitudeEmulator(Emulator):
                  max_body_bytes: int = HTTPAPI_MAX_BYTES,
                  batch_max_body_bytes: int = BATCH_MAX_BYTES,
                  max_events: int = MAX_EVENTS,
-                 limits: AmplitudeLimits | None = None,
+                 limits: AmplitudeLimits | Mapping[str, Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 faults: FaultPlan | None = None,
+                 faults: FaultPlan | Mapping[str, Any] | None = None,
                  max_received: int = 100_000) -> None:
         if region not in REGION_HOSTS:
             raise ValueError(f"region must be one of {sorted(REGION_HOSTS)}")
@@ -128,7 +128,12 @@ class AmplitudeEmulator(Emulator):
         self.batch_max_body_bytes = bounded_int("batch_max_body_bytes", batch_max_body_bytes, 1,
                                                 256 * 2**20)
         self.max_events = bounded_int("max_events", max_events, 1, 100_000)
-        self.limits = limits if limits is not None else AmplitudeLimits()
+        self.limits = (AmplitudeLimits(**limits) if isinstance(limits, Mapping)
+                       else limits if limits is not None else AmplitudeLimits())
+        if not isinstance(self.limits, AmplitudeLimits):
+            raise TypeError("limits must be a AmplitudeLimits or an object of its fields")
+        if not callable(clock):
+            raise TypeError("clock must be a function returning seconds")
         self._clock = clock
         self._usage_lock = threading.Lock()
         self._windows: dict[str, PerKeyWindows] = {}

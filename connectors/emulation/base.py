@@ -119,8 +119,14 @@ class Emulator:
     # Amplitude's 429 does to name the throttled users.
     fault_reads_body: ClassVar[bool] = False
 
-    def __init__(self, *, faults: FaultPlan | None = None,
+    def __init__(self, *, faults: FaultPlan | Mapping[str, Any] | None = None,
                  max_received: int = DEFAULT_MAX_RECEIVED) -> None:
+        if isinstance(faults, Mapping):  # a JSON plan, as `moerules emulate -o faults=...`
+            plan = FaultPlan()
+            plan.configure(faults)
+            faults = plan
+        if faults is not None and not isinstance(faults, FaultPlan):
+            raise TypeError("faults must be a FaultPlan or a fault-plan object")
         self.faults = faults if faults is not None else FaultPlan()
         self._lock = threading.Lock()
         self._received: deque[Received] = deque(

@@ -79,6 +79,8 @@ class Quotas:
 
     def __init__(self, limits: Mapping[str, tuple[int, float]],
                  clock: Callable[[], float]) -> None:
+        if not callable(clock):
+            raise TypeError("clock must be a function returning seconds")
         self._specs = dict(limits)
         self._clock = clock
         self._lock = threading.Lock()

@@ -8,10 +8,11 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+import orjson
 import uvicorn
 from moerules.connectors.emulation.base import Emulator
 
@@ -72,21 +73,46 @@ def _run(server: uvicorn.Server) -> None:
 
 
 def build(name: str, **options: Any) -> Emulator:
-    """Instantiate the emulator registered under `name` with constructor `options`."""
+    """Instantiate the emulator registered under `name` with constructor `options`.
+
+    Raises ValueError for an unknown name, an unknown option or a bad value.
+    """
     from moerules.connectors.emulation import EMULATORS
 
     try:
         factory = EMULATORS[name]
     except KeyError:
         raise ValueError(f"unknown emulator {name!r}; choose one of {sorted(EMULATORS)}") from None
-    return factory(**options)
+    try:
+        return factory(**options)
+    except TypeError as exc:  # an unknown keyword, or a value of the wrong shape
+        raise ValueError(f"{name} emulator: {exc}") from None
 
 
-def run_forever(name: str, host: str = "127.0.0.1", port: int = 8080, *,
+def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """`NAME=VALUE` pairs as constructor options; a VALUE that parses as JSON is taken as
+    JSON (numbers, null, objects), anything else as text: ``data_center=02`` is "02"."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ValueError(f"option {pair[:60]!r} is not NAME=VALUE")
+        try:
+            value: Any = orjson.loads(text)
+        except orjson.JSONDecodeError:  # JSON has no leading zeros: "02" stays text
+            value = text
+        options[name.strip()] = value
+    return options
+
+
+def run_forever(emulator: Emulator | str, host: str = "127.0.0.1", port: int = 8080, *,
                 access_log: bool = False, out: TextIO | None = None, **options: Any) -> None:
-    """Serve emulator `name` until Ctrl-C, after printing its URL and expected credentials."""
+    """Serve an emulator (or the one registered under that name, built with `options`)
+    until Ctrl-C, after printing its URL and expected credentials."""
     stream = out if out is not None else sys.stdout
-    emulator = build(name, **options)
+    if isinstance(emulator, str):
+        emulator = build(emulator, **options)
+    name = emulator.name
     with serve(emulator, host, port, access_log=access_log) as url:
         print(f"{name} emulator listening on {url}", file=stream)
         for key, value in emulator.credentials().items():

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -76,7 +76,7 @@ class MixpanelEmulator(Emulator):
 
     def __init__(self, project_token: str | None = "test-mixpanel-token", *,
                  project_id: str = "1234567",
-                 service_account: tuple[str, str] | None = ("test-sa.user", "test-sa-secret"),
+                 service_account: Sequence[str] | None = ("test-sa.user", "test-sa-secret"),
                  api_secret: str | None = None,
                  residency: str = "us",
                  max_events: int = MAX_EVENTS,
@@ -84,13 +84,17 @@ class MixpanelEmulator(Emulator):
                  bytes_per_minute: int | None = BYTES_PER_MINUTE,
                  minute: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
-                 faults: FaultPlan | None = None,
+                 faults: FaultPlan | Mapping[str, Any] | None = None,
                  max_received: int = 100_000) -> None:
         if residency not in RESIDENCY_HOSTS:
             raise ValueError(f"residency must be one of {sorted(RESIDENCY_HOSTS)}")
         self.project_token = project_token
         self.project_id = project_id
-        self.service_account = service_account
+        if service_account is not None and (isinstance(service_account, str)
+                                            or len(service_account) != 2):
+            raise ValueError("service_account is a pair: [username, secret]")
+        self.service_account = None if service_account is None else (
+            str(service_account[0]), str(service_account[1]))
         self.api_secret = api_secret
         self.residency = residency
         self.max_events = bounded_int("max_events", max_events, 1, 100_000)

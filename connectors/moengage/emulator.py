@@ -153,12 +153,13 @@ class MoEngageEmulator(Emulator):
                  max_body_bytes: int = DATA_MAX_BYTES,
                  cohort_max_body_bytes: int = COHORT_MAX_BYTES,
                  project_codes: Iterable[str] | None = None,
-                 limits: MoEngageLimits | None = None,
+                 limits: MoEngageLimits | Mapping[str, Any] | None = None,
                  known_users: Iterable[str] | None = None,
                  future_tolerance: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
-                 faults: FaultPlan | None = None,
+                 faults: FaultPlan | Mapping[str, Any] | None = None,
                  max_received: int = 100_000) -> None:
+        data_center = str(data_center)
         if data_center not in DATA_CENTERS:
             raise ValueError(f"data_center must be one of {', '.join(DATA_CENTERS)}")
         self.workspace_id = workspace_id
@@ -167,11 +168,18 @@ class MoEngageEmulator(Emulator):
         self.max_body_bytes = bounded_int("max_body_bytes", max_body_bytes, 1, 64 * 2**20)
         self.cohort_max_body_bytes = bounded_int("cohort_max_body_bytes", cohort_max_body_bytes,
                                                  1, 64 * 2**20)
+        if isinstance(project_codes, str):
+            project_codes = [project_codes]
         self.project_codes = None if project_codes is None else frozenset(project_codes)
-        self.limits = limits if limits is not None else MoEngageLimits()
+        self.limits = (MoEngageLimits(**limits) if isinstance(limits, Mapping)
+                       else limits if limits is not None else MoEngageLimits())
+        if not isinstance(self.limits, MoEngageLimits):
+            raise TypeError("limits must be a MoEngageLimits or an object of its fields")
         self.future_tolerance = bounded_float("future_tolerance", future_tolerance, 0.0,
                                               10 * 365 * 86_400.0)
         self._quotas = Quotas(self.limits.windows(), clock)
+        if isinstance(known_users, str):
+            known_users = [known_users]
         self._initial_known = None if known_users is None else frozenset(known_users)
         self._state_lock = threading.Lock()
         self._known: set[str] | None = None

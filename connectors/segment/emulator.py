@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -65,7 +65,7 @@ class SegmentEmulator(Emulator):
                  requests_per_second: int | None = 1000,
                  second: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
-                 faults: FaultPlan | None = None,
+                 faults: FaultPlan | Mapping[str, Any] | None = None,
                  max_received: int = 100_000) -> None:
         if region not in REGION_HOSTS:
             raise ValueError(f"region must be one of {sorted(REGION_HOSTS)}")

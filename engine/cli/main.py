@@ -292,15 +292,22 @@ def bundles() -> None:
 @click.argument("name")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-def emulate(name: str, host: str, port: int) -> None:
+@click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
+              help="an emulator setting, VALUE as JSON or text (e.g. -o data_center=02, "
+                   "-o 'limits={\"minute\": 1}'); see README, Emulators")
+def emulate(name: str, host: str, port: int, options: tuple[str, ...]) -> None:
     """Serve a local emulator of a partner API (moengage, amplitude, segment, mixpanel)."""
     from moerules.connectors.emulation import EMULATORS
-    from moerules.connectors.emulation.server import run_forever
+    from moerules.connectors.emulation.server import build, parse_options, run_forever
 
     if name not in EMULATORS:
         raise click.UsageError(f"unknown emulator {name!r}; choose from "
                                f"{', '.join(sorted(EMULATORS))}")
-    run_forever(name, host, port)
+    try:
+        emulator = build(name, **parse_options(options))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run_forever(emulator, host, port)
 
 
 @main.command()
