@@ -378,6 +378,20 @@ def test_the_largest_accepted_values_still_answer(client: httpx.Client,
     assert track(client).status_code == 200
 
 
+def test_a_client_that_leaves_mid_body_is_not_stored(url: str, emu: SegmentEmulator) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head("POST", "/v1/track", {"Content-Type": "application/json",
+                                                "Content-Length": "1000"}) + b'{"userId"')
+    deadline = time.monotonic() + 5
+    while emu.stats()["by_status"] != {"499": 1} and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert emu.stats()["by_status"] == {"499": 1}  # nginx's "client closed request"
+    assert emu.received == []
+    with httpx.Client(base_url=url, auth=(KEY, "")) as c:
+        assert track(c).status_code == 200
+
+
 def test_control_endpoint_refuses_a_huge_plan_unread(url: str) -> None:
     response = exchange(url, head("POST", "/_emulator/faults", {
         "Content-Type": "application/json", "Content-Length": str(10**9)}))
