@@ -8,12 +8,14 @@ A sink is a class with two methods to write and a few declarations::
     class ExampleSink(Sink):
         name = "example"                      # the entry-point name bundles use
         accepts = frozenset({EVENT, USER})    # item kinds it can deliver (engine/items.py)
-        secret_settings = frozenset({"api_key"})
+        settings_model = ExampleSettings      # typed settings (engine/rules/settings.py)
 
-        def __init__(self, settings):
-            super().__init__(settings)
-            self.batch_policy = BatchPolicy(max_items=2000, max_request_bytes=10 << 20,
+        @classmethod
+        def from_settings(cls, settings: ExampleSettings) -> ExampleSink:  # checked settings
+            sink = cls({})
+            sink.batch_policy = BatchPolicy(max_items=2000, max_request_bytes=10 << 20,
                                             max_age=5.0)
+            return sink
 
         def encoder(self) -> SinkEncoder:     # items -> requests, by the batch policy
             return JsonArrayEncoder(self.batch_policy, element=self.element,
@@ -40,21 +42,23 @@ A sink is a class with two methods to write and a few declarations::
    (tests/connectors/test_conformance.py) checks ``classify`` against them.
 5. **Rate limits**: ``RateLimit`` counts requests, items (optionally of one kind) or bytes
    per window, per ``limit_key`` (an endpoint); pacing honours every limit at once.
-6. **Secrets**: settings named in ``secret_settings`` and headers in ``secret_headers`` are
-   redacted from dry-run output, reports and dead letters.
-7. Register the class under the ``moerules.connectors`` entry-point group and add it to the
-   conformance suite's example settings (``example_settings``).
+6. **Settings and secrets**: ``settings_model`` is a ``ConnectorSettings`` pydantic model;
+   ``moerules validate`` checks a bundle's settings against it at their file positions, and
+   the engine builds the connector with ``from_settings(parsed)``. ``SecretStr`` settings and
+   headers in ``secret_headers`` are redacted from dry-run output, reports and dead letters.
+7. Register the class under the ``moerules.connectors`` entry-point group (the only registry:
+   another package adds a connector with no change here; an emulator goes in
+   ``moerules.emulators``) and give the conformance suite its ``example_settings``.
 
 A source is a class with ``decode(line) -> record``; see ``Source``.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
 
 from moerules.engine.batching import (
@@ -81,6 +85,8 @@ from moerules.engine.verdicts import (
 __all__ = [
     "BYTES",
     "COHORT_MEMBERSHIP",
+    "CONNECTOR_GROUP",
+    "EMULATOR_GROUP",
     "EVENT",
     "ITEMS",
     "KINDS",
@@ -106,8 +112,10 @@ __all__ = [
     "Verdict",
     "WireRequest",
     "connector_names",
+    "emulator_names",
     "kind_problem",
     "load_connector",
+    "load_emulator",
     "packaged_schema",
 ]
 
@@ -230,16 +238,22 @@ def kind_problem(sink: type[Sink] | Sink, kind: str) -> str | None:
             f"{', '.join(sorted(sink.accepts))}")
 
 
-_BUILTIN = {
-    "mparticle": "moerules.connectors.mparticle.source:MParticleSource",
-    "moengage": "moerules.connectors.moengage.sink:MoEngageDataSink",
-}
+CONNECTOR_GROUP = "moerules.connectors"
+"""The entry-point group connectors are registered in: the one registry, so a package that
+declares ``[project.entry-points."moerules.connectors"] name = "module:Class"`` adds a
+connector without any change to moerules."""
+
+EMULATOR_GROUP = "moerules.emulators"
+"""The entry-point group of local partner emulators (``moerules emulate NAME``): a separate
+group, since an emulator often comes before its connector (amplitude, segment, mixpanel) and a
+test tool is no part of a connector's class. The value is a callable returning an ``Emulator``."""
 
 
-def _registry() -> dict[str, str]:
-    found = dict(_BUILTIN)
-    for ep in entry_points(group="moerules.connectors"):
-        found.setdefault(ep.name, ep.value)
+def _registered(group: str) -> dict[str, EntryPoint]:
+    """Name -> entry point; the first registration of a name wins (one per distribution)."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=group):
+        found.setdefault(ep.name, ep)
     return found
 
 
@@ -254,13 +268,28 @@ def packaged_schema(package: str, name: str) -> Mapping[str, Any]:
 
 
 def connector_names() -> list[str]:
-    return sorted(_registry())
+    """The names of every installed connector, sources and sinks."""
+    return sorted(_registered(CONNECTOR_GROUP))
 
 
 def load_connector(name: str) -> type[Source] | type[Sink] | None:
-    target = _registry().get(name)
-    if target is None:
+    """The connector class registered as ``name``, or None when none is."""
+    ep = _registered(CONNECTOR_GROUP).get(name)
+    if ep is None:
         return None
-    module_name, _, attr = target.partition(":")
-    cls: type[Source] | type[Sink] = getattr(importlib.import_module(module_name), attr)
+    cls: type[Source] | type[Sink] = ep.load()
     return cls
+
+
+def emulator_names() -> list[str]:
+    """The names of every installed emulator."""
+    return sorted(_registered(EMULATOR_GROUP))
+
+
+def load_emulator(name: str) -> Callable[..., Any] | None:
+    """The emulator factory registered as ``name``, or None when none is."""
+    ep = _registered(EMULATOR_GROUP).get(name)
+    if ep is None:
+        return None
+    factory: Callable[..., Any] = ep.load()
+    return factory

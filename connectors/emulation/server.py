@@ -73,20 +73,21 @@ def _run(server: uvicorn.Server) -> None:
 
 
 def build(name: str, **options: Any) -> Emulator:
-    """Instantiate the emulator registered under `name` with constructor `options`.
+    """Instantiate the emulator registered under `name` (the ``moerules.emulators``
+    entry-point group) with constructor `options`.
 
     Raises ValueError for an unknown name, an unknown option or a bad value.
     """
-    from moerules.connectors.emulation import EMULATORS
+    from moerules.engine.connector import emulator_names, load_emulator
 
+    factory = load_emulator(name)
+    if factory is None:
+        raise ValueError(f"unknown emulator {name!r}; choose one of {emulator_names()}")
     try:
-        factory = EMULATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown emulator {name!r}; choose one of {sorted(EMULATORS)}") from None
-    try:
-        return factory(**options)
+        emulator: Emulator = factory(**options)
     except TypeError as exc:  # an unknown keyword, or a value of the wrong shape
         raise ValueError(f"{name} emulator: {exc}") from None
+    return emulator
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, Any]:

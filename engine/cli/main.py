@@ -296,13 +296,14 @@ def bundles() -> None:
               help="an emulator setting, VALUE as JSON or text (e.g. -o data_center=02, "
                    "-o 'limits={\"minute\": 1}'); see README, Emulators")
 def emulate(name: str, host: str, port: int, options: tuple[str, ...]) -> None:
-    """Serve a local emulator of a partner API (moengage, amplitude, segment, mixpanel)."""
-    from moerules.connectors.emulation import EMULATORS
+    """Serve a local emulator of a partner API (moengage, amplitude, segment, mixpanel, and
+    any other registered in the ``moerules.emulators`` entry-point group)."""
     from moerules.connectors.emulation.server import build, parse_options, run_forever
+    from moerules.engine.connector import emulator_names
 
-    if name not in EMULATORS:
-        raise click.UsageError(f"unknown emulator {name!r}; choose from "
-                               f"{', '.join(sorted(EMULATORS))}")
+    names = emulator_names()
+    if name not in names:
+        raise click.UsageError(f"unknown emulator {name!r}; choose from {', '.join(names)}")
     try:
         emulator = build(name, **parse_options(options))
     except ValueError as exc:
