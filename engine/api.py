@@ -50,10 +50,14 @@ def resolve_bundle(ref: str) -> Path:
 
 
 def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = False,
-                env: Mapping[str, str] | None = None) -> CompiledBundle:
-    """Load, overlay, override and compile a bundle; RuleError lists every problem."""
+                env: Mapping[str, str] | None = None, text: str | None = None
+                ) -> CompiledBundle:
+    """Load, overlay, override and compile a bundle; RuleError lists every problem.
+
+    ``text`` stands for the bundle file's content (an unsaved edit).
+    """
     path = ref if isinstance(ref, Path) else resolve_bundle(ref)
-    doc = load_bundle_document(path)
+    doc = load_bundle_document(path, text=text)
     sets = list(sets)
     if sets:
         doc = apply_sets(doc, sets)

@@ -149,8 +149,9 @@ def _diff(expected: Any, actual: Any) -> str:
     return "\n".join(lines)
 
 
-def run_case(test: TestFile, case: Case, bundle: Path) -> list[str]:
-    compiled = load_bundle(bundle, [*test.set, *case.set], env=test.env)
+def run_case(test: TestFile, case: Case, bundle: Path, bundle_text: str | None = None
+             ) -> list[str]:
+    compiled = load_bundle(bundle, [*test.set, *case.set], env=test.env, text=bundle_text)
     if case.input_line is not None:
         lines = [(1, case.input_line.encode())]
     else:
@@ -188,13 +189,16 @@ def run_case(test: TestFile, case: Case, bundle: Path) -> list[str]:
     return failures
 
 
-def run_test_file(path: Path) -> list[CaseResult]:
+def run_test_file(path: Path, edited: tuple[Path, str] | None = None) -> list[CaseResult]:
+    """Run a test file's cases. ``edited`` is (a bundle file, its unsaved text): the cases
+    of a test file for that bundle run against the text instead of the file."""
     test, raw, bundle = load_test_file(path)
+    text = edited[1] if edited is not None and bundle.resolve() == edited[0].resolve() else None
     results = []
     for i, case in enumerate(test.cases):
         pos = position_of(raw, ("cases", i)) or raw.pos
         try:
-            failures = run_case(test, case, bundle)
+            failures = run_case(test, case, bundle, text)
         except RuleError as exc:
             failures = ["the bundle does not compile:\n" + str(exc)]
         results.append(CaseResult(case.name, pos, not failures, failures))

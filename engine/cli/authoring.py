@@ -127,7 +127,52 @@ def coverage(bundle: str, input_: str, sets: tuple[str, ...], as_json: bool,
                err=True)
 
 
+@click.command()
+@click.argument("bundle", required=False)
+@click.option("--input", "input_", help="sample: JSON Lines whose records the page offers")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (loopback only, unless you mean it)")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
+def playground(bundle: str | None, input_: str | None, host: str, port: int) -> None:
+    """Edit BUNDLE in a local web page and see, live, what it does to a record.
+
+    BUNDLE is a bundle file or overlay (default: ./bundle.yaml). The page shows the requests
+    and the explain trace as you type, errors and warnings at their line, runs the bundle's
+    YAML tests, diffs the edit against the file over the sample, and saves it back.
+    """
+    from moerules.engine.api import iter_lines, resolve_bundle
+    from moerules.engine.authoring.playground import DIFF_RECORDS, Playground, serve
+
+    if bundle is None:
+        if not Path("bundle.yaml").is_file():
+            raise click.UsageError("give a BUNDLE file (there is no bundle.yaml here)")
+        bundle = "bundle.yaml"
+    try:
+        path = resolve_bundle(bundle)
+    except RuleError as exc:
+        _fail_rules(exc)
+    sample: list[tuple[int, bytes]] = []
+    if input_ is not None:
+        _check_input(input_)
+        for number, line in iter_lines(input_):
+            sample.append((number, line))
+            if len(sample) >= DIFF_RECORDS:
+                break
+    state = Playground(path, sample)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not loopback:
+        state.hosts = state.hosts | {host}
+        click.echo(f"warning: listening on {host}: anyone who can reach it and has the page's "
+                   "token can edit and save this bundle", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"moerules playground for {path}: open {url} (Ctrl+C stops it)", err=True)
+
+    serve(state, host, port, ready)
+
+
 def register(group: click.Group) -> None:
     """Add the authoring commands to the ``moerules`` command group."""
     group.add_command(diff)
     group.add_command(coverage)
+    group.add_command(playground)

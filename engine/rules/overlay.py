@@ -131,7 +131,7 @@ def _merge_rules(base: LList, over: LList) -> LList:
 
 
 def load_bundle_document(path: Path, _chain: tuple[Path, ...] = (),
-                         _project: Path | None = None) -> LDict:
+                         _project: Path | None = None, *, text: str | None = None) -> LDict:
     """Load a bundle file, resolving ``extends:`` chains into one merged document.
 
     ``extends:`` names a shipped bundle, or a file (or a folder holding ``bundle.yaml``)
@@ -139,10 +139,13 @@ def load_bundle_document(path: Path, _chain: tuple[Path, ...] = (),
     under it. The project folder is fixed by the first file of the chain, so a base file may
     extend another file of the same project. Anything else (``/etc/...``, ``../..``, a
     symbolic link that leads out) is refused by its path alone: it is never opened.
+
+    ``text``, when given, is the file's content (an edit not saved yet, as the playground
+    has it); what it extends is still found from ``path``.
     """
     resolved = path.resolve()
     project = _project or resolved.parent
-    doc = load_yaml(path)
+    doc = load_yaml(path) if text is None else load_yaml(path, text)
     if not isinstance(doc, LDict):
         raise RuleError([Problem(getattr(doc, "pos", Position(str(path))),
                                  "a bundle file must be a mapping of keys to values")])
