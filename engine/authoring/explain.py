@@ -107,7 +107,12 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
     if traced.identity is not None:
         steps.append({"step": "section", "title": "identity"})
         trace: list[tuple[Any, ...]] = []
-        traced.identity(batch, None, trace)
+        try:
+            traced.identity(batch, None, trace)
+        except RecordError as exc:  # the whole record is dead-lettered
+            _fields([t for t in trace if t[0] == "identity"], steps)
+            steps.append({"step": "outcome", "outcome": f"dead-lettered: {exc}"})
+            return _with_requests(ex, traced, line)
         _fields([t for t in trace if t[0] == "identity"], steps)
         if not any(s.get("chosen") for s in steps if s["step"] == "identity"):
             steps.append({"step": "outcome", "outcome": "no usable identity: the record would "
@@ -148,6 +153,11 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
             if route != ROUTE_NONE:
                 outcome += ", " + _route_text(route, projects)
         steps.append({"step": "outcome", "outcome": outcome})
+    return _with_requests(ex, traced, line)
+
+
+def _with_requests(ex: Explanation, traced: CompiledBundle, line: bytes) -> Explanation:
+    """The requests and report the dry run makes of ``line``, with the trace."""
     out = io.BytesIO()
     report = dry_run(traced, [(1, line)], out)
     ex.requests = [orjson.loads(r) for r in out.getvalue().splitlines()]

@@ -54,6 +54,10 @@ class Codegen:
     def emit(self, line: str) -> None:
         self.lines.append("    " * self._indent + line)
 
+    def insert(self, mark: int, line: str) -> None:
+        """Emit ``line`` before the lines emitted since ``len(self.lines)`` was ``mark``."""
+        self.lines.insert(mark, "    " * self._indent + line)
+
     @contextmanager
     def block(self, header: str) -> Iterator[None]:
         self.emit(header)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moerules.engine.compile.bounds import MAX_TEMPLATE_OUTPUT
 from moerules.engine.compile.codegen import Codegen, PathCache
 from moerules.engine.compile.expressions import ExpressionError, ValueCompiler, parse, root_fields
 from moerules.engine.compile.projection import ReadSet, jmespath_reads, template_reads
@@ -24,7 +25,9 @@ from moerules.engine.compile.templates import (
     TemplateCheck,
     TemplateError,
     environment,
+    renderer,
     simple_variable,
+    template_text,
 )
 from moerules.engine.compile.transforms import (
     CASTS,
@@ -33,7 +36,8 @@ from moerules.engine.compile.transforms import (
     cast_source,
     check_transform,
     emit_transform,
-    to_string,
+    scalar_text,
+    wrong_shape,
 )
 from moerules.engine.connector import (
     USER,
@@ -111,7 +115,7 @@ class _Compiler:
             for name, t in bundle.tables.items()
         }
         self.env = environment({n: t[0] for n, t in self.tables.items()})
-        self.templates = TemplateCheck(self.env)
+        self.templates = TemplateCheck(self.env, self.tables)
 
     # -- problems ----------------------------------------------------------------------
     def error(self, loc: Loc, message: str, *, key: bool = False) -> None:
@@ -166,7 +170,7 @@ class _Compiler:
                 cg.emit(f"{out} = {src}")
             origin = spec.from_
         elif spec.template is not None:
-            if not self.template(spec.template, (*loc, "template"), cache, out, roots):
+            if not self.template(spec.template, (*loc, "template"), cache, out, roots, what):
                 return None
             origin = spec.template
         elif "value" in _set(spec):
@@ -223,7 +227,7 @@ class _Compiler:
                 emit_transform(self.cg, var, "default", spec.default, what, self.tables)
 
     def template(self, source: str, loc: Loc, cache: PathCache, out: str,
-                 roots: frozenset[str] | None) -> bool:
+                 roots: frozenset[str] | None, what: str) -> bool:
         names = frozenset(roots) if roots is not None else frozenset({"item"})
         try:
             compiled = self.templates.compile(source, names | {"tables"})
@@ -237,17 +241,18 @@ class _Compiler:
             for read in template_reads(self.env.parse(source), roots):
                 self.reads.add(read)
         path = simple_variable(self.env, source)
-        stringify = self.cg.const(to_string, "t_string")
+        text = self.cg.const(template_text, "t_text")
         if path is not None and (roots is None or path[0] in roots):
             local = self.values.path(path if roots is not None else path[1:] or path, cache)
-            self.cg.emit(f"{out} = '' if {local} is None else {local} if type({local}) is str "
-                         f"else {stringify}({local}, '')")
+            self.cg.emit(f"{out} = '' if {local} is None else {local} if type({local}) is str and "
+                         f"len({local}) <= {MAX_TEMPLATE_OUTPUT} else "
+                         f"{text}({local}, {self.cg.literal(what)})")
             return True
         args = ", ".join(f"{k}={v}" for k, v in cache.roots.items() if k != "@")
         if roots is None:
             args = f"item={cache.roots['@']}"
         render = self.cg.name("render")
-        self.cg.namespace[render] = _renderer(compiled)
+        self.cg.namespace[render] = renderer(compiled, what)
         self.cg.emit(f"{out} = {render}({args})")
         return True
 
@@ -267,6 +272,7 @@ class _Compiler:
         item = cg.name("item")
         if store is None:
             cg.emit(f"{out} = None")
+        shape = cg.const(wrong_shape, "wrong_shape")
         with cg.block(f"if type({items}) is list:"):
             cg.emit(f"{out} = []")
             with cg.block(f"for {item} in {items}:"):
@@ -274,13 +280,24 @@ class _Compiler:
                 known = self.values.known_dicts
                 if self.values.fast:  # items are objects; any other item is AttributeError
                     self.values.known_dicts = known | {item}
+                # An item that is not an object is the wrong shape: never an empty object
+                check = (f"if type({item}) is not dict: raise {shape}("
+                         f"{cg.literal(what + '[]')}, 'an object', {item})")
+                mark = len(cg.lines)
                 try:
                     obj = self.object(spec, loc, inner, f"{what}[]", None)
                 finally:
                     self.values.known_dicts = known
+                if not (self.values.fast and cg.lines[mark].lstrip().split(" = ", 1)[-1]
+                        .startswith(f"{item}.get(")):
+                    # (the fast code's first read, ``item.get``, already fails for any
+                    # other item and sends the record to the safe code, which checks)
+                    cg.insert(mark, check)
                 cg.emit(f"{out}.append({obj})")
             if store is not None:
                 cg.emit(f"{store} = {out}")
+        with cg.block(f"elif {items} is not None:"):
+            cg.emit(f"raise {shape}({cg.literal(what)}, 'a list', {items})")
         self.tr(f"('field', {cg.literal(what)}, {cg.literal('each ' + spec.each)}, [], {out})")
         return out
 
@@ -475,6 +492,7 @@ class _Compiler:
                 self._spread_entry(spread, loc, key, src, table, fold, obj, None)
             return
         k, v = cg.name("k"), cg.name("v")
+        checked = src
         with contextlib.ExitStack() as loop:
             if self.values.fast:  # an empty view when null; not a dict: AttributeError
                 src = self.values.dict_view(src, cache)
@@ -487,6 +505,13 @@ class _Compiler:
             if spread.only is not None:
                 cg.emit(f"if {k} not in {cg.const(frozenset(spread.only), 'set')}: continue")
             self._spread_entry(spread, loc, k, v, table, fold, obj, value_ast)
+        if not self.values.fast:
+            # a list, text or a number where the entries should be: the wrong shape, never
+            # nothing copied (an empty one, as null, has nothing to copy; so the fast code,
+            # which reads it as empty, agrees)
+            with cg.block(f"elif {checked}:"):
+                cg.emit(f"raise {cg.const(wrong_shape, 'wrong_shape')}("
+                        f"{cg.literal('spread ' + spread.from_)}, 'an object', {checked})")
 
     def _excluded(self, spread: Spread, key: str) -> str:
         """Source of a test that ``key`` is excluded: exact names, or prefixes written ``moe_*``."""
@@ -581,7 +606,7 @@ class _Compiler:
                            f"unknown identity candidate {name!r}{did_you_mean(name, names)}; "
                            f"candidates: {', '.join(names)}")
         reject = cg.const(frozenset(v.strip().casefold() for v in ident.reject), "reject")
-        stringify = cg.const(to_string, "t_string")
+        scalar = cg.const(scalar_text, "t_scalar")
         uses_event: list[bool] = []
 
         def body() -> None:
@@ -598,7 +623,7 @@ class _Compiler:
                 if local is None:
                     continue
                 cg.emit(f"if {local} is not None and type({local}) is not str: "
-                        f"{local} = {stringify}({local}, '')")
+                        f"{local} = {scalar}({local}, {cg.literal('identity ' + name)})")
                 ok = (f"{local} is not None and {local}.strip() != '' and "
                       f"{local}.strip().casefold() not in {reject}")
                 self.tr(f"('identity', {cg.literal(name)}, {local}, {ok})")
@@ -741,6 +766,9 @@ class _Compiler:
             else:
                 name = self.field(rule.event_name, (*loc, "event_name"), cache, "event name",
                                   roots, alias=True) or "None"
+                if rule.event_name.template is None and name != "None":  # a template makes text
+                    cg.emit(f"if {name} is not None and type({name}) is not str: "
+                            f"{name} = {cg.const(scalar_text, 't_scalar')}({name}, 'event name')")
         elif rule.event_name is not None:
             self.error((*loc, "event_name"), f"rule {rule.name!r} emits a user update; "
                                              "`event_name` would never be used")
@@ -890,16 +918,6 @@ def _steps(spec: FieldSpec) -> list[str]:
     if "default" in _set(spec):
         steps.append(f"default {spec.default!r}")
     return steps
-
-
-def _renderer(template: Any) -> Callable[..., str]:
-    def render(**scope: Any) -> str:
-        try:
-            return str(template.render(**scope))
-        except Exception as exc:  # the sandbox's and Jinja's errors: the record is bad
-            raise RecordError("template failed", f"{type(exc).__name__}: {exc}") from None
-
-    return render
 
 
 def compile_bundle(raw: LDict, *, trace: bool = False,

@@ -37,7 +37,7 @@ _RELATIVE_RIGHT = {
     "subexpression", "index_expression", "projection", "value_projection",
     "filter_projection", "flatten", "pipe",
 }
-_NO_READ = {"literal", "raw_string"}
+_NO_READ = {"literal", "raw_string", "expref"}  # an &expression reads elements given elsewhere
 
 
 class ReadSet:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from moerules.engine.compile.codegen import Codegen
-from moerules.engine.errors import TransformError
+from moerules.engine.errors import RecordError, TransformError
 
 __all__ = ["CASTS", "TRANSFORMS", "Transform", "TransformSpecError", "emit_transform"]
 
@@ -36,6 +36,35 @@ def to_string(value: Any, what: str) -> Any:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
+
+
+def describe(value: Any) -> str:
+    """A value's kind and an excerpt of it, for a dead letter's detail."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    kind = ("an object" if isinstance(value, dict) else "a list" if isinstance(value, list | tuple)
+            else "a string" if isinstance(value, str) else "a number"
+            if isinstance(value, int | float) else type(value).__name__)
+    text = repr(value) if isinstance(value, str) else to_string(value, "")
+    return f"{kind}: {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def wrong_shape(what: str, expected: str, value: Any) -> RecordError:
+    """The error for a value of the wrong shape where ``what`` needs ``expected``: the record
+    is dead-lettered with the reason, never sent converted (an object as its JSON text, or an
+    empty object made of a number)."""
+    return RecordError(f"{what}: expected {expected}", f"got {describe(value)}")
+
+
+def scalar_text(value: Any, what: str) -> str:
+    """A string, number or boolean as text (``to_string``); an object or a list is the wrong
+    shape for ``what`` (an identity, an event name)."""
+    if isinstance(value, dict | list):
+        raise wrong_shape(what, "text or a number", value)
+    text: str = to_string(value, what)
+    return text
 
 
 def to_int(value: Any, what: str) -> Any:
