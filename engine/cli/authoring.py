@@ -6,6 +6,7 @@ Thin, like the rest of the CLI: parse options, call ``moerules.engine.authoring`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -168,7 +169,9 @@ def playground(bundle: str | None, input_: str | None, host: str, port: int) -> 
     def ready(url: str) -> None:
         click.echo(f"moerules playground for {path}: open {url} (Ctrl+C stops it)", err=True)
 
-    serve(state, host, port, ready)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on Ctrl+C, then re-raises it
+        serve(state, host, port, ready)
+    click.echo("playground stopped", err=True)
 
 
 def register(group: click.Group) -> None:
