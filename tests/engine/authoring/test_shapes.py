@@ -68,3 +68,22 @@ def test_mparticle_batch_amended_to_the_current_reference() -> None:
     assert shape.child(shape.values(gdpr), "consented")
     assert not _has(shape, "batch.user_identities.customer")
     assert shape.child([ANY], "anything") == [ANY]
+
+
+def test_every_installed_source_declares_its_record_schema() -> None:
+    """A source brings the shape of its records, so `validate` can check the paths rules read
+    (the Streams and cohort-webhook schemas wait in their connector folders)."""
+    from collections.abc import Mapping
+
+    from moerules.engine.connector import Source, connector_names, load_connector
+
+    for name in connector_names():
+        cls = load_connector(name)
+        if cls is None or not issubclass(cls, Source):
+            continue
+        schema = cls.record_schema
+        assert isinstance(schema, Mapping), (
+            f"source {name!r} declares no record_schema: ship its records' JSON Schema in its "
+            "connector folder and set record_schema = packaged_schema(__package__, '<file>')")
+        shape = RecordShape(schema, cls.events_key, name)
+        assert shape.names([shape.batch]), f"source {name!r}: its schema names no field"
