@@ -35,6 +35,7 @@ from moerules.engine.connector import (
 )
 from moerules.engine.errors import (
     DeliveryError,
+    InputError,
     MoerulesError,
     PermanentError,
     Position,
@@ -42,6 +43,8 @@ from moerules.engine.errors import (
     RecordError,
     RetryableError,
     RuleError,
+    SetupError,
+    StateError,
     ThrottledError,
     TransformError,
 )
@@ -53,6 +56,7 @@ __all__ = [
     "Delivered",
     "DeliveryError",
     "Fatal",
+    "InputError",
     "Item",
     "JsonArrayEncoder",
     "MoerulesError",
@@ -68,10 +72,12 @@ __all__ = [
     "RetryableError",
     "RuleError",
     "RunReport",
+    "SetupError",
     "Sink",
     "SinkEncoder",
     "Source",
     "Split",
+    "StateError",
     "ThrottledError",
     "TransformError",
     "Verdict",

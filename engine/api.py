@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,14 +18,22 @@ from typing import IO, Any
 
 import orjson
 from moerules.engine.compile.compiler import CompiledBundle, compile_bundle
-from moerules.engine.connector import WireRequest
-from moerules.engine.errors import Position, Problem, RuleError
+from moerules.engine.connector import WireRequest, connector_names, load_connector
+from moerules.engine.errors import InputError, Position, Problem, RuleError
 from moerules.engine.rules.loading import LDict, load_yaml, top_level_keys
 from moerules.engine.rules.overlay import BUNDLE_FILE, apply_sets, find_bundle, load_bundle_document
 from moerules.engine.rules.validation import did_you_mean
 from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.input import (
+    DEFAULT_MAX_LINE_BYTES,
+    LineCutter,
+    LongLine,
+    open_input,
+    read_error,
+)
 from moerules.engine.runtime.pipeline import Pipeline
 from moerules.engine.runtime.report import RunReport
+from moerules.engine.secrets import MIN_SECRET_LENGTH, Scrubber, scrubber
 
 __all__ = [
     "collect_rule_files",
@@ -54,14 +63,51 @@ def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = Fals
                 ) -> CompiledBundle:
     """Load, overlay, override and compile a bundle; RuleError lists every problem.
 
-    ``text`` stands for the bundle file's content (an unsaved edit).
+    ``text`` stands for the bundle file's content (an unsaved edit). A problem never shows a
+    secret: one given by ``--set`` (``destination.data_api_key=...``) or taken from the
+    environment for a secret setting is ``***`` in every message.
     """
     path = ref if isinstance(ref, Path) else resolve_bundle(ref)
     doc = load_bundle_document(path, text=text)
     sets = list(sets)
-    if sets:
-        doc = apply_sets(doc, sets)
-    return compile_bundle(doc, trace=trace, env=env)
+    try:
+        if sets:
+            doc = apply_sets(doc, sets)
+        return compile_bundle(doc, trace=trace, env=env)
+    except RuleError as exc:
+        scrub = scrubber(_secrets_given(doc, sets, os.environ if env is None else env))
+        if not scrub:
+            raise
+        raise RuleError([Problem(Position(scrub(p.position.path), p.position.line,
+                                          p.position.col), scrub(p.message))
+                         for p in exc.problems]) from None
+
+
+def _secret_setting_names(connector: Any) -> frozenset[str]:
+    cls = load_connector(str(connector)) if isinstance(connector, str) else None
+    return getattr(cls, "secret_settings", frozenset()) if cls is not None else frozenset()
+
+
+def _secrets_given(doc: Any, sets: list[str], env: Mapping[str, str]) -> set[str]:
+    """The secret values a bundle that did not compile was given: ``--set`` values of secret
+    settings (of any connector: the bundle's may be the thing that is wrong), and the
+    environment's values for the bundle's secret settings."""
+    every = frozenset().union(*(_secret_setting_names(n) for n in connector_names()))
+    found: set[str] = set()
+    for item in sets:
+        key, _, text = item.partition("=")
+        if key.rsplit(".", 1)[-1] in every and text.strip():
+            found |= {text, text.strip(), text.strip().strip("'\"")}
+    for role in ("source", "destination"):
+        part = doc.get(role) if isinstance(doc, Mapping) else None
+        if not isinstance(part, Mapping) or not isinstance(part.get("settings"), Mapping):
+            continue
+        settings = part["settings"]
+        for key in _secret_setting_names(part.get("connector")) & set(settings):
+            value = str(settings[key])
+            names = re.findall(r"\$\{(\w+)\}", value)
+            found |= {env[name] for name in names if name in env} if names else {value}
+    return {value for value in found if len(value) >= MIN_SECRET_LENGTH}
 
 
 def collect_rule_files(paths: Iterable[str]) -> tuple[list[Path], list[Path], list[Problem]]:
@@ -157,72 +203,79 @@ def validate_paths(paths: Iterable[str], *, warnings: bool = False
 _READ = 1 << 20  # bytes a read asks for: lines are cut from blocks, not read one by one
 
 
-def iter_lines(source: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) for every non-blank line of a file, or of stdin for ``-``.
+def iter_lines(source: str | IO[bytes], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               ) -> Iterator[tuple[int, bytes | LongLine]]:
+    """(line number, line) for every non-blank line of a file, of stdin for ``-``, or of an
+    open binary stream.
 
     Each line keeps its ``\n``, as file iteration gives it. The input is read in blocks
-    (``read1``: whatever is available, so a pipe's lines come as they arrive) and cut at
-    each newline, which costs less than a read per line.
+    (``read1``: whatever is available, so a pipe's lines come as they arrive) and cut by a
+    :class:`LineCutter`: a line over ``max_line_bytes`` comes as a :class:`LongLine` (its
+    excerpt), never whole; a UTF-8 BOM at the start is skipped. InputError when the input
+    cannot be opened or a read fails.
     """
-    stream: IO[bytes] = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    name = source if isinstance(source, str) else getattr(source, "name", "input")
+    stream: IO[bytes] = open_input(source) if isinstance(source, str) else source
     read = getattr(stream, "read1", stream.read)
+    cutter = LineCutter(max_line_bytes)
+    feed = cutter.feed
     number = 0
-    head: list[bytes] = []  # the start of a line that began in earlier blocks
+    offset = 0
     try:
-        while block := read(_READ):
-            find = block.find
-            end = find(b"\n")
-            if end < 0:
-                head.append(block)
-                continue
-            start = 0
-            if head:  # finish the line the earlier blocks began
-                head.append(block[:end + 1])
+        while True:
+            try:
+                block = read(_READ)
+            except OSError as exc:
+                raise read_error(str(name), exc, offset) from None
+            if not block:
+                break
+            offset += len(block)
+            for line in feed(block):
                 number += 1
-                line = b"".join(head)
-                head = []
-                if not line.isspace():
+                # not blank (no stripped copy of every line); a long line always counts
+                if line.__class__ is not bytes or not line.isspace():
                     yield number, line
-                start = end + 1
-                end = find(b"\n", start)
-            while end >= 0:
-                number += 1
-                line = block[start:end + 1]
-                start = end + 1
-                if not line.isspace():  # not blank (no stripped copy of every line)
-                    yield number, line
-                end = find(b"\n", start)
-            if start < len(block):
-                head.append(block[start:])
-        last = b"".join(head)
-        if last and not last.isspace():  # the last line, without a final newline
-            yield number + 1, last
+        for line in cutter.end():
+            if line.__class__ is not bytes or not line.isspace():
+                yield number + 1, line
     finally:
-        if stream is not sys.stdin.buffer:
+        if isinstance(source, str) and stream is not sys.stdin.buffer:
             stream.close()
 
 
 def request_json(request: WireRequest, secret_headers: frozenset[str],
-                 secrets: frozenset[str] = frozenset()) -> bytes:
-    """One dry-run output line: method, url, redacted headers and the body, as JSON."""
+                 secrets: frozenset[str] | Scrubber = frozenset()) -> bytes:
+    """One dry-run output line: method, url, redacted headers and the body, as JSON.
+
+    Every form of a secret (``secrets``, or their scrubber) anywhere in the line is ``***``.
+    """
     head = orjson.dumps({"method": request.method, "url": request.url,
                          "headers": request.redacted_headers(secret_headers)})
     line = head[:-1] + b',"body":' + request.body + b"}\n"
-    for secret in secrets:
-        line = line.replace(secret.encode(), b"***")
-    return line
+    scrub = secrets if isinstance(secrets, Scrubber) else scrubber(secrets)
+    return scrub.bytes(line)
 
 
 _GC_YOUNG = 20_000  # allocations between young-generation collections during a dry run
 
 
-def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes]], out: IO[bytes],
-            *, dead_letter: Path | None = None, report: RunReport | None = None) -> RunReport:
-    """Map every line and write the requests that would be sent; nothing goes on the wire."""
+def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes | LongLine]],
+            out: IO[bytes], *, dead_letter: Path | None = None,
+            report: RunReport | None = None) -> RunReport:
+    """Map every line and write the requests that would be sent; nothing goes on the wire.
+
+    ``dead_letter`` receives this run's dead letters only: a file left by an earlier dry run
+    is emptied first, so the file and the report always describe the same run. A read that
+    fails part-way stops the run there: what was read is mapped and written, and the report
+    says where it stopped (``interrupted``).
+    """
     report = report or RunReport(bundle=compiled.model.bundle, dry_run=True)
+    if dead_letter is not None and dead_letter.is_file():
+        dead_letter.open("wb").close()
     dead = DeadLetterWriter(dead_letter, compiled.model.bundle, compiled.secrets)
     pipeline = Pipeline(compiled, report, dead)
     secret_headers = compiled.sink.secret_headers
+    scrub = dead.scrub
     started = time.perf_counter()
     write = out.write
     # Every record allocates dozens of containers and creates no reference cycles, so the
@@ -230,10 +283,10 @@ def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes]], out: I
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], _GC_YOUNG), *threshold[1:])
     try:
-        for request in pipeline.run(iter(lines)):
+        for request in pipeline.run(_until_read_fails(lines, report)):
             report.requests += 1
             report.request_bytes += len(request.body)
-            write(request_json(request, secret_headers, compiled.secrets))
+            write(request_json(request, secret_headers, scrub))
     finally:
         gc.set_threshold(*threshold)
         dead.close()
@@ -242,6 +295,15 @@ def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes]], out: I
         report.warnings.append("not set, shown as placeholders: " + ", ".join(
             compiled.missing_env))
     return report
+
+
+def _until_read_fails(lines: Iterable[tuple[int, bytes | LongLine]],
+                      report: RunReport) -> Iterator[tuple[int, bytes | LongLine]]:
+    try:
+        yield from lines
+    except InputError as exc:
+        report.interrupted = True
+        report.warnings.append(str(exc))
 
 
 def load_document(path: Path) -> Any:

@@ -6,6 +6,9 @@ Hierarchy::
     ├── RuleError                 a bundle or test file is wrong; carries Problems
     ├── RecordError               one input record cannot be processed (dead-lettered)
     │   └── TransformError        a transform could not apply to a value
+    ├── SetupError                a path the run needs cannot be used (CLI exit 2)
+    │   ├── InputError            the input cannot be opened or read
+    │   └── StateError            the state directory or its state.sqlite cannot be used
     └── DeliveryError             a partner answered badly or not at all
         ├── RetryableError        5xx, timeouts, dropped connections: try again
         │   └── ThrottledError    429: try again after Retry-After
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DeliveryError",
+    "InputError",
     "MoerulesError",
     "PermanentError",
     "Position",
@@ -25,6 +29,8 @@ __all__ = [
     "RecordError",
     "RetryableError",
     "RuleError",
+    "SetupError",
+    "StateError",
     "ThrottledError",
     "TransformError",
 ]
@@ -74,16 +80,35 @@ class RuleError(MoerulesError):
 
 
 class RecordError(MoerulesError):
-    """One input record cannot be processed; it is dead-lettered with ``reason``."""
+    """One input record cannot be processed; it is dead-lettered with ``reason``.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``rule`` names the rule that was being applied, when the code raising knows it (a
+    template renders for one rule), so the dead letter can say which rule failed.
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, rule: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.rule = rule
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 class TransformError(RecordError):
     """A transform met a value it cannot convert (``float('abc')``)."""
+
+
+class SetupError(MoerulesError):
+    """Something the run needs before its first record cannot be used: a path that is missing,
+    unreadable or unwritable. The message is one line naming the thing and what to do; the
+    CLI prints it and exits 2 (a usage error)."""
+
+
+class InputError(SetupError):
+    """The input cannot be opened or read (a directory, a missing file, an I/O error)."""
+
+
+class StateError(SetupError):
+    """The state directory, or the ``state.sqlite`` in it, cannot be used."""
 
 
 class DeliveryError(MoerulesError):

@@ -289,7 +289,9 @@ class Emulator:
                 raw = b""
                 if self.fault_reads_body:
                     raw = await _peek_body(scope, receive, self.body_limit(path))
-                await self._fault_response(fault, status, raw)(scope, receive, self._count(send))
+                response = (_echo(scope, raw, status) if fault.kind == "echo"
+                            else self._fault_response(fault, status, raw))
+                await response(scope, receive, self._count(send))
                 return
             scope[_FAULT_KEY] = fault
         await self.app(scope, receive, self._count(send))
@@ -393,6 +395,22 @@ async def _drop_connection(send: Send) -> None:
     except Exception as exc:
         raise InjectedConnectionReset("injected connection reset") from exc
     raise InjectedConnectionReset("injected connection reset (after a 1xx start)")
+
+
+def _echo(scope: Scope, raw: bytes, status: int) -> Response:
+    """The request as a careless partner or proxy echoes it in an error: every header."""
+    headers: dict[str, str] = {}
+    for key, value in scope.get("headers", []):
+        headers[key.decode("latin-1")] = value.decode("latin-1")
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    echo = {"method": scope.get("method"), "path": scope.get("path"), "query": query,
+            "headers": headers, "body": raw[:1024].decode("utf-8", "replace")}
+    return json_response({"error": f"request refused: {HTTPStatus(status).phrase}",
+                          "request": echo}, status)
+
+
+def _http_date(epoch: float) -> str:
+    return formatdate(epoch, usegmt=True)
 
 
 def _header_dict(request: Request) -> dict[str, str]:

@@ -30,6 +30,8 @@ FaultKind = Literal[
     "503",
     "reset",  # close the connection without any HTTP response
     "record_400",  # reject some records of the request (per-record failure)
+    "echo",  # answer `status` (default 400) with the request echoed, headers included, as a
+             # careless partner or proxy does: secrets must not reach any output from there
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 STATUS_OF_KIND: dict[str, int] = {"429": 429, "429_date": 429, "429_bare": 429, "500": 500,
@@ -49,7 +51,7 @@ MAX_TEXT = 1_000  # characters of a path, field or message
 MAX_RATE = 100_000  # requests per second or per minute of the plan's rate limiter
 
 _FAULT_KEYS = frozenset({"kind", "retry_after", "delay", "indices", "record_probability", "field",
-                         "message", "path", "count", "probability"})
+                         "message", "path", "count", "probability", "status"})
 _LIMIT_KEYS = frozenset({"per_second", "per_minute", "retry_after_header", "path"})
 _PLAN_KEYS = frozenset({"seed", "append", "script", "random", "rate_limit"})
 
@@ -66,6 +68,7 @@ class Fault:
     field: str | None = None
     message: str | None = None
     path: str = ""
+    echo_status: int = 400  # the status an `echo` fault answers with
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -73,6 +76,7 @@ class Fault:
         bounded_int("retry_after", self.retry_after, 0, MAX_RETRY_AFTER)
         bounded_float("delay", self.delay, 0.0, MAX_DELAY)
         bounded_float("record_probability", self.record_probability, 0.0, 1.0)
+        bounded_int("an echo fault's status", self.echo_status, 400, 599)
         if len(self.indices) > MAX_INDICES:
             raise ValueError(f"indices holds at most {MAX_INDICES} entries")
         for index in self.indices:
@@ -85,7 +89,7 @@ class Fault:
     @property
     def status(self) -> int | None:
         """HTTP status this fault answers with, or None when the request goes through."""
-        return STATUS_OF_KIND.get(self.kind)
+        return self.echo_status if self.kind == "echo" else STATUS_OF_KIND.get(self.kind)
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path)
@@ -117,6 +121,7 @@ class Fault:
             field=_opt_text("field", data.get("field")),
             message=_opt_text("message", data.get("message")),
             path=_opt_text("path", data.get("path", "")) or "",
+            echo_status=bounded_int("status", data.get("status", 400), 400, 599),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from moerules.engine.authoring.records import (
     RecordRunner,
 )
 from moerules.engine.compile.compiler import CompiledBundle
+from moerules.engine.runtime.input import LongLine
 from moerules.engine.runtime.report import RunReport
 
 __all__ = ["BundleDiff", "Change", "ChangeGroup", "diff_bundles", "diff_file", "diff_records"]
@@ -167,7 +168,8 @@ class BundleDiff:
 
 
 def diff_bundles(old: CompiledBundle, new: CompiledBundle,
-                 lines: Iterable[tuple[int, bytes]], *, old_label: str | None = None,
+                 lines: Iterable[tuple[int, bytes | LongLine]], *,
+                 old_label: str | None = None,
                  new_label: str | None = None) -> BundleDiff:
     """Run ``lines`` through both bundles and compare them record by record."""
     import time

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
-from moerules.engine.api import dry_run
+from moerules.engine.api import dry_run, iter_lines
 from moerules.engine.compile.compiler import (
     ROUTE_BLANK,
     ROUTE_MISSING,
@@ -19,9 +20,12 @@ from moerules.engine.compile.compiler import (
     ROUTE_UNKNOWN,
     CompiledBundle,
 )
-from moerules.engine.errors import RecordError
+from moerules.engine.errors import InputError, RecordError
+from moerules.engine.runtime.input import BOM, LongLine
 
-__all__ = ["Explanation", "explain_record"]
+__all__ = ["Explanation", "PickedRecord", "explain_record", "pick_record"]
+
+_WHOLE_FILE = 1 << 20  # a file this small may be one pretty-printed JSON record
 
 _FALLBACK = {ROUTE_MISSING: "missing", ROUTE_BLANK: "blank", ROUTE_UNKNOWN: "unknown"}
 
@@ -92,6 +96,66 @@ def _fields(trace: list[tuple[Any, ...]], steps: list[dict[str, Any]]) -> None:
             _, source, value, route = entry
             steps.append({"step": "route", "from": source, "value": value,
                           "decision": route})
+
+
+@dataclass(frozen=True, slots=True)
+class PickedRecord:
+    """The record ``explain`` traces, where it came from (`` , line 3`` or empty) and what
+    the user should know about the rest of the file."""
+
+    record: bytes
+    where: str = ""
+    note: str = ""
+
+
+def pick_record(path: Path, line: int | None = None) -> PickedRecord:
+    """The record to explain from ``path``: the whole file when it is one JSON object (pretty
+    printed or not), else line ``line`` of it as JSON Lines (default: the first record, and
+    the note says so when more follow). Lines are numbered as the run numbers them, so the
+    ``line`` of a dead letter can be explained as is. InputError when there is no such record.
+    """
+    if line is None:
+        with path.open("rb") as f:
+            head = f.read(_WHOLE_FILE + 1)
+        whole = head.removeprefix(BOM).strip()
+        if len(head) <= _WHOLE_FILE and whole.startswith(b"{") and _is_object(whole):
+            return PickedRecord(whole)
+    found: tuple[int, bytes | LongLine] | None = None
+    more = False
+    last = 0
+    for number, text in iter_lines(str(path)):
+        last = number
+        if found is not None:
+            more = True
+            break
+        if line is None or number == line:
+            found = (number, text)
+            if line is not None:
+                break
+        elif number > line:
+            break
+    if found is None:
+        if line is None:
+            raise InputError(f"{path} holds no record; give a file with a JSON record, or a "
+                             "JSON Lines file")
+        if last >= line:
+            raise InputError(f"line {line} of {path} is blank; pick a line with a record")
+        raise InputError(f"{path} has no line {line}: its last record is on line {last}"
+                         if last else f"{path} holds no record")
+    number, text = found
+    if isinstance(text, LongLine):
+        raise InputError(f"line {number} of {path} is too long to explain: {text.error}")
+    if line is None and not more:
+        return PickedRecord(text)  # a one-record JSON Lines file: nothing to point out
+    note = "the first of several records; --line N explains another" if line is None else ""
+    return PickedRecord(text, f", line {number}", note)
+
+
+def _is_object(data: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(data), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:

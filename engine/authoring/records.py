@@ -24,6 +24,7 @@ from typing import Any
 
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.input import LongLine
 from moerules.engine.runtime.pipeline import Pipeline
 from moerules.engine.runtime.report import RunReport
 
@@ -192,14 +193,14 @@ class RecordRunner:
         """The routing target's name (MoEngage: the project whose code it is)."""
         return None if route is None else self._names.get(route, route)
 
-    def requests(self, line_no: int, line: bytes) -> list[Any]:
+    def requests(self, line_no: int, line: bytes | LongLine) -> list[Any]:
         """The requests this line alone makes (the encoder is closed after it)."""
         pipeline = self.pipeline
         out = pipeline.feed(line_no, line)
         held = pipeline.encoder.flush()
         return out + held if out else held
 
-    def run(self, line_no: int, line: bytes) -> RecordOutcome:
+    def run(self, line_no: int, line: bytes | LongLine) -> RecordOutcome:
         """Everything that becomes of one input line."""
         ledger = self.report.ledger
         log = self._drops

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 import orjson
-from moerules.engine.errors import RuleError
+from moerules.engine.errors import RuleError, SetupError
 
 __all__ = ["register"]
 
@@ -47,8 +47,14 @@ def _bundle(ref: str, sets: tuple[str, ...], stack: ExitStack, *,
 
 
 def _check_input(input_: str) -> None:
-    if input_ != "-" and not Path(input_).is_file():
-        raise click.UsageError(f"input file {input_!r} not found")
+    """One line, exit 2, when ``input_`` cannot be an input (as ``run`` says it)."""
+    from moerules.engine.runtime.input import check_input
+
+    try:
+        check_input(input_)
+    except SetupError as exc:
+        click.echo(f"moerules: error: {exc}", err=True)
+        sys.exit(2)
 
 
 @click.command()
@@ -73,6 +79,7 @@ def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
     """
     from moerules.engine.api import iter_lines
     from moerules.engine.authoring.diff import diff_bundles, diff_file
+    from moerules.engine.runtime.input import is_regular
 
     _check_input(input_)
     with ExitStack() as stack:
@@ -81,8 +88,8 @@ def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
             b = stack.enter_context(_bundle(new, sets, stack))
         except RuleError as exc:
             _fail_rules(exc)
-        if input_ == "-":
-            result = diff_bundles(a, b, iter_lines("-"), old_label=old, new_label=new)
+        if input_ == "-" or not is_regular(input_):  # a pipe or a device: read it once
+            result = diff_bundles(a, b, iter_lines(input_), old_label=old, new_label=new)
         else:
             result = diff_file(a, b, input_, jobs=jobs or os.cpu_count() or 1,
                                old_label=old, new_label=new)

@@ -1,30 +1,85 @@
 """The ``moerules`` command line. Commands parse options, call the engine, render results.
 
 Exit codes: 0 success (a run that finished, dead letters included: they are counted, written
-and reported, not lost); 1 invalid rules or failed tests; 2 usage error; 3 the run finished
-with dead letters and ``--fail-on-dead-letter`` was given; 4 the run was interrupted or could
-not deliver.
+and reported, not lost); 1 invalid rules or failed tests; 2 usage error (a bad option, or a
+path that cannot be used: one line ``moerules: error: ...`` naming it and what to do); 3 the
+run finished with dead letters and ``--fail-on-dead-letter`` was given; 4 the run was
+interrupted or could not deliver.
+
+Everything a command prints or writes passes through the run's one scrubber
+(:mod:`moerules.engine.secrets`), so no form of a secret reaches a terminal or a file.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import click
 import orjson
-from moerules.engine.errors import MoerulesError, RuleError
+from moerules.engine.errors import MoerulesError, RuleError, SetupError
 
-EXIT_RULES, EXIT_DEAD_LETTERS, EXIT_INTERRUPTED = 1, 3, 4
+EXIT_RULES, EXIT_USAGE, EXIT_DEAD_LETTERS, EXIT_INTERRUPTED = 1, 2, 3, 4
+
+Scrub = Callable[[str], str]
 
 
-def _fail_rules(exc: RuleError) -> None:
+def _plain(text: str) -> str:
+    return text
+
+
+def _fail_rules(exc: RuleError) -> NoReturn:
     for problem in exc.problems:
         click.echo(str(problem), err=True)
     count = len(exc.problems)
     click.echo(f"{count} problem{'s' if count != 1 else ''} found", err=True)
     sys.exit(EXIT_RULES)
+
+
+def _fail(message: str, scrub: Scrub = _plain) -> NoReturn:
+    """A usage error as one line on stderr (no usage text: the message says what to do)."""
+    click.echo(f"moerules: error: {scrub(message)}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _check_writable(path: Path, what: str, *, make_dirs: bool = False) -> None:
+    """SetupError unless a file can be written at ``path``; ``make_dirs``: its missing
+    directories would be created (so the nearest existing one must be writable)."""
+    if path.is_dir():
+        raise SetupError(f"{what} {path} is a directory; give a file path")
+    parent = path.parent
+    if not parent.is_dir():
+        if not make_dirs or parent.exists():
+            problem = "is not a directory" if parent.exists() else "does not exist"
+            raise SetupError(f"cannot write {what} {path}: {parent} {problem}; create the "
+                             "directory or choose another path")
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise SetupError(f"cannot write {what} {path}: {parent} is not a directory; "
+                             "choose another path")
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK) or (target is parent and not os.access(parent, os.X_OK)):
+        raise SetupError(f"cannot write {what} {path}: permission denied on {target}; "
+                         "choose a path you can write")
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gib": 1 << 30}
+
+
+def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A size in bytes: ``1048576``, ``512KiB``, ``16MiB``, ``1GiB`` (K, M, G: powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None or int(match.group(1)) < 1:
+        raise click.BadParameter(f"{value!r} is not a size: give bytes, or a number with KiB, "
+                                 "MiB or GiB (e.g. 16MiB)")
+    return int(match.group(1)) * unit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +134,8 @@ def _delivery_options(command: Any) -> Any:
 
 @main.command()
 @click.argument("bundle")
-@click.option("--input", "input_", required=True, help="JSON Lines file, or - for stdin")
+@click.option("--input", "input_", required=True,
+              help="JSON Lines file (or a pipe, or /dev/null), or - for stdin")
 @click.option("--dry-run", is_flag=True, help="send nothing; write the requests instead")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="dry run: write requests here instead of stdout")
@@ -96,37 +152,64 @@ def _delivery_options(command: Any) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 @click.option("--fail-on-dead-letter", is_flag=True,
               help="exit 3 when any record was dead-lettered (for CI and cron)")
+@click.option("--max-line-bytes", default="16MiB", show_default=True, callback=_byte_size,
+              help="a longer input line is dead-lettered as 'line too long' (e.g. 64MiB)")
 @_delivery_options
 def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Path | None,
         sets: tuple[str, ...], dead_letter: Path | None, state_dir: Path | None,
-        from_start: bool, quiet: bool, fail_on_dead_letter: bool, **delivery: Any) -> None:
+        from_start: bool, quiet: bool, fail_on_dead_letter: bool, max_line_bytes: int,
+        **delivery: Any) -> None:
     """Run BUNDLE (a path or a shipped bundle's name) over JSON Lines input."""
     from moerules.engine.api import dry_run as do_dry_run
     from moerules.engine.api import iter_lines, load_bundle
+    from moerules.engine.runtime.input import check_input
+    from moerules.engine.secrets import scrubber
 
     try:
         compiled = load_bundle(bundle, sets)
     except RuleError as exc:
         _fail_rules(exc)
-    if input_ != "-" and not Path(input_).is_file():
-        raise click.UsageError(f"input file {input_!r} not found")
-    if dry_run:
-        dead_path = dead_letter or Path("moerules-dead-letter.jsonl")
-        out: IO[bytes]
-        with (output.open("wb") if output else _stdout()) as out:
-            result = do_dry_run(compiled, iter_lines(input_), out, dead_letter=dead_path)
-    else:
-        if compiled.missing_env:
-            raise click.UsageError(
-                "a real run needs these environment variables set: "
-                + ", ".join(compiled.missing_env) + " (or use --dry-run)")
-        from moerules.engine.runtime.delivery import DEFAULT_STATE_DIR, DeliveryOptions, deliver
+    scrub = scrubber(compiled.secrets)
+    try:
+        check_input(input_)
+        if report is not None:
+            _check_writable(report, "the report")
+        if dry_run:
+            dead_path = dead_letter or Path("moerules-dead-letter.jsonl")
+            _check_writable(dead_path, "dead letters to")
+            if output is not None:
+                _check_writable(output, "the requests to")
+            out: IO[bytes]
+            with (_open_output(output) if output else _stdout()) as out:
+                result = do_dry_run(compiled, iter_lines(input_, max_line_bytes=max_line_bytes),
+                                    out, dead_letter=dead_path)
+        else:
+            if compiled.missing_env:
+                _fail("a real run needs these environment variables set: "
+                      + ", ".join(compiled.missing_env) + " (or use --dry-run)")
+            from moerules.engine.runtime.delivery import (
+                DEFAULT_STATE_DIR,
+                DeliveryOptions,
+                deliver,
+            )
 
-        dead_letter = dead_letter or (state_dir or DEFAULT_STATE_DIR) / "dead-letter.jsonl"
-        result = deliver(compiled, input_, dead_letter=dead_letter, state_dir=state_dir,
-                         from_start=from_start, quiet=quiet, options=DeliveryOptions(**delivery))
-    _finish(result, report, dead_letter or (
-        Path("moerules-dead-letter.jsonl") if dry_run else None), fail_on_dead_letter)
+            explicit = dead_letter is not None
+            dead_path = dead_letter or (state_dir or DEFAULT_STATE_DIR) / "dead-letter.jsonl"
+            _check_writable(dead_path, "dead letters to", make_dirs=not explicit)
+            result = deliver(compiled, input_, dead_letter=dead_path, state_dir=state_dir,
+                             from_start=from_start, quiet=quiet,
+                             options=DeliveryOptions(max_line_bytes=max_line_bytes, **delivery))
+    except SetupError as exc:
+        _fail(str(exc), scrub)
+    _finish(result, report, dead_path, fail_on_dead_letter, scrub)
+
+
+def _open_output(path: Path) -> IO[bytes]:
+    try:
+        return path.open("wb")
+    except OSError as exc:
+        raise SetupError(f"cannot write the requests to {path}: {exc.strerror or exc}; choose "
+                         "another --output") from None
 
 
 def _stdout() -> Any:
@@ -141,13 +224,18 @@ def _stdout() -> Any:
 
 
 def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
-            fail_on_dead_letter: bool = False) -> None:
-    click.echo(result.summary(), err=True)
+            fail_on_dead_letter: bool = False, scrub: Scrub = _plain) -> None:
+    click.echo(scrub(result.summary()), err=True)
     dead = sum(result.dead_lettered.values())
     if dead and dead_path is not None:
         click.echo(f"  dead letters written to {dead_path}", err=True)
     if report_path is not None:
-        report_path.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+        data = scrub(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        try:
+            report_path.write_text(data, encoding="utf-8")
+        except OSError as exc:
+            _fail(f"cannot write the report to {report_path}: {exc.strerror or exc}; the "
+                  "summary above is complete, choose another --report next time")
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if dead and fail_on_dead_letter:
@@ -194,44 +282,53 @@ def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path |
     if compiled.missing_env:
         raise click.UsageError("replay needs these environment variables set: "
                                + ", ".join(compiled.missing_env))
-    result = replay_file(compiled, file, options=DeliveryOptions(**delivery), quiet=quiet)
-    _finish(result, report, file, fail_on_dead_letter)
+    from moerules.engine.secrets import scrubber
+
+    scrub = scrubber(compiled.secrets)
+    try:
+        if report is not None:
+            _check_writable(report, "the report")
+        result = replay_file(compiled, file, options=DeliveryOptions(**delivery), quiet=quiet)
+    except SetupError as exc:
+        _fail(str(exc), scrub)
+    _finish(result, report, file, fail_on_dead_letter, scrub)
 
 
 @main.command()
 @click.argument("bundle")
 @click.option("--event", "event_file", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="a JSON file with one input record (or JSON Lines: the first line)")
+              help="a JSON file with one input record, or a JSON Lines file (see --line)")
+@click.option("--line", "line_no", type=click.IntRange(min=1),
+              help="which line of a JSON Lines file to explain, numbered as the run and its "
+                   "dead letters number them (default: the first record)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
 @click.option("--json", "as_json", is_flag=True, help="print the trace as JSON")
-def explain(bundle: str, event_file: Path, sets: tuple[str, ...], as_json: bool) -> None:
+def explain(bundle: str, event_file: Path, line_no: int | None, sets: tuple[str, ...],
+            as_json: bool) -> None:
     """Trace one input record through BUNDLE: rules, identity, fields, routing, request."""
     from moerules.engine.api import load_bundle
-    from moerules.engine.authoring.explain import explain_record
+    from moerules.engine.authoring.explain import explain_record, pick_record
+    from moerules.engine.secrets import scrubber
 
     try:
         traced = load_bundle(bundle, sets, trace=True)
     except RuleError as exc:
         _fail_rules(exc)
-    data = event_file.read_bytes()
-    stripped = data.strip()
-    line = stripped if stripped.startswith(b"{") and _is_json(stripped) else (
-        stripped.splitlines()[0] if stripped else b"")
-    result = explain_record(traced, line)
-    if as_json:
-        click.echo(result.to_json().decode())
-    else:
-        click.echo(f"explain {traced.model.bundle} <- {event_file}")
-        click.echo(result.render())
-
-
-def _is_json(data: bytes) -> bool:
+    scrub = scrubber(traced.secrets)
     try:
-        orjson.loads(data)
-        return True
-    except orjson.JSONDecodeError:
-        return False
+        picked = pick_record(event_file, line_no)
+    except SetupError as exc:
+        _fail(str(exc), scrub)
+    result = explain_record(traced, picked.record)
+    note = f" ({picked.note})" if picked.note else ""
+    if as_json:  # stdout stays JSON; which line it is goes to stderr
+        click.echo(scrub(result.to_json().decode()))
+        if picked.where:
+            click.echo(f"moerules: explained {event_file}{picked.where}{note}", err=True)
+    else:
+        click.echo(f"explain {traced.model.bundle} <- {event_file}{picked.where}{note}")
+        click.echo(scrub(result.render()))
 
 
 @main.command("test")

@@ -138,6 +138,12 @@ class _Compiler:
                 return None
         return ast
 
+    def rule_at(self, loc: Loc) -> str | None:
+        """The name dead letters give the rule at ``loc`` (``user`` for the user section)."""
+        if len(loc) > 1 and loc[0] == "events" and isinstance(loc[1], int):
+            return self.bundle.events[loc[1]].name
+        return "user" if loc[:1] == ("user",) else None
+
     # -- values -------------------------------------------------------------------------
     def tr(self, line: str) -> None:
         if self.trace:  # a traced bundle also runs untraced, in explain's dry run
@@ -252,7 +258,7 @@ class _Compiler:
         if roots is None:
             args = f"item={cache.roots['@']}"
         render = self.cg.name("render")
-        self.cg.namespace[render] = renderer(compiled, what)
+        self.cg.namespace[render] = renderer(compiled, what, self.rule_at(loc))
         self.cg.emit(f"{out} = {render}({args})")
         return True
 

@@ -124,13 +124,16 @@ def template_text(value: Any, what: str) -> str:
     return text
 
 
-def renderer(template: Any, what: str) -> Callable[..., str]:
-    """A function rendering ``template``; a failure is the record's (RecordError)."""
+def renderer(template: Any, what: str, rule: str | None = None) -> Callable[..., str]:
+    """A function rendering ``template``; a failure is the record's (RecordError), naming
+    ``rule`` (the rule the template belongs to) for its dead letter."""
     def render(**scope: Any) -> str:
         try:
             return str(template.render(**scope))
         except Exception as exc:  # the sandbox's, Jinja's and the bounds' errors
-            raise _failure(exc, what) from None
+            failure = _failure(exc, what)
+            failure.rule = rule
+            raise failure from None
 
     return render
 

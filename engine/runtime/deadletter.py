@@ -22,6 +22,7 @@ from typing import IO, Any
 import orjson
 from moerules.engine.connector import EVENT, Item, Sink
 from moerules.engine.errors import MoerulesError
+from moerules.engine.secrets import scrubber
 
 __all__ = [
     "DEAD_LETTER_FORMAT",
@@ -142,6 +143,7 @@ class DeadLetterWriter:
         self.path = path
         self.bundle = bundle
         self.secrets = secrets
+        self.scrub = scrubber(secrets)  # every derived form (Basic tokens, URL-encoded...)
         self.count = 0
         self._file: IO[bytes] | None = None
 
@@ -163,8 +165,7 @@ class DeadLetterWriter:
         except TypeError:  # an integer beyond 64 bits (orjson refuses): the stdlib writes it
             data = json.dumps(entry, default=str, ensure_ascii=False,
                               separators=(",", ":")).encode()
-        for secret in self.secrets:
-            data = data.replace(secret.encode(), b"***")
+        data = self.scrub.bytes(data)
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")

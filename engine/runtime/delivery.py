@@ -30,12 +30,13 @@ import anyio
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, Refused, SinkEncoder, WireRequest
 from moerules.engine.runtime.deadletter import DeadLetterWriter, item_record
+from moerules.engine.runtime.input import is_regular
 from moerules.engine.runtime.ledger import Ledger
 from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Input, pump
 from moerules.engine.runtime.pipeline import Pipeline
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.sender import RunControl, Sender
-from moerules.engine.runtime.state import AckTracker, Checkpoint, CheckpointStore, input_fingerprint
+from moerules.engine.runtime.state import AckTracker, Checkpoint, CheckpointStore
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -148,28 +149,18 @@ class _DeliveryRun(DeliveryLoop):
             report.notes.append("input is stdin: no checkpoint is kept, a rerun cannot "
                                    "resume")
             return Checkpoint()
-        path = Path(self.source).resolve()
-        self.store = CheckpointStore(self.state_dir / STATE_FILE)
-        self.run_id = self.store.open_run(self.bundle, str(path), input_fingerprint(path))
-        if self.from_start:
-            self.store.reset(self.run_id)
-        saved = self.store.load(self.run_id)
-        size = path.stat().st_size
-        if saved.complete and saved.size == size:
-            report.notes.append(
-                f"already complete: {self.source} was fully delivered by an earlier run "
-                f"(checkpoint in {self.state_dir / STATE_FILE}); nothing sent. Use "
-                "--from-start to send it again")
-            return None
-        if saved.offset > size:
-            report.warnings.append(f"{self.source} is shorter than its checkpoint: reading "
-                                   "from line 1")
-            self.store.reset(self.run_id)
+        if not is_regular(self.source):
+            report.notes.append(f"input {self.source} is a pipe or a device, not a file: no "
+                                "checkpoint is kept, a rerun cannot resume")
             return Checkpoint()
-        if saved.line:
-            report.notes.append(f"resumed after line {saved.line} (checkpoint in "
-                                   f"{self.state_dir / STATE_FILE})")
-        return saved
+        # the checkpoint applies only to the input it was made from (a prefix hash says)
+        self.store = CheckpointStore(self.state_dir / STATE_FILE)
+        resumed = self.store.resume(self.bundle, Path(self.source).resolve(),
+                                    from_start=self.from_start, shown_as=self.source)
+        self.run_id = resumed.run
+        report.notes += resumed.notes
+        report.warnings += resumed.warnings
+        return resumed.checkpoint
 
     def _final(self, items: list[Item], delivered: int) -> None:
         self.tracker.resolve(items, delivered)
@@ -186,7 +177,7 @@ class _DeliveryRun(DeliveryLoop):
         prune = line > self.saved_line
         self.saved_line = line
         return partial(self.store.save, self.run_id, refs, line, offset, self.tracker.fed_line,
-                       prune=prune)
+                       prune=prune, fed_offset=self.tracker.fed_offset)
 
     async def _checkpoints(self) -> None:
         """Group commit: one transaction for whatever was acknowledged since the last one.
@@ -220,7 +211,7 @@ class _DeliveryRun(DeliveryLoop):
             if saved is None:
                 return report
             self.tracker = AckTracker(saved.line, saved.offset)
-            self.input = Input(self.source, saved.offset)
+            self.input = Input(self.source, saved.offset, self.options.max_line_bytes)
             self.wake = anyio.Event()
             pipeline = Pipeline(self.compiled, report, self.dead)
             encoder = _TrackingEncoder(pipeline.encoder, self.tracker, set(saved.acked),
@@ -239,7 +230,7 @@ class _DeliveryRun(DeliveryLoop):
         return report
 
     def _size(self) -> int | None:
-        return None if self.source == "-" else Path(self.source).stat().st_size
+        return Path(self.source).stat().st_size if is_regular(self.source) else None
 
     def _settle(self, skipped: int) -> None:
         """Final checkpoint, and the report's account of what was not sent."""

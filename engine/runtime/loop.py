@@ -23,7 +23,6 @@ import contextlib
 import math
 import os
 import signal
-import stat
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -37,7 +36,16 @@ from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, SinkEncoder, WireRequest
+from moerules.engine.errors import InputError
 from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.input import (
+    DEFAULT_MAX_LINE_BYTES,
+    LineCutter,
+    LongLine,
+    is_pollable,
+    open_input,
+    read_error,
+)
 from moerules.engine.runtime.progress import ProgressDisplay, Snapshot
 from moerules.engine.runtime.ratelimit import RateLimiter
 from moerules.engine.runtime.report import RunReport
@@ -68,6 +76,7 @@ class DeliveryOptions:
     queue_size: int | None = None  # requests between mapper and senders; 2 × concurrency
     progress_interval: float | None = None
     handle_signals: bool = True
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # a longer line is dead-lettered, not read
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -85,7 +94,7 @@ class Feed(Protocol):
 
     encoder: SinkEncoder
 
-    def feed(self, line_no: int, line: bytes) -> list[WireRequest]: ...
+    def feed(self, line_no: int, line: bytes | LongLine) -> list[WireRequest]: ...
 
     def finish(self) -> list[WireRequest]: ...
 
@@ -154,20 +163,25 @@ async def pump(produce: Producer, sender: Sender, options: DeliveryOptions,
 
 
 class Input:
-    """Input lines with their byte offsets: a file (seekable, resumable) or stdin."""
+    """Input lines with their byte offsets: a file (seekable, resumable), a pipe or stdin.
 
-    def __init__(self, source: str, offset: int) -> None:
+    Lines are cut by the same LineCutter as the dry run's: a line over ``max_line_bytes``
+    comes as a LongLine (None: no limit, for files moerules wrote itself), a BOM before line
+    1 is skipped, a read that fails is an InputError.
+    """
+
+    def __init__(self, source: str, offset: int, max_line_bytes: int | None = None) -> None:
         self.source = source
-        self.stream: IO[bytes] = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+        self.stream: IO[bytes] = open_input(source)
         if offset:
             self.stream.seek(offset)
         self.position = offset  # where the next line handed out starts
-        # a regular file never blocks (and the event loop cannot watch one)
-        self._regular = True
-        with contextlib.suppress(OSError, ValueError):  # no descriptor: an in-memory stream
-            self._regular = stat.S_ISREG(os.fstat(self.stream.fileno()).st_mode)
+        # a pipe may wait for its writer; a regular file or a device never blocks (and the
+        # event loop cannot watch one)
+        self._pollable = is_pollable(self.stream)
         self.eof = False
-        self._parts: list[bytes] = []  # the start of a line not complete yet
+        self._cutter = LineCutter(sys.maxsize if max_line_bytes is None else max_line_bytes,
+                                  at_start=offset == 0)
         self._read_scope: anyio.CancelScope | None = None
 
     def cancel_read(self) -> None:
@@ -176,37 +190,41 @@ class Input:
 
     async def _chunk(self) -> bytes | None:
         """The next bytes; b"" at the end, None when a stop abandoned the wait."""
-        if self.source != "-" or self._regular:
-            return self.stream.read(_READ_CHUNK)
-        # a pipe may wait for its writer indefinitely: wait on the event loop (no thread to
-        # hang the exit), so that a stop request can abandon the wait
-        with anyio.CancelScope() as scope:
-            self._read_scope = scope
-            fd = self.stream.fileno()
-            await anyio.wait_readable(fd)
-            return os.read(fd, _READ_CHUNK)
+        try:
+            if not self._pollable:
+                return self.stream.read(_READ_CHUNK)
+            # wait on the event loop (no thread to hang the exit), so that a stop request
+            # can abandon the wait
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                fd = self.stream.fileno()
+                await anyio.wait_readable(fd)
+                return os.read(fd, _READ_CHUNK)
+        except OSError as exc:
+            raise read_error(self.source, exc, self.position) from None
         return None
 
-    async def lines(self) -> list[bytes]:
-        """The next complete lines, each with its newline (as file iteration gives them).
+    async def lines(self) -> list[bytes | LongLine]:
+        """The next complete lines, each with its newline (as file iteration gives them); a
+        line over the limit as its LongLine.
 
         Empty at the end of the input (``eof`` is then set) or when a stop cut the wait short.
+        InputError when a read fails.
         """
+        cutter = self._cutter
         while True:
             chunk = await self._chunk()
             if chunk is None:
                 return []
             if not chunk:
                 self.eof = True
-                rest, self._parts = b"".join(self._parts), []
-                return [rest] if rest else []
-            cut = chunk.rfind(b"\n") + 1
-            if not cut:
-                self._parts.append(chunk)  # a long line: join once, when it ends
-                continue
-            data = b"".join([*self._parts, chunk[:cut]])
-            self._parts = [chunk[cut:]] if cut < len(chunk) else []
-            return [line + b"\n" for line in data[:-1].split(b"\n")]
+                lines = cutter.end()
+            else:
+                lines = cutter.feed(chunk)
+                if not lines:
+                    continue
+            self.position += cutter.take_skipped()  # a BOM before line 1
+            return lines
 
     def close(self) -> None:
         if self.stream is not sys.stdin.buffer:
@@ -263,15 +281,23 @@ class DeliveryLoop:
                 for request in encoder.flush():
                     await stream.send(request)
                 continue
-            lines: list[bytes] = []
-            with anyio.move_on_after(math.inf if wait is None else wait):
-                lines = await source.lines()
+            lines: list[bytes | LongLine] = []
+            try:
+                with anyio.move_on_after(math.inf if wait is None else wait):
+                    lines = await source.lines()
+            except InputError as exc:  # stop reading; what was read is still sent
+                control.stop(str(exc))
+                break
             for raw in lines:
                 line_no += 1
                 start = source.position
-                source.position += len(raw)
+                if isinstance(raw, LongLine):  # dead-lettered, its size still read past
+                    size, blank = raw.size, False
+                else:
+                    size, blank = len(raw), not raw.strip()
+                source.position += size
                 requests: list[WireRequest] = []
-                if raw.strip():
+                if not blank:
                     self.lines_read += 1
                     self._line_started(start)
                     requests = feed.feed(line_no, raw)

@@ -21,6 +21,7 @@ from moerules.engine.connector import EVENT, USER, Item, Unencodable, WireReques
 from moerules.engine.errors import RecordError
 from moerules.engine.rules.validation import did_you_mean
 from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.input import LINE_TOO_LONG, LongLine
 from moerules.engine.runtime.report import RunReport
 
 __all__ = ["NO_IDENTITY", "NO_RULE", "Pipeline"]
@@ -68,10 +69,15 @@ class Pipeline:
         self._line: bytes | None = None  # the current line, when it was decoded projected
         self._whole: tuple[bytes, Any] | None = None  # (line, its full decode) for dead letters
 
-    def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
+    def feed(self, line_no: int, line: bytes | LongLine) -> list[WireRequest]:
         """Process one input line; return the requests that filled up."""
         ledger = self.ledger
         ledger.lines += 1
+        if isinstance(line, LongLine):  # cut short by the reader: only its excerpt is here
+            ledger.unreadable_line(LINE_TOO_LONG)
+            self.dead.write(LINE_TOO_LONG, raw=line.excerpt, error=line.error, line=line_no,
+                            line_bytes=line.length)
+            return []
         batch = None
         if self._project is not None:
             try:
@@ -124,7 +130,7 @@ class Pipeline:
             try:
                 rule, name, attrs, fields, route, route_value = mapper(batch, event)
             except RecordError as exc:
-                self._dead(exc.reason, event, exc.detail, line_no, None, index)
+                self._dead(exc.reason, event, exc.detail, line_no, exc.rule, index)
                 continue
             except Exception as exc:  # data no rule foresaw must not stop the run
                 self._dead(MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None,
@@ -277,7 +283,7 @@ class Pipeline:
                 f"{'it' if n == 1 else 'they'} went to the portfolio level "
                 "(matching is exact and case-sensitive)")
 
-    def run(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[WireRequest]:
+    def run(self, lines: Iterator[tuple[int, bytes | LongLine]]) -> Iterator[WireRequest]:
         feed = self.feed
         for line_no, line in lines:
             requests = feed(line_no, line)

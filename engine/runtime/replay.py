@@ -39,6 +39,7 @@ from moerules.engine.runtime.deadletter import (
     dead_letter_format,
     replay_item,
 )
+from moerules.engine.runtime.input import LongLine
 from moerules.engine.runtime.ledger import Ledger
 from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Input
 from moerules.engine.runtime.pipeline import CANNOT_ENCODE
@@ -112,9 +113,9 @@ class _ReplayFeed:
         self.line_of: dict[int, int] = {}  # id(item) -> its dead-letter line
         self.kept = 0  # lines left as they are: mapping failures, lines that are not JSON
 
-    def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
-        try:
-            entry = orjson.loads(line)
+    def feed(self, line_no: int, line: bytes | LongLine) -> list[WireRequest]:
+        try:  # (its Input has no line limit: a LongLine never comes, and would be kept)
+            entry = orjson.loads(line) if isinstance(line, bytes) else None
         except orjson.JSONDecodeError:
             entry = None
         if not isinstance(entry, dict) or entry.get("stage") != "delivery":

@@ -168,7 +168,10 @@ class Sender:
             report.statuses["timeout"] += 1
             return None, Retry(f"no answer within {self.request_timeout:g} s")
         report.statuses[str(response.status_code)] += 1
-        answer = Response(response.status_code, response.headers, response.content)
+        # scrubbed as it arrives: a partner (or proxy) that echoes the request would put the
+        # key into excerpts, cut short where no later scrubbing could recognise it
+        answer = Response(response.status_code, response.headers,
+                          self.dead.scrub.bytes(response.content))
         verdict = self.sink.classify(request, answer)
         if getattr(verdict, "throttled", False):
             report.throttled += 1

@@ -189,7 +189,8 @@ def test_bad_revision_and_bad_bundle(cli: Callable[..., Result], write: Callable
     assert "Traceback" not in result.stderr
     missing = cli("diff", "mparticle-to-moengage", str(bad), "--input", "nope.jsonl")
     assert missing.exit_code == 2
-    assert "input file 'nope.jsonl' not found" in missing.stderr
+    assert missing.stderr == ("moerules: error: input nope.jsonl does not exist; --input takes "
+                              "a JSON Lines file, or - for stdin\n")
 
 
 def test_parallel_parts_give_the_same_diff(monkeypatch: pytest.MonkeyPatch,

@@ -204,7 +204,8 @@ def test_missing_input_file(cli: Callable[..., Result], tmp_path: Path) -> None:
     result = cli("run", "mparticle-to-moengage", "--input", str(tmp_path / "none.jsonl"),
                  "--dry-run")
     assert result.exit_code == 2
-    assert "input file" in result.stderr and "not found" in result.stderr
+    assert result.stderr == (f"moerules: error: input {tmp_path / 'none.jsonl'} does not exist; "
+                             "--input takes a JSON Lines file, or - for stdin\n")
 
 
 def test_large_batches_split_under_100kb(cli: Callable[..., Result], tmp_path: Path) -> None:
