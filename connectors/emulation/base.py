@@ -403,8 +403,9 @@ def _echo(scope: Scope, raw: bytes, status: int) -> Response:
     for key, value in scope.get("headers", []):
         headers[key.decode("latin-1")] = value.decode("latin-1")
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    echo = {"method": scope.get("method"), "path": scope.get("path"), "query": query,
-            "headers": headers, "body": raw[:1024].decode("utf-8", "replace")}
+    echo = {"headers": dict(sorted(headers.items())), "method": scope.get("method"),
+            "path": scope.get("path"), "query": query,
+            "body": raw[:1024].decode("utf-8", "replace")}
     return json_response({"error": f"request refused: {HTTPStatus(status).phrase}",
                           "request": echo}, status)
 

@@ -50,7 +50,7 @@ def _check_writable(path: Path, what: str, *, make_dirs: bool = False) -> None:
     """SetupError unless a file can be written at ``path``; ``make_dirs``: its missing
     directories would be created (so the nearest existing one must be writable)."""
     if path.is_dir():
-        raise SetupError(f"{what} {path} is a directory; give a file path")
+        raise SetupError(f"cannot write {what} {path}: it is a directory; give a file path")
     parent = path.parent
     if not parent.is_dir():
         if not make_dirs or parent.exists():
@@ -137,16 +137,15 @@ def _delivery_options(command: Any) -> Any:
 @click.option("--input", "input_", required=True,
               help="JSON Lines file (or a pipe, or /dev/null), or - for stdin")
 @click.option("--dry-run", is_flag=True, help="send nothing; write the requests instead")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", type=click.Path(path_type=Path),
               help="dry run: write requests here instead of stdout")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
-              help="write the run report as JSON")
+@click.option("--report", type=click.Path(path_type=Path), help="write the run report as JSON")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a bundle key, e.g. destination.data_center=02 (repeatable)")
-@click.option("--dead-letter", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--dead-letter", type=click.Path(path_type=Path),
               help="dead-letter file (default: <state-dir>/dead-letter.jsonl; with --dry-run "
                    "moerules-dead-letter.jsonl)")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--state-dir", type=click.Path(path_type=Path),
               help="where checkpoints live (default: .moerules)")
 @click.option("--from-start", is_flag=True, help="ignore the checkpoint; read from line 1")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
@@ -173,7 +172,7 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
     try:
         check_input(input_)
         if report is not None:
-            _check_writable(report, "the report")
+            _check_writable(report, "the report to")
         if dry_run:
             dead_path = dead_letter or Path("moerules-dead-letter.jsonl")
             _check_writable(dead_path, "dead letters to")
@@ -192,7 +191,9 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
                 DeliveryOptions,
                 deliver,
             )
+            from moerules.engine.runtime.state import check_state_dir
 
+            check_state_dir(state_dir or DEFAULT_STATE_DIR)
             explicit = dead_letter is not None
             dead_path = dead_letter or (state_dir or DEFAULT_STATE_DIR) / "dead-letter.jsonl"
             _check_writable(dead_path, "dead letters to", make_dirs=not explicit)
@@ -247,7 +248,7 @@ def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
 @click.option("--bundle", help="bundle to send with (default: the one the dead letters name)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a bundle key, e.g. destination.endpoint=... (repeatable)")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--report", type=click.Path(path_type=Path),
               help="write the replay report as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
 @click.option("--fail-on-dead-letter", is_flag=True,
@@ -287,7 +288,7 @@ def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path |
     scrub = scrubber(compiled.secrets)
     try:
         if report is not None:
-            _check_writable(report, "the report")
+            _check_writable(report, "the report to")
         result = replay_file(compiled, file, options=DeliveryOptions(**delivery), quiet=quiet)
     except SetupError as exc:
         _fail(str(exc), scrub)

@@ -117,7 +117,7 @@ class LineCutter:
         append = out.append
         while end >= 0:
             if end - start > limit:
-                append(LongLine(block[start:start + EXCERPT_BYTES], end - start,
+                append(LongLine(block[start:min(end, start + EXCERPT_BYTES)], end - start,
                                 end - start + 1, limit))
             else:
                 append(block[start:end + 1])
@@ -139,14 +139,20 @@ class LineCutter:
     def _grow(self, piece: bytes) -> None:
         if self._long:
             self._size += len(piece)
+            if len(self._excerpt) < EXCERPT_BYTES:  # a limit under the excerpt's size
+                self._excerpt += piece[:EXCERPT_BYTES - len(self._excerpt)]
             return
         if self._size + len(piece) <= self.limit:
             self._parts.append(piece)
             self._size += len(piece)
             return
         # past the limit: keep the excerpt, count the rest, hold nothing else
-        head = b"".join(self._parts)[:EXCERPT_BYTES] if self._parts else b""
-        self._excerpt = (head + piece[:EXCERPT_BYTES - len(head)])[:EXCERPT_BYTES]
+        head = b""
+        for part in (*self._parts, piece):  # no copy of what is dropped
+            head += part[:EXCERPT_BYTES - len(head)]
+            if len(head) >= EXCERPT_BYTES:
+                break
+        self._excerpt = head
         self._size += len(piece)
         self._parts = []
         self._long = True
@@ -155,13 +161,14 @@ class LineCutter:
         """The line that ``tail`` (its last bytes, newline included) completes."""
         length = self._size + len(tail) - newline
         if self._long:
-            line: bytes | LongLine = LongLine(self._excerpt, length, length + newline,
-                                              self.limit)
+            room = EXCERPT_BYTES - len(self._excerpt)
+            excerpt = self._excerpt + tail[:max(0, min(room, len(tail) - newline))]
+            line: bytes | LongLine = LongLine(excerpt, length, length + newline, self.limit)
         else:
             self._parts.append(tail)
             whole = b"".join(self._parts)
             line = whole if length <= self.limit else LongLine(
-                whole[:EXCERPT_BYTES], length, length + newline, self.limit)
+                whole[:min(length, EXCERPT_BYTES)], length, length + newline, self.limit)
         self._parts = []
         self._size = 0
         self._long = False

@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointStore",
     "InputHasher",
     "Resumption",
+    "check_state_dir",
     "input_fingerprint",
 ]
 
@@ -156,6 +157,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def check_state_dir(path: Path) -> None:
+    """StateError when ``path`` exists and is not a directory (missing ones are created)."""
+    if path.exists() and not path.is_dir():
+        raise StateError(f"the state directory {path} is a file; pass --state-dir a directory "
+                         "(it is created if missing)")
+
+
 class CheckpointStore:
     """The SQLite file holding every run's checkpoint under a state directory."""
 
@@ -163,9 +171,7 @@ class CheckpointStore:
         self.path = path
         self.clock = clock
         self._hashers: dict[int, InputHasher] = {}
-        if path.parent.exists() and not path.parent.is_dir():
-            raise StateError(f"the state directory {path.parent} is a file; pass --state-dir "
-                             "a directory (it is created if missing)")
+        check_state_dir(path.parent)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

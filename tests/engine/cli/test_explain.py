@@ -91,11 +91,54 @@ def test_explain_no_identity(cli: Callable[..., Result], tmp_path: Path) -> None
 
 
 def test_explain_first_line_of_jsonl(cli: Callable[..., Result]) -> None:
-    result = cli("explain", str(EXAMPLES / "acme-overlay.yaml"), "--event",
-                 str(EXAMPLES / "mparticle-batches.jsonl"), env=ENV)
+    path = EXAMPLES / "mparticle-batches.jsonl"
+    result = cli("explain", str(EXAMPLES / "acme-overlay.yaml"), "--event", str(path), env=ENV)
     assert result.exit_code == 0, result.stderr
-    assert "explain acme-mparticle-to-moengage" in result.stdout
+    assert result.stdout.startswith(
+        f"explain acme-mparticle-to-moengage <- {path}, line 1 (the first of several records; "
+        "--line N explains another)\nidentity\n")
     assert "requests" in result.stdout
+
+
+def test_explain_line_n_numbered_as_dead_letters_are(cli: Callable[..., Result],
+                                                     tmp_path: Path) -> None:
+    path = EXAMPLES / "mparticle-batches.jsonl"
+    dead = tmp_path / "dead.jsonl"
+    cli("run", str(EXAMPLES / "acme-overlay.yaml"), "--input", str(path), "--dry-run",
+        "--dead-letter", str(dead), env=ENV)
+    letter = next(orjson.loads(x) for x in dead.read_bytes().splitlines()
+                  if orjson.loads(x)["reason"] == "malformed JSON")
+    result = cli("explain", str(EXAMPLES / "acme-overlay.yaml"), "--event", str(path),
+                 "--line", str(letter["line"]), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(
+        f"explain acme-mparticle-to-moengage <- {path}, line {letter['line']}\n"
+        f"  => dead-lettered: malformed JSON: {letter['error']}\n")
+    as_json = cli("explain", str(EXAMPLES / "acme-overlay.yaml"), "--event", str(path),
+                  "--line", "2", "--json", env=ENV)
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout)["steps"]  # stdout stays JSON
+    assert as_json.stderr == f"moerules: explained {path}, line 2\n"
+
+
+def test_explain_line_that_holds_no_record(cli: Callable[..., Result], tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + orjson.dumps(PURCHASE) + b"\n\n" + orjson.dumps(PURCHASE))
+    blank = cli("explain", "mparticle-to-moengage", "--event", str(path), "--line", "2")
+    assert (blank.exit_code, blank.stderr) == (
+        2, f"moerules: error: line 2 of {path} is blank; pick a line with a record\n")
+    past = cli("explain", "mparticle-to-moengage", "--event", str(path), "--line", "9")
+    assert (past.exit_code, past.stderr) == (
+        2, f"moerules: error: {path} has no line 9: its last record is on line 3\n")
+    first = cli("explain", "mparticle-to-moengage", "--event", str(path), env=ENV)
+    assert first.exit_code == 0  # the BOM before line 1 is no part of the record
+    assert '  candidate customer_id: "cust-9"  -> chosen' in first.stdout
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n \n")
+    result = cli("explain", "mparticle-to-moengage", "--event", str(empty))
+    assert (result.exit_code, result.stderr) == (
+        2, f"moerules: error: {empty} holds no record; give a file with a JSON record, or a "
+           "JSON Lines file\n")
 
 
 def test_explain_malformed_record(cli: Callable[..., Result], tmp_path: Path) -> None:
