@@ -84,8 +84,14 @@ def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = Fals
 
 
 def _secret_setting_names(connector: Any) -> frozenset[str]:
-    cls = load_connector(str(connector)) if isinstance(connector, str) else None
-    return getattr(cls, "secret_settings", frozenset()) if cls is not None else frozenset()
+    """The secret settings of the connector named ``connector`` (none if there is none)."""
+    from moerules.engine.rules.settings import secret_fields, settings_model_of
+
+    cls = load_connector(connector) if isinstance(connector, str) else None
+    if cls is None:
+        return frozenset()
+    declared: frozenset[str] = getattr(cls, "secret_settings", frozenset())
+    return declared | secret_fields(settings_model_of(cls))
 
 
 def _secrets_given(doc: Any, sets: list[str], env: Mapping[str, str]) -> set[str]:

@@ -93,11 +93,14 @@ def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
         else:
             result = diff_file(a, b, input_, jobs=jobs or os.cpu_count() or 1,
                                old_label=old, new_label=new)
+    from moerules.engine.secrets import scrubber
+
+    scrub = scrubber(a.secrets | b.secrets)  # records may carry a key: never shown
     if as_json:
-        click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2,
-                                default=str).decode())
+        click.echo(scrub(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2,
+                                      default=str).decode()))
     else:
-        click.echo(result.render(examples))
+        click.echo(scrub(result.render(examples)))
     click.echo(f"compared {result.records:,} records in {result.elapsed_seconds:.1f} s",
                err=True)
     if result.changed and fail_on_change:

@@ -329,13 +329,15 @@ def test_set_errors_never_show_a_secret(cli: Callable[..., Result], data: Path) 
     result = cli("run", BUNDLE, "--input", str(data), "--dry-run", "--set",
                  f"destination.data_api_key=[{key}", env=ENV)
     assert result.exit_code == 1
-    assert result.stderr.startswith("--set destination.data_api_key=***:2:1: error: invalid "
-                                    "YAML")
+    assert result.stderr.startswith("--set destination.data_api_key:1:29: error: invalid YAML")
     # a secret from the environment, echoed by a setting that normalises it
     result = cli("run", BUNDLE, "--input", str(data), "--dry-run", "--set",
                  "destination.data_center=${MOENGAGE_DATA_API_KEY}", env=ENV)
     assert result.exit_code == 1
-    assert "error: unknown data center '***'" in result.stderr
+    assert result.stderr == (
+        "--set destination.data_center:1:1: error: destination setting 'data_center' (from "
+        "${MOENGAGE_DATA_API_KEY}): unknown data center '***'; use one of 01, 02, 03, 04, 05, "
+        "06, 101\n1 problem found\n")
     assert SECRET.upper() not in result.stderr and key not in result.stderr
 
 
@@ -362,3 +364,33 @@ def test_derived_forms_in_records_are_scrubbed(cli: Callable[..., Result],
     assert explained.exit_code == 0 and "Basic ***" in explained.stdout
     for text in (result.stdout, result.stderr, report.read_text(), explained.stdout):
         assert SECRET not in text and token not in text
+
+
+def test_diff_never_shows_a_secret(cli: Callable[..., Result], tmp_path: Path,
+                                   write: Callable[[str, str], Path]) -> None:
+    import base64
+
+    token = base64.b64encode(f"WS_EDGES:{SECRET}".encode()).decode()
+    old = write("old.yaml", """
+        bundle: t
+        source: {connector: mparticle}
+        destination:
+          connector: moengage
+          settings: {workspace_id: WS_EDGES, data_api_key: "${MOENGAGE_DATA_API_KEY}"}
+        identity:
+          candidates: {customer_id: batch.user_identities.customer_id}
+        events:
+          - name: custom
+            when: event.event_type == 'custom_event'
+            event_name: "{{ event.data.event_name }}"
+        """)
+    new = write("new.yaml", old.read_text() + "    attributes:\n"
+                "      auth: event.data.custom_attributes.auth\n")
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(orjson.dumps({"user_identities": {"customer_id": "c1"}, "events": [
+        {"event_type": "custom_event", "data": {
+            "event_name": "Leaky", "custom_attributes": {"auth": f"Basic {token}"}}}]}) + b"\n")
+    result = cli("diff", str(old), str(new), "--input", str(path), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert "  line 1 event 0 ('Leaky'): (none) -> \"Basic ***\"" in result.stdout
+    assert token not in result.stdout + result.stderr
