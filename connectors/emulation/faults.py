@@ -130,6 +130,8 @@ class Fault:
         if self.kind == "record_400":
             out.update(indices=list(self.indices), record_probability=self.record_probability,
                        field=self.field, message=self.message)
+        if self.kind == "echo":
+            out["status"] = self.echo_status
         return out
 
 

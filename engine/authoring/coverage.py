@@ -28,6 +28,7 @@ from moerules.engine.compile.projection import WHOLE, ReadSet
 from moerules.engine.compile.transforms import lookup_key
 from moerules.engine.errors import RecordError
 from moerules.engine.rules.model import FieldSpec, Spread
+from moerules.engine.runtime.input import LongLine
 
 __all__ = ["Coverage", "measure"]
 
@@ -159,7 +160,8 @@ class Coverage:
         return "\n".join(out)
 
 
-def measure(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes]]) -> Coverage:
+def measure(compiled: CompiledBundle,
+            lines: Iterable[tuple[int, bytes | LongLine]]) -> Coverage:
     """Run ``lines`` through the bundle and count what they exercise."""
     started = time.perf_counter()
     model = compiled.model
@@ -207,6 +209,8 @@ def measure(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes]]) -> Cov
                 count.dead_lettered += 1
             else:
                 count.dropped += 1
+        if isinstance(line, LongLine):  # too long to read: dead-lettered, nothing to measure
+            continue
         try:
             record = compiled.source.decode(line)
         except RecordError:

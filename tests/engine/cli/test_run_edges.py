@@ -394,3 +394,18 @@ def test_diff_never_shows_a_secret(cli: Callable[..., Result], tmp_path: Path,
     assert result.exit_code == 0, result.stderr
     assert "  line 1 event 0 ('Leaky'): (none) -> \"Basic ***\"" in result.stdout
     assert token not in result.stdout + result.stderr
+
+
+def test_coverage_and_diff_take_inputs_as_run_does(cli: Callable[..., Result],
+                                                   tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + batch("c1") + b"x" * (17 << 20) + b"\n" + batch("c2"))
+    result = cli("coverage", BUNDLE, "--input", str(path), env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("measured 3 records in ")  # the long line counted too
+    for command in (["coverage", BUNDLE], ["diff", BUNDLE, BUNDLE]):
+        refused = cli(*command, "--input", str(tmp_path))
+        usage_error(refused, f"input {tmp_path} is a directory; --input takes a JSON Lines "
+                             "file, or - for stdin")
+    same = cli("diff", BUNDLE, BUNDLE, "--input", "/dev/null")
+    assert same.exit_code == 0, same.stderr

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from moerules.connectors.emulation import Fault
+from moerules.connectors.emulation import Fault, FaultPlan
 
 from tests.conftest import Result
 from tests.engine.runtime.conftest import ENV, KEY, WS, TimedEmulator, write_input
@@ -57,3 +57,17 @@ def test_echoed_key_reaches_no_output(emulator: tuple[TimedEmulator, str], tmp_p
     for where, text in outputs.items():
         for form, leak in LEAKS.items():
             assert leak not in text, f"{form} in {where}"
+
+
+def test_the_echo_fault_configured_as_json() -> None:
+    plan = FaultPlan()
+    plan.configure({"script": [{"kind": "echo", "status": 503}]})
+    assert plan.to_config()["script"] == [{"kind": "echo", "retry_after": 1, "delay": 0.0,
+                                           "path": "", "status": 503, "count": 1}]
+    for bad in (200, 600, "x"):
+        try:
+            plan.configure({"script": [{"kind": "echo", "status": bad}]})
+        except ValueError as exc:
+            assert str(exc).startswith("status must be")
+        else:
+            raise AssertionError(f"status {bad!r} accepted")
