@@ -166,7 +166,8 @@ def playground(bundle: str | None, input_: str | None, host: str, port: int) -> 
     if input_ is not None:
         _check_input(input_)
         for number, line in iter_lines(input_):
-            sample.append((number, line))
+            if isinstance(line, bytes):  # a line too long to read is no sample
+                sample.append((number, line))
             if len(sample) >= DIFF_RECORDS:
                 break
     state = Playground(path, sample)
