@@ -74,4 +74,5 @@ def test_usage_errors(cli: Callable[..., Result], tmp_path: Path,
     assert "no bundle file or shipped bundle named 'no-such-bundle'" in result.stderr
     result = cli("playground", str(EXAMPLES / "acme-overlay.yaml"), "--input", "nope.jsonl")
     assert result.exit_code == 2
-    assert "input file 'nope.jsonl' not found" in result.stderr
+    assert result.stderr == ("moerules: error: input nope.jsonl does not exist; --input takes "
+                             "a JSON Lines file, or - for stdin\n")
