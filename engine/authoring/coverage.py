@@ -84,6 +84,12 @@ class Coverage:
                 out += [(rule, name, count.sent) for name in names if not count.set[name]]
         return out
 
+    def never_sent(self) -> list[str]:
+        """Rules that matched events yet sent none: all their attributes were always dropped
+        (the events dead-lettered, or dropped as user updates without attributes)."""
+        return [n for n in self.rule_names if n in self.declared
+                and self.rules[n].events and not self.rules[n].sent]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": self.bundle, "records": self.records, "events": self.events,
@@ -91,6 +97,7 @@ class Coverage:
             "no_rule_matched": self.unmatched,
             "failed_while_mapping": self.failed,
             "rules_never_fired": self.never_fired(),
+            "rules_never_sent": self.never_sent(),
             "attributes_never_set": [{"rule": r, "attribute": a, "sent_events": n}
                                      for r, a, n in self.never_set()],
             "tables": {name: {"rows": len(rows), "counted": name in self.tracked,
@@ -125,6 +132,10 @@ class Coverage:
                        "(dead-lettered; `moerules explain` shows which rule)")
         never = self.never_fired()
         out.append("never fired: " + (", ".join(never) if never else "none"))
+        for name in self.never_sent():
+            c = self.rules[name]
+            out.append(f"never sent: {name} matched {c.events:,} events and sent none: its "
+                       "attributes were always dropped")
         unset = self.never_set()
         if unset:
             out.append("attributes a rule declares but never set")

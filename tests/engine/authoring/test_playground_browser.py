@@ -89,6 +89,14 @@ def test_load_edit_and_see_the_output_change(page: Any, served: Served) -> None:
         " && document.getElementById('tab-requests').innerText.length > 0")
     page.click("button[data-tab=trace]")
     assert "identity" in page.locator("#tab-trace").inner_text()
+    # a pasted record instead of the sample's
+    page.click("#paste-toggle")
+    page.fill("#record", '{"user_identities": {"customer_id": "pasted-1"}, "events": ['
+              '{"event_type": "custom_event", "data": {"event_name": "Pasted Event"}}]}')
+    page.click("button[data-tab=requests]")
+    page.wait_for_function(
+        "document.getElementById('tab-requests').innerText.includes('Pasted Event')")
+    assert '"customer_id": "pasted-1"' in page.locator("#tab-requests").inner_text()
 
 
 def test_an_error_appears_at_its_line(page: Any, served: Served) -> None:

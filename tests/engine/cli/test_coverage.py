@@ -73,6 +73,19 @@ def test_a_rule_and_a_row_that_fire(cli: Callable[..., Result], tmp_path: Path) 
     assert data["tables"]["tv_os_types"]["used"] == {"roku": 1}
 
 
+def test_a_rule_whose_events_never_go_out(cli: Callable[..., Result], tmp_path: Path) -> None:
+    sample = tmp_path / "anonymous.jsonl"
+    sample.write_bytes(orjson.dumps({
+        "environment": "production", "user_identities": {"email": "a@b.c"},
+        "events": [{"event_type": "custom_event", "data": {"event_name": "Hi"}}]}) + b"\n")
+    result = cli("coverage", "mparticle-to-moengage", "--input", str(sample))
+    assert ("never sent: custom-event matched 1 events and sent none: its attributes were "
+            "always dropped") in result.stdout.splitlines()
+    data = json.loads(cli("coverage", "mparticle-to-moengage", "--input", str(sample),
+                          "--json").stdout)
+    assert data["rules_never_sent"] == ["custom-event"]
+
+
 def test_errors(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
     missing = cli("coverage", "mparticle-to-moengage", "--input", "nope.jsonl")
     assert missing.exit_code == 2
