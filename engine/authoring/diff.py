@@ -19,6 +19,7 @@ with a summary of those kinds, largest first:
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +173,6 @@ def diff_bundles(old: CompiledBundle, new: CompiledBundle,
                  old_label: str | None = None,
                  new_label: str | None = None) -> BundleDiff:
     """Run ``lines`` through both bundles and compare them record by record."""
-    import time
-
     started = time.perf_counter()
     old_runner, new_runner = RecordRunner(old), RecordRunner(new)
     result = BundleDiff(old_label or old.model.bundle, new_label or new.model.bundle)
@@ -207,7 +206,6 @@ def diff_file(old: CompiledBundle, new: CompiledBundle, path: str | Path, *, job
     parallel (forked processes that inherit the compiled bundles), then merged in order."""
     global _FORKED
     import multiprocessing
-    import time
 
     from moerules.engine.api import iter_lines
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import EXAMPLES
 from tests.engine.authoring.conftest import Served
@@ -98,3 +99,19 @@ def test_tests_and_diff_run_on_the_edit(served: Served) -> None:
         diff = client.post("/api/diff", json={"text": broken}).json()
     assert diff["summary"].startswith("2 of 22 items change (in 1 of 8 records): 2 events move "
                                       "from project 'Brand A' to the portfolio level")
+
+
+def test_secrets_never_reach_the_page(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "playground-secret-4711"
+    monkeypatch.setenv("MOENGAGE_DATA_API_KEY", secret)
+    monkeypatch.setenv("MOENGAGE_WORKSPACE_ID", "WS42")
+    with _client(served) as client:
+        text = client.get("/api/state").json()["text"]
+        response = client.post("/api/evaluate", json={"text": text, "record": RECORD})
+        tests = client.post("/api/test", json={"text": text})
+        diff = client.post("/api/diff", json={"text": text.replace('"02"', '"03"')})
+    for answer in (response, tests, diff):
+        assert secret not in answer.text
+    result = response.json()
+    assert result["requests"][0]["url"].startswith("https://api-02.moengage.com/v1/transition/WS42")
+    assert result["requests"][0]["headers"]["Authorization"] == "***"
