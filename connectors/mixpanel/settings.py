@@ -13,6 +13,11 @@ HOSTS = {"US": "https://api.mixpanel.com", "EU": "https://api-eu.mixpanel.com",
          "IN": "https://api-in.mixpanel.com"}
 
 
+def _text(value: object) -> object:
+    """A project id YAML read as a number (``project_id: 1234567``) is still an id."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _upper(value: object) -> object:
     return value.strip().upper() if isinstance(value, str) else value
 
@@ -32,7 +37,7 @@ class MixpanelSettings(BaseModel):
         None, description="service account user (with service_account_secret, project_id)")
     service_account_secret: str | None = Field(None,
                                                description="service account secret (secret)")
-    project_id: str | None = Field(
+    project_id: Annotated[str | None, BeforeValidator(_text)] = Field(
         None, description="the project's id; required with a service account")
     data_residency: Annotated[Literal["US", "EU", "IN"], BeforeValidator(_upper)] = Field(
         "US", description="US (api.mixpanel.com), EU (api-eu) or IN (api-in)")
