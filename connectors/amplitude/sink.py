@@ -12,6 +12,22 @@ Amplitude refuses ids shorter than ``min_id_length`` (5 unless the request says 
 an event whose ``user_id`` is too short is refused here, before sending, with the reason; a
 ``device_id`` Amplitude would refuse (too short, or a placeholder such as "null") is left out,
 as Amplitude itself would remove it, so it never costs the event.
+
+Answers (reference §3, and what Amplitude's Python SDK does with them) become verdicts:
+
+- 200: delivered.
+- 400 naming events by index (``events_with_invalid_fields``, ``events_with_missing_fields``,
+  ``events_with_invalid_id_lengths``, ``silenced_events``): Amplitude ingested nothing, so
+  exactly those events are rejected and every other one is sent again.
+- 400 ``Invalid API key`` or a missing ``api_key``: fatal (every request would fail alike);
+  any other 400 (the whole request unreadable): rejected.
+- 413: split.
+- 429: Amplitude throttles users and devices, not the key. Events of users over their daily
+  quota are rejected; every other event is sent again after ``throttle_pause_seconds`` (30 s,
+  Amplitude's advice for the throttled ones; the others wait with them, as the contract gives
+  one delay per answer).
+- 408, 500, 502, 503, 504: retried (``insert_id`` makes a retry of a half-accepted request
+  safe).
 """
 
 from __future__ import annotations
@@ -20,19 +36,28 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
-from moerules.connectors._batching import BatchPolicy, JsonArrayEncoder, Unencodable
 from moerules.connectors.amplitude.settings import AmplitudeSettings
 from moerules.connectors.typed_settings import parse_settings, settings_doc
 from moerules.engine.connector import (
-    DeliveryOutcome,
-    EventOut,
+    EVENT,
+    ITEMS,
+    BatchPolicy,
+    Delivered,
+    Fatal,
+    Item,
+    JsonArrayEncoder,
+    Partial,
     RateLimit,
+    Reject,
+    Response,
+    Retry,
     Sink,
     SinkEncoder,
-    UserOut,
+    Split,
+    Unencodable,
+    Verdict,
     WireRequest,
 )
-from moerules.engine.runtime.retry import retry_after_seconds
 
 __all__ = ["AmplitudeSink"]
 
@@ -41,6 +66,10 @@ __all__ = ["AmplitudeSink"]
 INVALID_IDS = frozenset({"anonymous", "nil", "none", "null", "n/a", "na", "undefined",
                          "unknown", '""', "00000000-0000-0000-0000-000000000000", "{}",
                          "lmy47d", "0", "-1"})
+SHORT_ID = "user_id shorter than min_id_length"
+# The index maps of a 400 answer (the HTTP V2 page spells the missing-fields one both ways).
+INDEX_MAPS = ("events_with_invalid_fields", "events_with_missing_fields",
+              "events_missing_required_fields", "events_with_invalid_id_lengths")
 
 # The event keys of Amplitude's HTTP V2 API besides user_id, event_type and
 # event_properties; the first ones lead, in the order of Amplitude's example request.
@@ -67,10 +96,29 @@ class AmplitudeSink(Sink):
     """Sends mapped events to Amplitude's HTTP V2 API."""
 
     name: ClassVar[str] = "amplitude"
+    accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
     required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     secret_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     settings_doc: ClassVar[dict[str, str]] = settings_doc(AmplitudeSettings)
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
+    example_settings: ClassVar[dict[str, Any]] = {"api_key": "amplitude-example-api-key"}
+    documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
+        (200, b'{"code":200,"events_ingested":50,"payload_size_bytes":50,'
+              b'"server_upload_time":1396381378123}', Delivered),
+        (400, b'{"code":400,"error":"Request missing required field",'
+              b'"events_with_invalid_fields":{"time":[0]},'
+              b'"events_with_missing_fields":{"event_type":[0]}}', Partial),
+        (400, b'{"code":400,"error":"Invalid API key: abc"}', Fatal),
+        (400, b'{"code":400,"error":"Request missing required field",'
+              b'"missing_field":"api_key"}', Fatal),
+        (400, b'{"code":400,"error":"Invalid JSON request body"}', Reject),
+        (413, b'{"code":413,"error":"Payload too large"}', Split),
+        (429, b'{"code":429,"error":"Too many requests for some devices and users",'
+              b'"eps_threshold":10,"throttled_devices":{"C8F9E604":11},'
+              b'"throttled_users":{"datamonster@amplitude.com":12},'
+              b'"throttled_events":[0]}', Partial),
+        (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
+    )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -79,29 +127,30 @@ class AmplitudeSink(Sink):
         # object usable for the error report
         self.config = parsed or AmplitudeSettings.model_construct(
             api_key=str(settings.get("api_key", "")))
-        self.url = f"{self.config.base_url}/2/httpapi"
+        config = self.config
+        self.url = f"{config.base_url}/2/httpapi"
         self.headers = {"Content-Type": "application/json"}
-        head = b'{"api_key":' + orjson.dumps(self.config.api_key) + b',"events":['
+        head = b'{"api_key":' + orjson.dumps(config.api_key) + b',"events":['
         tail = b"]}"
-        if self.config.min_id_length is not None:
-            tail = b'],"options":' + orjson.dumps(
-                {"min_id_length": self.config.min_id_length}) + b"}"
-        self.envelope = (head, tail)
-        self.policy = BatchPolicy(self.config.max_events_per_request,
-                                  self.config.max_request_bytes)
+        if config.min_id_length is not None:
+            tail = b'],"options":' + orjson.dumps({"min_id_length": config.min_id_length}) + b"}"
+        self._envelope = (head, tail)
+        self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
+                                        max_request_bytes=config.max_request_bytes,
+                                        max_age=config.max_wait_seconds)
 
     def check_settings(self) -> list[tuple[str, str]]:
         return list(self._problems)
 
-    def element(self, item: EventOut | UserOut) -> dict[str, Any]:
+    # -- encoding ----------------------------------------------------------------------------
+    def element(self, item: Item) -> dict[str, Any]:
         """One Amplitude event."""
-        if not isinstance(item, EventOut):
-            raise Unencodable("Amplitude's HTTP V2 API takes events only")
         min_length = self.config.id_length
         if len(item.identity) < min_length:
             raise Unencodable(
                 f"user_id {item.identity!r} is shorter than min_id_length {min_length}: "
-                "Amplitude would refuse it; lower destination.min_id_length to send it")
+                "Amplitude would refuse it; lower destination.min_id_length to send it",
+                SHORT_ID)
         event: dict[str, Any] = {"user_id": item.identity}
         fields = item.fields
         device = fields.get("device_id")
@@ -120,23 +169,89 @@ class AmplitudeSink(Sink):
                 event[key] = value
         return event
 
-    def request(self, body: bytes, items: list[EventOut | UserOut]) -> WireRequest:
+    def request(self, _key: Any, body: bytes, items: list[Item]) -> WireRequest:
         return WireRequest("POST", self.url, dict(self.headers), body, list(items),
                            limit_key="httpapi")
 
     def encoder(self) -> SinkEncoder:
-        return JsonArrayEncoder(self.policy, element=self.element, request=self.request,
-                                envelope=self.envelope)
+        return JsonArrayEncoder(self.batch_policy, element=self.element, request=self.request,
+                                envelope=lambda _key: self._envelope)
 
     def rate_limits(self) -> list[RateLimit]:
-        return [RateLimit(self.config.requests_per_second, 1.0)]
+        config = self.config
+        return [RateLimit(config.requests_per_second, 1.0),
+                RateLimit(config.events_per_second, 1.0, counts=ITEMS)]
 
-    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
-        excerpt = body[:300].decode("utf-8", "replace")
+    # -- answers -----------------------------------------------------------------------------
+    def classify(self, request: WireRequest, response: Response) -> Verdict:
+        status = response.status
         if 200 <= status < 300:
-            return DeliveryOutcome(status, ok=True)
-        if status in (408, 429) or status >= 500:
-            return DeliveryOutcome(status, retry=True,
-                                   retry_after=retry_after_seconds(headers.get("retry-after")),
-                                   error=f"HTTP {status}", excerpt=excerpt)
-        return DeliveryOutcome(status, error=f"HTTP {status}", excerpt=excerpt)
+            return Delivered()
+        body = response.json()
+        body = body if isinstance(body, dict) else {}
+        error = str(body.get("error") or f"HTTP {status}")
+        if status == 400:
+            return self._invalid(request, body, error)
+        if status == 413:
+            return Split(f"HTTP 413: {error}")
+        if status == 429:
+            return self._throttled(request, body, error)
+        if status == 408 or status >= 500:
+            return Retry(f"HTTP {status}: {error}")
+        if status in (401, 403):
+            return Fatal(f"HTTP {status}: {error}")
+        return Reject(f"HTTP {status}: {error}")
+
+    def _invalid(self, request: WireRequest, body: dict[str, Any], error: str) -> Verdict:
+        """400: a wrong key stops the run; named events are rejected, the rest sent again."""
+        if error.startswith("Invalid API key") or body.get("missing_field") == "api_key":
+            return Fatal(f"HTTP 400: {error}")
+        why: dict[int, list[str]] = {}
+        for key in INDEX_MAPS:
+            found = body.get(key)
+            if not isinstance(found, dict):
+                continue
+            kind = key.removeprefix("events_").replace("_", " ")
+            for field, indices in found.items():
+                for index in _indices(indices, len(request.items)):
+                    why.setdefault(index, []).append(f"{field}: {kind}")
+        for index in _indices(body.get("silenced_events"), len(request.items)):
+            why.setdefault(index, []).append("silenced")
+        if not why:
+            return Reject(f"HTTP 400: {error}")
+        rejected = {index: "; ".join(reasons) for index, reasons in why.items()}
+        again = frozenset(range(len(request.items))) - rejected.keys()
+        return Partial(rejected, again, reason=f"HTTP 400: {error}")
+
+    def _throttled(self, request: WireRequest, body: dict[str, Any], error: str) -> Verdict:
+        """429: users over their daily quota rejected; everyone else sent again, later."""
+        pause = self.config.throttle_pause_seconds
+        quota_users = _keys(body.get("exceeded_daily_quota_users"))
+        quota_devices = _keys(body.get("exceeded_daily_quota_devices"))
+        if not quota_users and not quota_devices:
+            return Retry(f"HTTP 429: {error}", after=pause, throttled=True)
+        rejected: dict[int, str] = {}
+        for index, item in enumerate(request.items):
+            if item.identity in quota_users:
+                rejected[index] = f"user {item.identity!r} exceeded its daily quota"
+            elif item.fields.get("device_id") in quota_devices:
+                rejected[index] = f"device {item.fields['device_id']!r} exceeded its daily quota"
+        again = frozenset(range(len(request.items))) - rejected.keys()
+        return Partial(rejected, again, reason=f"HTTP 429: {error}", after=pause,
+                       throttled=True)
+
+
+def _indices(value: Any, count: int) -> list[int]:
+    """The valid event indices of an answer's list (anything else ignored)."""
+    if not isinstance(value, list):
+        return []
+    return [i for i in value if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count]
+
+
+def _keys(value: Any) -> frozenset[str]:
+    """Ids named by an answer: a map id -> count, or a list of ids."""
+    if isinstance(value, dict):
+        return frozenset(str(k) for k in value)
+    if isinstance(value, list):
+        return frozenset(str(v) for v in value)
+    return frozenset()

@@ -12,6 +12,12 @@ ones it refused.
 Records Mixpanel is documented to refuse are refused here, before sending, with the reason:
 a ``$insert_id`` longer than 36 characters or with characters other than letters, digits and
 ``-``; a ``time`` more than an hour ahead of now; too many properties; over 1 MB.
+
+Answers become verdicts (reference §5.1, Mixpanel's error pages): 200 delivered; 400 with
+``failed_records`` is a partial success: exactly those records are rejected, the others were
+imported; any other 400 rejects the request (Mixpanel: never retry a 400); 401/403 fatal;
+413 split; 429 and 5xx retried with backoff (no Retry-After is documented; one given is
+obeyed).
 """
 
 from __future__ import annotations
@@ -22,16 +28,26 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from moerules.connectors._batching import BatchPolicy, JsonArrayEncoder, Unencodable
 from moerules.connectors.mixpanel.settings import MixpanelSettings
 from moerules.connectors.typed_settings import parse_settings, settings_doc
 from moerules.engine.connector import (
-    DeliveryOutcome,
-    EventOut,
+    BYTES,
+    EVENT,
+    BatchPolicy,
+    Delivered,
+    Fatal,
+    Item,
+    JsonArrayEncoder,
+    Partial,
     RateLimit,
+    Reject,
+    Response,
+    Retry,
     Sink,
     SinkEncoder,
-    UserOut,
+    Split,
+    Unencodable,
+    Verdict,
     WireRequest,
 )
 from moerules.engine.runtime.retry import retry_after_seconds
@@ -42,6 +58,9 @@ INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 MAX_PROPERTIES = 255  # "fewer than 255 properties"
 MAX_RECORD_BYTES = 1_000_000
 FUTURE_SLACK = 3600  # /import refuses times more than an hour ahead
+BAD_INSERT_ID = "event_uuid is not a Mixpanel $insert_id"
+FUTURE_TIME = "event time more than an hour ahead"
+TOO_MANY_PROPERTIES = "too many properties for Mixpanel"
 
 EVENT_FIELDS: dict[str, str] = {
     "time": "event time, epoch seconds or milliseconds (required)",
@@ -54,10 +73,27 @@ class MixpanelSink(Sink):
     """Sends mapped events to Mixpanel's /import API."""
 
     name: ClassVar[str] = "mixpanel"
+    accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
     secret_settings: ClassVar[frozenset[str]] = frozenset(
         {"project_token", "service_account_secret"})
     settings_doc: ClassVar[dict[str, str]] = settings_doc(MixpanelSettings)
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
+    example_settings: ClassVar[dict[str, Any]] = {"project_token": "mixpanel-example-token"}
+    documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
+        (200, b'{"code":200,"num_records_imported":2,"status":"OK"}', Delivered),
+        (400, b'{"code":400,"error":"some data points in the request failed validation",'
+              b'"num_records_imported":1,"status":"Bad Request","failed_records":[{"index":1,'
+              b'"insert_id":"x","field":"properties.time","message":"\'properties.time\' is '
+              b'invalid"}]}', Partial),
+        (400, b'{"code":400,"error":"could not parse the body as JSON","status":"Bad Request"}',
+         Reject),
+        (401, b'{"code":401,"error":"Invalid credentials","status":"Unauthorized"}', Fatal),
+        (413, b'{"code":413,"error":"request body too large","status":"Payload Too Large"}',
+         Split),
+        (429, b'{"code":429,"error":"Project exceeded rate limits. Please retry the request '
+              b'with exponential backoff.","status":"Too Many Requests"}', Retry),
+        (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
+    )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -72,52 +108,83 @@ class MixpanelSink(Sink):
             user, password = config.project_token, ""
         token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
         self.headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
-        self.policy = BatchPolicy(config.max_events_per_request, config.max_request_bytes,
-                                  MAX_RECORD_BYTES)
+        self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
+                                        max_request_bytes=config.max_request_bytes,
+                                        max_item_bytes=MAX_RECORD_BYTES,
+                                        max_age=config.max_wait_seconds)
 
     def check_settings(self) -> list[tuple[str, str]]:
         return list(self._problems)
 
-    def element(self, item: EventOut | UserOut) -> dict[str, Any]:
+    def element(self, item: Item) -> dict[str, Any]:
         """One /import record."""
-        if not isinstance(item, EventOut):
-            raise Unencodable("Mixpanel's /import takes events only")
         fields = item.fields
         stamp = fields.get("time")
         insert_id = fields.get("insert_id")
         if not isinstance(insert_id, str) or not INSERT_ID.fullmatch(insert_id):
             raise Unencodable(f"$insert_id {insert_id!r} is not 1-36 letters, digits or '-' "
-                              "(Mixpanel refuses it; hash longer ids with {hash: md5})")
+                              "(Mixpanel refuses it; hash longer ids with {hash: md5})",
+                              BAD_INSERT_ID)
         if isinstance(stamp, int | float) and not isinstance(stamp, bool):
             seconds = stamp / 1000 if stamp > 1e11 else stamp
             if seconds > time.time() + FUTURE_SLACK:
                 raise Unencodable(f"time {stamp} is more than an hour ahead of now "
-                                  "(Mixpanel refuses it)")
+                                  "(Mixpanel refuses it)", FUTURE_TIME)
         properties: dict[str, Any] = {"time": stamp, "distinct_id": item.identity,
                                       "$insert_id": insert_id}
         for key, value in item.attributes.items():
             properties.setdefault(key, value)
         if len(properties) >= MAX_PROPERTIES:
             raise Unencodable(f"{len(properties)} properties; Mixpanel takes fewer than "
-                              f"{MAX_PROPERTIES}")
+                              f"{MAX_PROPERTIES}", TOO_MANY_PROPERTIES)
         return {"event": item.name, "properties": properties}
 
-    def request(self, body: bytes, items: list[EventOut | UserOut]) -> WireRequest:
+    def request(self, _key: Any, body: bytes, items: list[Item]) -> WireRequest:
         return WireRequest("POST", self.url, dict(self.headers), body, list(items),
                            limit_key="import")
 
     def encoder(self) -> SinkEncoder:
-        return JsonArrayEncoder(self.policy, element=self.element, request=self.request)
+        return JsonArrayEncoder(self.batch_policy, element=self.element, request=self.request)
 
     def rate_limits(self) -> list[RateLimit]:
-        return []
+        # 2 GB of uncompressed JSON a minute per project, on a rolling window
+        return [RateLimit(self.config.bytes_per_minute, 60.0, counts=BYTES)]
 
-    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
-        excerpt = body[:300].decode("utf-8", "replace")
+    def classify(self, request: WireRequest, response: Response) -> Verdict:
+        status = response.status
         if 200 <= status < 300:
-            return DeliveryOutcome(status, ok=True)
-        if status == 429 or status >= 500:
-            return DeliveryOutcome(status, retry=True,
-                                   retry_after=retry_after_seconds(headers.get("retry-after")),
-                                   error=f"HTTP {status}", excerpt=excerpt)
-        return DeliveryOutcome(status, error=f"HTTP {status}", excerpt=excerpt)
+            return Delivered()
+        body = response.json()
+        body = body if isinstance(body, dict) else {}
+        reason = f"HTTP {status}" + (f": {body['error']}" if body.get("error") else "")
+        if status == 400:
+            failed = _failed_records(body.get("failed_records"), len(request.items))
+            if failed:  # strict=1: the other records were imported
+                return Partial(failed, reason=reason)
+            return Reject(reason)
+        if status == 413:
+            return Split(reason)
+        if status == 429:
+            return Retry(reason, after=retry_after_seconds(response.header("retry-after")),
+                         throttled=True)
+        if status >= 500:
+            return Retry(reason, after=retry_after_seconds(response.header("retry-after")))
+        if status in (401, 403):
+            return Fatal(reason)
+        return Reject(reason)
+
+
+def _failed_records(value: Any, count: int) -> dict[int, str]:
+    """``failed_records`` as index -> "field: message" (entries without a valid index
+    ignored)."""
+    out: dict[int, str] = {}
+    if not isinstance(value, list):
+        return out
+    for record in value:
+        if not isinstance(record, dict):
+            continue
+        index = record.get("index")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count:
+            field = record.get("field") or "record"
+            out[index] = f"{field}: {record.get('message') or 'refused'}"
+    return out

@@ -11,25 +11,38 @@ as HTTP Basic user with an empty password (``base64("KEY:")``) and the body
 
 The library also stamps ``sentAt`` with the clock; this sink does not, so a dry run's
 requests are the same on every run (``timestamp`` carries the event's own time).
+
+Answers become verdicts as Segment's library treats them: 2xx delivered; 429 and 5xx retried
+(after ``Retry-After``, or ``X-RateLimit-Reset``, when given); 401/403 fatal (a wrong write key
+fails every request alike); 413 split; every other 4xx rejected, never retried. Segment answers
+200 even for messages it drops later, so a 200 is all a sender can know.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
-from moerules.connectors._batching import BatchPolicy, JsonArrayEncoder, Unencodable
 from moerules.connectors.segment.settings import SegmentSettings
 from moerules.connectors.typed_settings import parse_settings, settings_doc
 from moerules.engine.connector import (
-    DeliveryOutcome,
-    EventOut,
+    EVENT,
+    BatchPolicy,
+    Delivered,
+    Fatal,
+    Item,
+    JsonArrayEncoder,
     RateLimit,
+    Reject,
+    Response,
+    Retry,
     Sink,
     SinkEncoder,
-    UserOut,
+    Split,
+    Verdict,
     WireRequest,
 )
 from moerules.engine.runtime.retry import retry_after_seconds
@@ -49,10 +62,21 @@ class SegmentSink(Sink):
     """Sends mapped events to Segment as ``track`` messages of ``/v1/batch``."""
 
     name: ClassVar[str] = "segment"
+    accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
     required_settings: ClassVar[frozenset[str]] = frozenset({"write_key"})
     secret_settings: ClassVar[frozenset[str]] = frozenset({"write_key"})
     settings_doc: ClassVar[dict[str, str]] = settings_doc(SegmentSettings)
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
+    example_settings: ClassVar[dict[str, Any]] = {"write_key": "segment-example-write-key"}
+    documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
+        (200, b'{"success":true}', Delivered),
+        (400, b'{"success":false,"code":"invalid_json","message":"invalid JSON body"}',
+         Reject),
+        (401, b'{"success":false,"code":"invalid_write_key","message":"invalid write key"}',
+         Fatal),
+        (413, b"", Split),
+        (429, b"", Retry), (500, b"", Retry), (502, b"", Retry), (503, b"", Retry),
+    )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -62,40 +86,60 @@ class SegmentSink(Sink):
         self.url = f"{self.config.base_url}/v1/batch"
         token = base64.b64encode(f"{self.config.write_key}:".encode()).decode()
         self.headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
-        self.envelope = (b'{"batch":[', b'],"writeKey":' + orjson.dumps(
+        self._envelope = (b'{"batch":[', b'],"writeKey":' + orjson.dumps(
             self.config.write_key) + b"}")
-        self.policy = BatchPolicy(self.config.max_events_per_request,
-                                  self.config.max_request_bytes, self.config.max_message_bytes)
+        self.batch_policy = BatchPolicy(max_items=self.config.max_events_per_request,
+                                        max_request_bytes=self.config.max_request_bytes,
+                                        max_item_bytes=self.config.max_message_bytes,
+                                        max_age=self.config.max_wait_seconds)
 
     def check_settings(self) -> list[tuple[str, str]]:
         return list(self._problems)
 
-    def element(self, item: EventOut | UserOut) -> dict[str, Any]:
+    def element(self, item: Item) -> dict[str, Any]:
         """One ``track`` message."""
-        if not isinstance(item, EventOut):
-            raise Unencodable("this sink sends track messages only")
         message: dict[str, Any] = {"type": "track", "userId": item.identity, "event": item.name,
                                    "properties": item.attributes}
         message.update(item.fields)
         return message
 
-    def request(self, body: bytes, items: list[EventOut | UserOut]) -> WireRequest:
+    def request(self, _key: Any, body: bytes, items: list[Item]) -> WireRequest:
         return WireRequest("POST", self.url, dict(self.headers), body, list(items),
                            limit_key="batch")
 
     def encoder(self) -> SinkEncoder:
-        return JsonArrayEncoder(self.policy, element=self.element, request=self.request,
-                                envelope=self.envelope)
+        return JsonArrayEncoder(self.batch_policy, element=self.element, request=self.request,
+                                envelope=lambda _key: self._envelope)
 
     def rate_limits(self) -> list[RateLimit]:
         return [RateLimit(self.config.requests_per_second, 1.0)]
 
-    def classify(self, status: int, headers: Mapping[str, str], body: bytes) -> DeliveryOutcome:
-        excerpt = body[:300].decode("utf-8", "replace")
+    def classify(self, request: WireRequest, response: Response) -> Verdict:
+        status = response.status
         if 200 <= status < 300:
-            return DeliveryOutcome(status, ok=True)
-        if status == 429 or status >= 500:
-            return DeliveryOutcome(status, retry=True,
-                                   retry_after=retry_after_seconds(headers.get("retry-after")),
-                                   error=f"HTTP {status}", excerpt=excerpt)
-        return DeliveryOutcome(status, error=f"HTTP {status}", excerpt=excerpt)
+            return Delivered()
+        body = response.json()
+        body = body if isinstance(body, dict) else {}
+        what = ": ".join(str(body[k]) for k in ("code", "message") if body.get(k))
+        reason = f"HTTP {status}" + (f" {what}" if what else "")
+        if status == 429:
+            return Retry(reason, after=_retry_after(response), throttled=True)
+        if status >= 500:
+            return Retry(reason, after=retry_after_seconds(response.header("retry-after")))
+        if status in (401, 403):
+            return Fatal(reason)
+        if status == 413:
+            return Split(reason)
+        return Reject(reason)
+
+
+def _retry_after(response: Response) -> float | None:
+    """Seconds to wait after a 429: ``Retry-After``, else ``X-RateLimit-Reset`` (epoch s)."""
+    after = retry_after_seconds(response.header("retry-after"))
+    if after is not None:
+        return after
+    reset = response.header("x-ratelimit-reset")
+    try:
+        return max(0.0, float(reset) - time.time()) if reset else None
+    except ValueError:
+        return None

@@ -27,8 +27,11 @@ def test_schema_describes_bundles(cli: Callable[..., Result]) -> None:
 def test_bundles_lists_shipped(cli: Callable[..., Result]) -> None:
     result = cli("bundles")
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[0].startswith("mparticle-to-moengage ")
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == ["moengage-to-amplitude", "moengage-to-mixpanel", "moengage-to-segment",
+                     "mparticle-to-moengage"]
     assert "mParticle S2S batches" in result.stdout
+    assert "MoEngage Streams → Amplitude HTTP V2 API" in result.stdout
 
 
 def test_installed_script_schema(moerules: Callable[..., object]) -> None:
