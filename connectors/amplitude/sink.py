@@ -116,7 +116,10 @@ class AmplitudeSink(Sink):
         (429, b'{"code":429,"error":"Too many requests for some devices and users",'
               b'"eps_threshold":10,"throttled_devices":{"C8F9E604":11},'
               b'"throttled_users":{"datamonster@amplitude.com":12},'
-              b'"throttled_events":[0]}', Partial),
+              b'"throttled_events":[0]}', Retry),
+        (429, b'{"code":429,"error":"Too many requests for some devices and users",'
+              b'"throttled_users":{"user-00000":12},"throttled_events":[0],'
+              b'"exceeded_daily_quota_users":{"user-00000":500001}}', Partial),
         (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
     )
 
@@ -189,23 +192,25 @@ class AmplitudeSink(Sink):
             return Delivered()
         body = response.json()
         body = body if isinstance(body, dict) else {}
-        error = str(body.get("error") or f"HTTP {status}")
+        error = str(body.get("error") or "")
+        reason = f"HTTP {status}: {error}" if error else f"HTTP {status}"
         if status == 400:
-            return self._invalid(request, body, error)
+            return self._invalid(request, body, error, reason)
         if status == 413:
-            return Split(f"HTTP 413: {error}")
+            return Split(reason)
         if status == 429:
-            return self._throttled(request, body, error)
+            return self._throttled(request, body, reason)
         if status == 408 or status >= 500:
-            return Retry(f"HTTP {status}: {error}")
+            return Retry(reason)
         if status in (401, 403):
-            return Fatal(f"HTTP {status}: {error}")
-        return Reject(f"HTTP {status}: {error}")
+            return Fatal(reason)
+        return Reject(reason)
 
-    def _invalid(self, request: WireRequest, body: dict[str, Any], error: str) -> Verdict:
+    def _invalid(self, request: WireRequest, body: dict[str, Any], error: str,
+                 reason: str) -> Verdict:
         """400: a wrong key stops the run; named events are rejected, the rest sent again."""
         if error.startswith("Invalid API key") or body.get("missing_field") == "api_key":
-            return Fatal(f"HTTP 400: {error}")
+            return Fatal(reason)
         why: dict[int, list[str]] = {}
         for key in INDEX_MAPS:
             found = body.get(key)
@@ -218,18 +223,18 @@ class AmplitudeSink(Sink):
         for index in _indices(body.get("silenced_events"), len(request.items)):
             why.setdefault(index, []).append("silenced")
         if not why:
-            return Reject(f"HTTP 400: {error}")
+            return Reject(reason)
         rejected = {index: "; ".join(reasons) for index, reasons in why.items()}
         again = frozenset(range(len(request.items))) - rejected.keys()
-        return Partial(rejected, again, reason=f"HTTP 400: {error}")
+        return Partial(rejected, again, reason=reason)
 
-    def _throttled(self, request: WireRequest, body: dict[str, Any], error: str) -> Verdict:
+    def _throttled(self, request: WireRequest, body: dict[str, Any], reason: str) -> Verdict:
         """429: users over their daily quota rejected; everyone else sent again, later."""
         pause = self.config.throttle_pause_seconds
         quota_users = _keys(body.get("exceeded_daily_quota_users"))
         quota_devices = _keys(body.get("exceeded_daily_quota_devices"))
         if not quota_users and not quota_devices:
-            return Retry(f"HTTP 429: {error}", after=pause, throttled=True)
+            return Retry(reason, after=pause, throttled=True)
         rejected: dict[int, str] = {}
         for index, item in enumerate(request.items):
             if item.identity in quota_users:
@@ -237,8 +242,7 @@ class AmplitudeSink(Sink):
             elif item.fields.get("device_id") in quota_devices:
                 rejected[index] = f"device {item.fields['device_id']!r} exceeded its daily quota"
         again = frozenset(range(len(request.items))) - rejected.keys()
-        return Partial(rejected, again, reason=f"HTTP 429: {error}", after=pause,
-                       throttled=True)
+        return Partial(rejected, again, reason=reason, after=pause, throttled=True)
 
 
 def _indices(value: Any, count: int) -> list[int]:
