@@ -13,8 +13,8 @@ from moerules.connectors.amplitude.sink import AmplitudeSink
 from moerules.connectors.emulation import AmplitudeEmulator, Fault, serve
 from moerules.engine.api import load_bundle
 from moerules.engine.connector import (
-    ITEMS,
     EVENT,
+    ITEMS,
     Delivered,
     Fatal,
     Item,
