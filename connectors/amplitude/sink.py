@@ -37,7 +37,6 @@ from typing import Any, ClassVar
 
 import orjson
 from moerules.connectors.amplitude.settings import AmplitudeSettings
-from moerules.connectors.typed_settings import parse_settings, settings_doc
 from moerules.engine.connector import (
     EVENT,
     ITEMS,
@@ -97,9 +96,7 @@ class AmplitudeSink(Sink):
 
     name: ClassVar[str] = "amplitude"
     accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
-    secret_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
-    settings_doc: ClassVar[dict[str, str]] = settings_doc(AmplitudeSettings)
+    settings_model: ClassVar[type[AmplitudeSettings]] = AmplitudeSettings
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
     example_settings: ClassVar[dict[str, Any]] = {"api_key": "amplitude-example-api-key"}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
@@ -123,17 +120,16 @@ class AmplitudeSink(Sink):
         (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
     )
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        super().__init__(settings)
-        parsed, self._problems = parse_settings(AmplitudeSettings, settings, self.name)
-        # an invalid configuration never runs (validate refuses it); defaults keep the
-        # object usable for the error report
-        self.config = parsed or AmplitudeSettings.model_construct(
-            api_key=str(settings.get("api_key", "")))
-        config = self.config
+    def __init__(self, settings: AmplitudeSettings | Mapping[str, Any]) -> None:
+        """From checked settings, or a mapping checked here by the same model (pydantic's
+        ValidationError when it is wrong)."""
+        config = settings if isinstance(settings, AmplitudeSettings) else (
+            AmplitudeSettings.model_validate(settings))
+        super().__init__(config.model_dump())
+        self.config = config
         self.url = f"{config.base_url}/2/httpapi"
         self.headers = {"Content-Type": "application/json"}
-        head = b'{"api_key":' + orjson.dumps(config.api_key) + b',"events":['
+        head = b'{"api_key":' + orjson.dumps(config.api_key.get_secret_value()) + b',"events":['
         tail = b"]}"
         if config.min_id_length is not None:
             tail = b'],"options":' + orjson.dumps({"min_id_length": config.min_id_length}) + b"}"
@@ -142,8 +138,10 @@ class AmplitudeSink(Sink):
                                         max_request_bytes=config.max_request_bytes,
                                         max_age=config.max_wait_seconds)
 
-    def check_settings(self) -> list[tuple[str, str]]:
-        return list(self._problems)
+    @classmethod
+    def from_settings(cls, settings: AmplitudeSettings) -> AmplitudeSink:
+        """The sink for settings already checked (how the engine builds it)."""
+        return cls(settings)
 
     # -- encoding ----------------------------------------------------------------------------
     def element(self, item: Item) -> dict[str, Any]:

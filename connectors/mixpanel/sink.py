@@ -27,9 +27,9 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from moerules.connectors.mixpanel.settings import MixpanelSettings
-from moerules.connectors.typed_settings import parse_settings, settings_doc
 from moerules.engine.connector import (
     BYTES,
     EVENT,
@@ -74,9 +74,7 @@ class MixpanelSink(Sink):
 
     name: ClassVar[str] = "mixpanel"
     accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
-    secret_settings: ClassVar[frozenset[str]] = frozenset(
-        {"project_token", "service_account_secret"})
-    settings_doc: ClassVar[dict[str, str]] = settings_doc(MixpanelSettings)
+    settings_model: ClassVar[type[MixpanelSettings]] = MixpanelSettings
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
     example_settings: ClassVar[dict[str, Any]] = {"project_token": "mixpanel-example-token"}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
@@ -95,26 +93,33 @@ class MixpanelSink(Sink):
         (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
     )
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        super().__init__(settings)
-        parsed, self._problems = parse_settings(MixpanelSettings, settings, self.name)
-        self.config = parsed or MixpanelSettings.model_construct()
-        config = self.config
+    def __init__(self, settings: MixpanelSettings | Mapping[str, Any]) -> None:
+        """From checked settings, or a mapping checked here by the same model (pydantic's
+        ValidationError when it is wrong)."""
+        config = settings if isinstance(settings, MixpanelSettings) else (
+            MixpanelSettings.model_validate(settings))
+        super().__init__(config.model_dump())
+        self.config = config
         self.url = f"{config.base_url}/import?strict=1"
         if config.service_account:
-            user, password = config.service_account_username, config.service_account_secret
-            self.url += f"&project_id={config.project_id}"
+            user = config.service_account_username or ""
+            secret = config.service_account_secret
+            password = secret.get_secret_value() if secret is not None else ""
+            self.url += f"&project_id={quote(config.project_id or '', safe='${}')}"
         else:
-            user, password = config.project_token, ""
-        token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
+            token = config.project_token
+            user, password = (token.get_secret_value() if token is not None else ""), ""
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Basic {basic}"}
         self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
                                         max_request_bytes=config.max_request_bytes,
                                         max_item_bytes=MAX_RECORD_BYTES,
                                         max_age=config.max_wait_seconds)
 
-    def check_settings(self) -> list[tuple[str, str]]:
-        return list(self._problems)
+    @classmethod
+    def from_settings(cls, settings: MixpanelSettings) -> MixpanelSink:
+        """The sink for settings already checked (how the engine builds it)."""
+        return cls(settings)
 
     def element(self, item: Item) -> dict[str, Any]:
         """One /import record."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import orjson
 from moerules.engine.connector import Source
 from moerules.engine.errors import RecordError
+from moerules.engine.rules.settings import NoSettings
 
 __all__ = ["MoEngageStreamsSource"]
 
@@ -38,7 +39,12 @@ class MoEngageStreamsSource(Source):
     # is what counts it. Projection needs the engine to make a source's events key required
     # and non-empty (see the README's Streams section); until then every line is decoded whole.
     projectable: ClassVar[bool] = False
-    settings_doc: ClassVar[dict[str, str]] = {}
+    settings_model: ClassVar[type[NoSettings]] = NoSettings
+
+    @classmethod
+    def from_settings(cls, settings: NoSettings) -> MoEngageStreamsSource:
+        """The source for checked settings (it takes none)."""
+        return cls(settings.model_dump())
 
     def decode(self, line: bytes) -> dict[str, Any]:
         try:

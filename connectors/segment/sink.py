@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 import orjson
 from moerules.connectors.segment.settings import SegmentSettings
-from moerules.connectors.typed_settings import parse_settings, settings_doc
 from moerules.engine.connector import (
     EVENT,
     BatchPolicy,
@@ -63,9 +62,7 @@ class SegmentSink(Sink):
 
     name: ClassVar[str] = "segment"
     accepts: ClassVar[frozenset[str]] = frozenset({EVENT})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"write_key"})
-    secret_settings: ClassVar[frozenset[str]] = frozenset({"write_key"})
-    settings_doc: ClassVar[dict[str, str]] = settings_doc(SegmentSettings)
+    settings_model: ClassVar[type[SegmentSettings]] = SegmentSettings
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
     example_settings: ClassVar[dict[str, Any]] = {"write_key": "segment-example-write-key"}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
@@ -78,23 +75,27 @@ class SegmentSink(Sink):
         (429, b"", Retry), (500, b"", Retry), (502, b"", Retry), (503, b"", Retry),
     )
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        super().__init__(settings)
-        parsed, self._problems = parse_settings(SegmentSettings, settings, self.name)
-        self.config = parsed or SegmentSettings.model_construct(
-            write_key=str(settings.get("write_key", "")))
-        self.url = f"{self.config.base_url}/v1/batch"
-        token = base64.b64encode(f"{self.config.write_key}:".encode()).decode()
+    def __init__(self, settings: SegmentSettings | Mapping[str, Any]) -> None:
+        """From checked settings, or a mapping checked here by the same model (pydantic's
+        ValidationError when it is wrong)."""
+        config = settings if isinstance(settings, SegmentSettings) else (
+            SegmentSettings.model_validate(settings))
+        super().__init__(config.model_dump())
+        self.config = config
+        key = config.write_key.get_secret_value()
+        self.url = f"{config.base_url}/v1/batch"
+        token = base64.b64encode(f"{key}:".encode()).decode()
         self.headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
-        self._envelope = (b'{"batch":[', b'],"writeKey":' + orjson.dumps(
-            self.config.write_key) + b"}")
-        self.batch_policy = BatchPolicy(max_items=self.config.max_events_per_request,
-                                        max_request_bytes=self.config.max_request_bytes,
-                                        max_item_bytes=self.config.max_message_bytes,
-                                        max_age=self.config.max_wait_seconds)
+        self._envelope = (b'{"batch":[', b'],"writeKey":' + orjson.dumps(key) + b"}")
+        self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
+                                        max_request_bytes=config.max_request_bytes,
+                                        max_item_bytes=config.max_message_bytes,
+                                        max_age=config.max_wait_seconds)
 
-    def check_settings(self) -> list[tuple[str, str]]:
-        return list(self._problems)
+    @classmethod
+    def from_settings(cls, settings: SegmentSettings) -> SegmentSink:
+        """The sink for settings already checked (how the engine builds it)."""
+        return cls(settings)
 
     def element(self, item: Item) -> dict[str, Any]:
         """One ``track`` message."""

@@ -99,3 +99,15 @@ def test_example_dry_run(bundle: str, cli: Callable[..., Result], tmp_path: Path
     assert request["method"] == "POST"
     for secret in SECRETS[bundle].values():
         assert secret not in result.stdout + result.stderr + dead.read_text()
+
+
+def test_the_readme_shows_the_settings_the_sinks_define() -> None:
+    from moerules.connectors.amplitude.settings import AmplitudeSettings
+    from moerules.connectors.mixpanel.settings import MixpanelSettings
+    from moerules.connectors.segment.settings import SegmentSettings
+    from moerules.engine.rules.settings import settings_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    for model in (AmplitudeSettings, SegmentSettings, MixpanelSettings):
+        table = settings_table(model)
+        assert table in readme, f"README.md's {model.__name__} table should be:\n{table}"

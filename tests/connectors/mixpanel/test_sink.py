@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from moerules.engine.connector import (
     WireRequest,
 )
 from moerules.engine.runtime.delivery import deliver
+from pydantic import ValidationError
 
+from tests.conftest import Result
 from tests.connectors.streams_input import FAST, accepted, dead_letters, write_streams
 
 TOKEN = "test-mixpanel-token"
@@ -78,18 +81,43 @@ def test_service_account_auth_and_residency_hosts() -> None:
     assert sink(data_residency="in").url == "https://api-in.mixpanel.com/import?strict=1"
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({}, "give project_token, or service_account_username, service_account_secret and "
-         "project_id"),
+@pytest.mark.parametrize(("settings", "key", "message"), [
+    ({}, "project_token", "give project_token, or service_account_username, "
+                          "service_account_secret and project_id"),
     ({"project_token": "t", "service_account_username": "u", "service_account_secret": "s",
-      "project_id": "1"}, "not both"),
-    ({"service_account_username": "u", "service_account_secret": "s"}, "needs project_id"),
-    ({"service_account_username": "u"}, "needs service_account_username and "
-                                        "service_account_secret"),
+      "project_id": "1"}, "project_token", "not both"),
+    ({"service_account_username": "u", "service_account_secret": "s"}, "project_id",
+     "needs project_id"),
+    ({"service_account_username": "u"}, "service_account_secret", "needs its secret"),
+    ({"service_account_secret": "s", "project_id": "1"}, "service_account_username",
+     "needs its user"),
 ])
-def test_credentials_must_be_one_complete_kind(settings: dict[str, Any], message: str) -> None:
-    problems = MixpanelSink(settings).check_settings()
-    assert len(problems) == 1 and message in problems[0][1]
+def test_credentials_must_be_one_complete_kind(settings: dict[str, Any], key: str,
+                                               message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        MixpanelSink(settings)
+    (error,) = caught.value.errors()
+    assert error["loc"] == (key,) and message in error["msg"]
+
+
+def test_a_credential_problem_is_a_validate_error_at_its_setting(
+        write: Callable[[str, str], Path], cli: Callable[..., Result]) -> None:
+    path = write("b.yaml", """
+        bundle: t
+        source: {connector: moengage-streams}
+        destination:
+          connector: mixpanel
+          settings:
+            service_account_username: sa.user
+            service_account_secret: "${MP_SECRET}"
+        identity: {candidates: {uid: event.uid}}
+        events: [{name: all, event_name: "{{ event.event_name }}"}]
+        """)
+    result = cli("validate", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:5:3: error: destination setting 'project_id': a service account needs "
+        "project_id (Mixpanel requires ?project_id= with it)")
 
 
 def test_attributes_never_override_the_keys_import_requires() -> None:

@@ -26,6 +26,7 @@ from moerules.engine.connector import (
     WireRequest,
 )
 from moerules.engine.runtime.delivery import deliver
+from pydantic import ValidationError
 
 from tests.connectors.streams_input import FAST, accepted, dead_letters, event, write_streams
 
@@ -75,11 +76,14 @@ def test_region_picks_the_host() -> None:
 
 
 def test_an_endpoint_of_another_regions_host_is_refused() -> None:
-    problems = sink(region="EU", endpoint="https://api.segment.io").check_settings()
-    assert problems == [("endpoint", "setting 'endpoint' of destination 'segment': "
-                         "https://api.segment.io is Segment's US host but region is EU: Segment "
-                         "drops events sent to another region than the workspace's")]
-    assert sink(region="EU", endpoint="https://events.eu1.segmentapis.com").check_settings() == []
+    with pytest.raises(ValidationError) as caught:
+        sink(region="EU", endpoint="https://api.segment.io")
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("endpoint",)
+    assert error["msg"] == ("https://api.segment.io is Segment's US host but region is EU: "
+                            "Segment drops events sent to another region than the workspace's")
+    assert sink(region="EU", endpoint="https://events.eu1.segmentapis.com/").url == \
+        "https://events.eu1.segmentapis.com/v1/batch"
 
 
 def test_batches_stay_within_segments_limits_and_big_messages_are_refused() -> None:

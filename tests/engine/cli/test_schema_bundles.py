@@ -54,8 +54,10 @@ def test_schema_takes_settings_from_the_connectors_models(cli: Callable[..., Res
     schema = json.loads(cli("schema").stdout)
     defs = schema["$defs"]
     assert schema["properties"]["destination"] == {"$ref": "#/$defs/DestinationRef"}
-    assert defs["DestinationRef"]["properties"]["connector"]["enum"] == ["moengage"]
-    assert defs["SourceRef"]["properties"]["connector"]["enum"] == ["mparticle"]
+    assert defs["DestinationRef"]["properties"]["connector"]["enum"] == [
+        "amplitude", "mixpanel", "moengage", "segment"]
+    assert defs["SourceRef"]["properties"]["connector"]["enum"] == ["moengage-streams",
+                                                                     "mparticle"]
     settings = defs["MoEngageDataSettings"]
     assert list(settings["properties"]) == list(MoEngageDataSettings.model_fields)
     assert settings["required"] == ["workspace_id", "data_api_key"]
@@ -63,8 +65,9 @@ def test_schema_takes_settings_from_the_connectors_models(cli: Callable[..., Res
     assert defs["MParticleSettings"]["properties"] == {}
 
     validator = jsonschema.Draft202012Validator(schema)
-    shipped = load_yaml(shipped_bundles()["mparticle-to-moengage"])
-    assert list(validator.iter_errors(json.loads(json.dumps(shipped)))) == []
+    for path in shipped_bundles().values():
+        shipped = load_yaml(path)
+        assert list(validator.iter_errors(json.loads(json.dumps(shipped)))) == [], path
 
     def errors(**settings: object) -> list[str]:
         bundle = {"bundle": "b", "source": {"connector": "mparticle"}, "destination": {
