@@ -14,10 +14,11 @@ on the partner, so each bundle says it in its rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
-from moerules.engine.connector import Source
+from moerules.engine.connector import Source, packaged_schema
 from moerules.engine.errors import RecordError
 from moerules.engine.rules.settings import NoSettings
 
@@ -40,6 +41,9 @@ class MoEngageStreamsSource(Source):
     # and non-empty (see the README's Streams section); until then every line is decoded whole.
     projectable: ClassVar[bool] = False
     settings_model: ClassVar[type[NoSettings]] = NoSettings
+    # the payload's documented fields (reference §2), for validate's path warnings
+    record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(
+        __package__ or "", "streams.schema.json")
 
     @classmethod
     def from_settings(cls, settings: NoSettings) -> MoEngageStreamsSource:

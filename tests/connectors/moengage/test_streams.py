@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import orjson
 import pytest
 from moerules.connectors.moengage.streams import MoEngageStreamsSource
 from moerules.engine.connector import load_connector
 from moerules.engine.errors import RecordError
+
+from tests.conftest import Result
 
 PAYLOAD = {"app_name": "App Name", "source": "MOENGAGE", "moe_request_id": "r-1",
            "events": [{"event_name": "Notification Received Android",
@@ -67,3 +72,21 @@ def test_not_projected_until_a_missing_events_list_can_be_told_apart() -> None:
 def test_unknown_settings_are_reported() -> None:
     assert MoEngageStreamsSource({"batch_size": 10}).check_settings() == [
         ("batch_size", "unknown setting 'batch_size' for source 'moengage-streams'")]
+
+
+def test_validate_warns_about_a_path_no_streams_payload_has(
+        write: Callable[[str, str], Path], cli: Callable[..., Result]) -> None:
+    path = write("b.yaml", """
+        bundle: t
+        source: {connector: moengage-streams}
+        destination: {connector: segment, settings: {write_key: k}}
+        identity: {candidates: {uid: event.uid}}
+        events:
+          - name: all
+            event_name: "{{ event.event_name }}"
+            fields: {messageId: event.event_uid}
+        """)
+    result = cli("validate", "--strict", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:8:31: warning: no moengage-streams record has 'event.event_uid': event " \
+           "has no field 'event_uid' (did you mean 'event_uuid'?)" in result.stderr
