@@ -191,10 +191,26 @@ def test_a_refused_batch_is_dead_lettered_whole_and_never_retried(tmp_path: Path
     assert report.balanced() and report.statuses["400"] == 1
 
 
-def test_a_wrong_write_key_stops_the_run_without_dead_letters(tmp_path: Path) -> None:
+def test_a_wrong_write_key_is_answered_200_and_cannot_be_seen_by_the_sender(
+        tmp_path: Path) -> None:
+    """Segment answers 200 to everything but oversized or unreadable requests, a wrong write
+    key included, and drops the events afterwards (reference §4): no verdict can catch it,
+    which is why the README says to check the source's debugger after the first run."""
     emu = SegmentEmulator(KEY)
     with serve(emu) as url:
-        report, _, dead = run(url, tmp_path, 2, key="not-the-write-key")
-    assert report.interrupted
-    assert any("invalid_write_key" in w for w in report.warnings)
-    assert not dead.exists() and emu.records() == []
+        report, uuids, dead = run(url, tmp_path, 2, key="not-the-write-key")
+    assert report.delivered == len(uuids) and not report.interrupted and not dead.exists()
+    assert emu.records() == []
+    assert {reason for r in emu.received for reason in r.reasons.values()} == {
+        "project_not_found"}
+
+
+def test_segment_discards_a_resent_message_id(tmp_path: Path) -> None:
+    """messageId is the event_uuid: a request retried after a lost answer is ingested once."""
+    emu = SegmentEmulator(KEY)
+    (tmp_path / "again").mkdir()
+    with serve(emu) as url:
+        run(url, tmp_path, 2)
+        again, uuids, _ = run(url, tmp_path / "again", 2)
+    assert again.delivered == len(uuids)
+    assert accepted(emu.records("/v1/batch"), lambda m: m["messageId"]) == {u: 1 for u in uuids}
