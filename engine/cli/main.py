@@ -425,6 +425,7 @@ def bench(quick: bool, seed: int) -> None:
 from moerules.engine.cli.authoring import register as _register_authoring  # noqa: E402
 
 _register_authoring(main)  # diff, coverage, playground (engine/cli/authoring.py)
+main.add_command(__import__("moerules.engine.cli.serve", fromlist=["serve"]).serve)  # one line
 
 if __name__ == "__main__":  # pragma: no cover
     main()

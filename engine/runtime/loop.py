@@ -52,7 +52,7 @@ from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.retry import RetryPolicy
 from moerules.engine.runtime.sender import RunControl, Sender
 
-__all__ = ["DeliveryLoop", "DeliveryOptions", "Feed", "Input", "pump"]
+__all__ = ["DeliveryLoop", "DeliveryOptions", "Feed", "Input", "LineSource", "pump"]
 
 _READ_CHUNK = 1 << 16
 
@@ -99,6 +99,19 @@ class Feed(Protocol):
     def finish(self) -> list[WireRequest]: ...
 
     def stopped(self) -> None: ...
+
+
+class LineSource(Protocol):
+    """Where the loop reads lines: a file or stdin (``Input``), or the service's spool."""
+
+    position: int
+    eof: bool
+
+    async def lines(self) -> list[bytes]: ...
+
+    def cancel_read(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 # -- the task graph --------------------------------------------------------------------------
@@ -248,8 +261,11 @@ class DeliveryLoop:
         self.quiet = quiet
         self.lines_read = 0
         self.reached_end = False
-        self.input: Input | None = None
+        self.input: LineSource | None = None
         self.control: RunControl  # made in deliver_lines: anyio objects need the event loop
+
+    # the service logs and counts each try (engine/service/consumer.py)
+    sender_class: type[Sender] = Sender
 
     # -- hooks -----------------------------------------------------------------------------
     def _final(self, items: list[Item], delivered: int) -> None:
@@ -260,6 +276,10 @@ class DeliveryLoop:
 
     def _line_done(self, line_no: int, end_offset: int) -> None:
         """Line ``line_no`` (blank or not) is done; the next one starts at ``end_offset``."""
+
+    def _limiter(self) -> RateLimiter:
+        """The rate limiter of the sink's limits (the service counts its waits)."""
+        return RateLimiter(self.compiled.sink.rate_limits())
 
     def _snapshot(self) -> Snapshot:
         ledger, report = self.ledger, self.report
@@ -328,13 +348,13 @@ class DeliveryLoop:
         self.control.on_stop(self.input.cancel_read)
         progress = ProgressDisplay(self._snapshot, total_bytes=total_bytes, quiet=self.quiet,
                                    interval=options.progress_interval)
-        limiter = RateLimiter(sink.rate_limits())
+        limiter = self._limiter()
         async with httpx.AsyncClient(timeout=options.request_timeout, limits=httpx.Limits(
                 max_connections=options.concurrency,
                 max_keepalive_connections=options.concurrency)) as client:
-            sender = Sender(sink, client, limiter, options.retry_policy(), self.report, dead,
-                            self.control, on_final=self._final,
-                            request_timeout=options.request_timeout)
+            sender = self.sender_class(sink, client, limiter, options.retry_policy(),
+                                       self.report, dead, self.control, on_final=self._final,
+                                       request_timeout=options.request_timeout)
             await pump(partial(self._produce, feed, first_line), sender, options, self.control,
                        self.report, progress=progress, background=background)
 
