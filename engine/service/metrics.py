@@ -48,7 +48,7 @@ __all__ = ["CONTENT_TYPE", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # the *_created series (when each counter was made) only add noise to every scrape
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
