@@ -182,3 +182,25 @@ def test_sigterm_with_nothing_pending_exits_at_once(
     assert service.wait(timeout=20) == 0
     assert set(accepted_ids(emu)) == expected(1, 1)
     assert service.wait_event("stopped")["spooled"] == {BUNDLE: 0}
+
+
+def test_a_refused_key_pauses_delivery_and_keeps_accepting(
+        start_service: Callable[..., ServiceProcess],
+        emulator: tuple[MoEngageEmulator, str]) -> None:
+    """401 from the partner is fatal for a run; the service keeps the payloads, keeps
+    accepting, and tries again later (here: after the partner's key was put right)."""
+    emu, url = emulator
+    right_key = emu.data_api_key
+    emu.data_api_key = "rotated-key-the-service-does-not-know"
+    service = start_service("--set", endpoint(url))
+    assert service.post(payloads(1, 1)[0]).status_code == 202
+    stopped = service.wait_event("delivery stopped", timeout=DEFAULT_MAX_AGE + 10)
+    assert stopped["bundle"] == BUNDLE and "401" in stopped["reason"]
+    metrics = service.metrics()
+    assert metrics[f'moerules_delivery_up{{bundle="{BUNDLE}"}}'] == 0
+    assert metrics[DEPTH] == 1
+    assert service.post(payloads(2, 2)[0]).status_code == 202  # still accepting
+    emu.data_api_key = right_key
+    assert wait_until(lambda: set(accepted_ids(emu)) == expected(1, 2), timeout=30)
+    assert wait_until(lambda: service.metrics()[DEPTH] == 0)
+    assert service.metrics()[f'moerules_delivery_up{{bundle="{BUNDLE}"}}'] == 1
