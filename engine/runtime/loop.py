@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, Protocol
@@ -107,7 +107,7 @@ class LineSource(Protocol):
     position: int
     eof: bool
 
-    async def lines(self) -> list[bytes]: ...
+    async def lines(self) -> Sequence[bytes | LongLine]: ...
 
     def cancel_read(self) -> None: ...
 
@@ -301,7 +301,7 @@ class DeliveryLoop:
                 for request in encoder.flush():
                     await stream.send(request)
                 continue
-            lines: list[bytes | LongLine] = []
+            lines: Sequence[bytes | LongLine] = ()
             try:
                 with anyio.move_on_after(math.inf if wait is None else wait):
                     lines = await source.lines()

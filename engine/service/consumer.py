@@ -36,6 +36,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, Refused, Response, SinkEncoder, Verdict, WireRequest
 from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.input import LongLine
 from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Feed
 from moerules.engine.runtime.pipeline import Pipeline
 from moerules.engine.runtime.ratelimit import RateLimiter
@@ -185,7 +186,7 @@ class _SpoolFeed:
         self.tracker = tracker
         self.encoder: SinkEncoder = pipeline.encoder
 
-    def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
+    def feed(self, line_no: int, line: bytes | LongLine) -> list[WireRequest]:
         message = self.source.pending.popleft()
         self.tracker.begin(message.id)
         try:

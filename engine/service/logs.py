@@ -19,29 +19,31 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 import orjson
+from moerules.engine.secrets import Scrubber as SecretScrubber
 
 __all__ = ["LOGGER", "Scrubber", "log_event", "service_logger"]
 
 LOGGER = "moerules.service"
-_MIN_SECRET = 4  # shorter values would corrupt every line they appear in
 
 
 class Scrubber(logging.Filter):
-    """Replaces secret values in every formatted field of a record."""
+    """Replaces secrets, in every form they travel in (engine/secrets.py: base64 in a Basic
+    token, percent-encoded in a URL, escaped in JSON), in every field of a record."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: list[str] = []
+        self.secrets: set[str] = set()
+        self._scrubber = SecretScrubber(())
 
     def update(self, secrets: Iterable[str]) -> None:
-        found = {s for s in secrets if len(s) >= _MIN_SECRET}
-        self.secrets = sorted(found | set(self.secrets), key=len, reverse=True)
+        """Scrub ``secrets`` too from now on (a reload may bring new ones)."""
+        new = set(secrets) - self.secrets
+        if new:
+            self.secrets |= new
+            self._scrubber = SecretScrubber(self.secrets)
 
     def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return self._scrubber.text(text) if self._scrubber else text
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.scrub(str(record.msg))
