@@ -60,10 +60,11 @@ __all__ = ["DATA_CENTERS", "MoEngageDataSink"]
 
 # the longest an item waits in a request that is not full (inputs that never end)
 DEFAULT_MAX_AGE = 5.0
-# documented per-minute limits by endpoint and what they count (§1.3)
-ENDPOINT_LIMITS: tuple[tuple[str, str, int], ...] = (
-    ("transition", USER, 60_000), ("transition", EVENT, 60_000),
-    ("event", EVENT, 30_000), ("customer", USER, 10_000),
+# documented limits by endpoint and what they count (§1.3): (endpoint, item kind, how many,
+# per seconds); the request-rate limits of the partner feed come on top (settings)
+ENDPOINT_LIMITS: tuple[tuple[str, str, int, float], ...] = (
+    ("transition", USER, 60_000, 60.0), ("transition", EVENT, 60_000, 60.0),
+    ("event", EVENT, 30_000, 60.0), ("customer", USER, 10_000, 60.0),
 )
 
 
@@ -319,8 +320,8 @@ class MoEngageDataSink(Sink):
             RateLimit(self.config.requests_per_second, 1.0),
             RateLimit(self.config.requests_per_minute, 60.0),
         ]
-        limits += [RateLimit(amount, 60.0, endpoint, counts=ITEMS, kind=kind)
-                   for endpoint, kind, amount in ENDPOINT_LIMITS]
+        limits += [RateLimit(amount, seconds, endpoint, counts=ITEMS, kind=kind)
+                   for endpoint, kind, amount, seconds in ENDPOINT_LIMITS]
         return limits
 
     def classify(self, request: WireRequest, response: Response) -> Verdict:

@@ -94,8 +94,9 @@ class TokenBucket:
 
     def full_for(self, now: float, units: int = 1) -> float:
         """Seconds until ``units`` may really leave (0: now), by the log of departures."""
-        departures = self.departures
-        while departures and departures[0][0] <= now - self.span:
+        departures, span = self.departures, self.span
+        # "when + span <= now", written as the wait below computes it: no float gap between
+        while departures and departures[0][0] + span - now <= 0:
             self.in_window -= departures.popleft()[1]
         excess = self.in_window + units - self.limit.amount
         if excess <= 0:
@@ -103,8 +104,8 @@ class TokenBucket:
         for when, sent in departures:  # the oldest departures that must leave the window
             excess -= sent
             if excess <= 0:
-                return when + self.span - now
-        return self.span  # not reached: units never exceed the amount
+                return when + span - now
+        return span  # not reached: units never exceed the amount
 
     def depart(self, now: float, units: int = 1) -> None:
         self.departures.append((now, units))

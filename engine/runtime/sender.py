@@ -95,10 +95,38 @@ class Sender:
         self.control = control
         self.on_final = on_final
         self.request_timeout = request_timeout
+        # the values of the sink's secret headers (an Authorization token...): a partner or a
+        # proxy that echoes the request must not put them into dead letters or warnings
+        self._header_secrets: set[str] = set()
+
+    def _note_secrets(self, request: WireRequest) -> None:
+        secret_headers = self.sink.secret_headers
+        for name, value in request.headers.items():
+            if name.lower() in secret_headers and value not in self._header_secrets:
+                self._header_secrets.add(value)
+                token = value.split()[-1] if value.split() else ""
+                if len(token) >= 8:  # "Basic <token>": the token alone is as secret
+                    self._header_secrets.add(token)
+
+    def excerpt(self, answer: Response) -> str:
+        """The start of an answer, as dead letters and warnings show it (secrets scrubbed
+        before it is cut, so that no part of one is left at the cut)."""
+        excerpt = answer.excerpt
+        longest = max(map(len, self._header_secrets), default=0)
+        wide = answer.body[:len(answer.body[:300]) + longest].decode("utf-8", "replace")
+        shown = self.shown(wide)
+        return excerpt if shown == wide else shown[:len(excerpt)]
+
+    def shown(self, text: str) -> str:
+        """``text`` (an answer's excerpt, a verdict's reason) as outputs may show it."""
+        for secret in sorted(self._header_secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
     async def send(self, request: WireRequest, attempt: int = 0) -> None:
         """Send ``request`` until its items reach an outcome; ``attempt`` tries were made
         for them already (a partial retry carries its count on)."""
+        self._note_secrets(request)
         while True:
             attempt += 1
             await self.limiter.acquire(request)
@@ -114,9 +142,10 @@ class Sender:
                 await self._split(request, verdict, answer, attempt)
                 return
             if isinstance(verdict, Fatal):
-                self.control.abort(verdict.reason if answer is None else
-                                   f"the destination refused the request ({verdict.reason}): "
-                                   f"{answer.excerpt[:200]}")
+                self.control.abort(self.shown(
+                    verdict.reason if answer is None else
+                    f"the destination refused the request ({verdict.reason}): "
+                    f"{self.excerpt(answer)[:200]}"))
                 return
             if isinstance(verdict, Reject):
                 self._dead(request.items, f"rejected by the destination: {verdict.reason}",
@@ -208,7 +237,7 @@ class Sender:
         items = request.items
         rejected = {i: why for i, why in verdict.rejected.items() if 0 <= i < len(items)}
         again = sorted(i for i in verdict.retry if 0 <= i < len(items) and i not in rejected)
-        reason = f"rejected by the destination: {verdict.reason or 'item refused'}"
+        reason = self.shown(f"rejected by the destination: {verdict.reason or 'item refused'}")
         for index, why in rejected.items():
             self._write_dead(items[index], reason, answer, attempt, why)
         self.ledger.settle([items[i] for i in rejected], reason)
@@ -235,6 +264,7 @@ class Sender:
 
     def _dead(self, items: list[Item], reason: str, error: str, answer: Response | None,
               attempt: int) -> None:
+        reason = self.shown(reason)
         for item in items:
             self._write_dead(item, reason, answer, attempt, error)
         self.ledger.settle(items, reason)
@@ -244,8 +274,10 @@ class Sender:
                     error: str) -> None:
         """The dead letter of a taken item (its outcome goes to the ledger with it)."""
         line, index = item.ref
+        error = self.shown(error)
         self.dead.write(reason, record=item_record(item), error=error, line=line,
                         rule=item.rule, event_index=None if index < 0 else index,
                         stage="delivery", format=DEAD_LETTER_FORMAT,
                         status=None if answer is None else answer.status,
-                        response="" if answer is None else answer.excerpt, attempts=attempt)
+                        response="" if answer is None else self.excerpt(answer),
+                        attempts=attempt)

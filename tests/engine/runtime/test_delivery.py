@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import anyio
 import orjson
 import pytest
 from moerules.connectors.emulation import Fault
+from moerules.connectors.moengage import sink as sink_module
 from moerules.engine.runtime.delivery import deliver
 from moerules.engine.runtime.progress import ProgressDisplay, Snapshot
 
@@ -21,6 +26,8 @@ from tests.engine.runtime.conftest import (
     dead_ids,
     delivered,
     expected_ids,
+    item_ids,
+    wait_until,
     write_input,
 )
 
@@ -244,3 +251,37 @@ def test_an_event_that_cannot_be_encoded_is_dead_lettered_and_the_run_completes(
     again = deliver(bundle, str(tmp_path / "in.jsonl"), state_dir=tmp_path / "state",
                     quiet=True, options=FAST)
     assert again.lines_in == 0 and any("already complete" in n for n in again.notes)
+
+
+def test_an_input_that_never_ends_still_sends_on_time(
+        emulator: tuple[TimedEmulator, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-full request leaves when its oldest item is the batch policy's max_age old, while
+    the input (a pipe) stays open: a service's input never reaches its end."""
+    emu, url = emulator
+    monkeypatch.setattr(sink_module, "DEFAULT_MAX_AGE", 0.3)
+    read_end, write_end = os.pipe()
+    stdin = io.TextIOWrapper(os.fdopen(read_end, "rb"))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    seen: list[float] = []
+
+    def writer() -> None:
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(orjson.dumps(batch(1, 2)) + b"\n")
+            pipe.flush()
+            written = time.monotonic()
+            wait_until(lambda: bool(emu.received), timeout=5.0)
+            seen.append(time.monotonic() - written)  # the pipe is still open here
+            pipe.write(orjson.dumps(batch(2, 2)) + b"\n")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    report = deliver(compiled(url), "-", state_dir=tmp_path, quiet=True,
+                     options=replace(FAST, handle_signals=False))
+    thread.join()
+    stdin.close()
+    assert seen and 0.25 <= seen[0] < 3.0  # flushed by age, not by the end of the input
+    first = emu.received[0]
+    assert item_ids(first.body) == ["user:c-1", "event:1-0", "event:1-1"]
+    assert set(delivered(emu)) == expected_ids(1, 2, 2)
+    assert report.balanced() and not report.interrupted

@@ -5,16 +5,28 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-from moerules.connectors.emulation import FaultPlan
+from moerules.connectors.emulation import FaultPlan, serve
 from moerules.connectors.emulation import RateLimit as WindowLimit
-from moerules.engine.connector import RateLimit
+from moerules.connectors.moengage import sink as sink_module
+from moerules.connectors.moengage.emulator import MoEngageLimits
+from moerules.engine.connector import EVENT, ITEMS, USER, Item, RateLimit, WireRequest
 from moerules.engine.runtime.delivery import deliver
 from moerules.engine.runtime.ratelimit import RateLimiter
 
-from tests.engine.runtime.conftest import FAST, TimedEmulator, compiled, write_input
+from tests.engine.runtime.conftest import (
+    FAST,
+    KEY,
+    WS,
+    TimedEmulator,
+    compiled,
+    delivered,
+    expected_ids,
+    write_input,
+)
 
 
 class FakeClock:
@@ -169,3 +181,51 @@ def test_rate_at_the_emulator_never_exceeds_the_limit(emulator: tuple[TimedEmula
     burst = 1  # the bucket's burst at 30/s; afterwards the pace is steady
     sustained = (len(arrivals) - burst) / (arrivals[-1] - arrivals[0])
     assert sustained >= 0.9 * limit
+
+
+def test_item_limits_cost_each_request_what_it_carries() -> None:
+    clock = FakeClock()
+    users = RateLimit(100, 10.0, "transition", counts=ITEMS, kind=USER)
+    limiter = RateLimiter([users, RateLimit(1000, 1.0)], clock=clock)
+    carrying = WireRequest("POST", "u", {}, b"", [
+        Item(USER, f"c{n}", "", {}, {}, None, (n, -1), "user") for n in range(25)],
+                           limit_key="transition")
+    no_users = WireRequest("POST", "u", {}, b"", [
+        Item(EVENT, "c", "E", {}, {}, None, (1, 0), "r")], limit_key="transition")
+    departures: list[float] = []
+    for _ in range(8):  # 200 users: two windows' worth
+        at = limiter.reserve("transition", carrying)
+        clock.now = at
+        while (wait := limiter.depart("transition", carrying)) > 0:
+            clock.now += wait
+        departures.append(clock.now)
+    span = users.per_seconds * 1.03
+    assert max(sum(25 for b in departures if b <= a < b + span) for a in departures) <= 100
+    assert departures[-1] > span  # the users' limit made them wait
+    # a request with no users takes nothing from the users' bucket: it goes at once
+    assert limiter.reserve("transition", no_users) <= clock.now + 0.01
+
+
+def test_a_healthy_run_meets_no_429_from_per_minute_item_caps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9.2: the Data API caps users and events per minute across all requests. Paced by
+    requests alone, a run of small requests is refused; paced by what requests carry, never.
+    (The emulator's minute is scaled down to 2 s so that the test takes seconds.)"""
+    caps = MoEngageLimits(bulk_users_per_minute=30, bulk_events_per_minute=90, minute=2.0)
+    write_input(tmp_path / "in.jsonl", 40)  # 40 users and 120 events
+    sets = ("destination.max_request_bytes=2048",)
+
+    def run(limits: tuple[tuple[str, str, int, float], ...], state: str) -> tuple[int, Any]:
+        monkeypatch.setattr(sink_module, "ENDPOINT_LIMITS", limits)
+        emu = TimedEmulator(WS, KEY, limits=caps)
+        with serve(emu) as url:
+            report = deliver(compiled(url, *sets), str(tmp_path / "in.jsonl"),
+                             state_dir=tmp_path / state, quiet=True, options=FAST)
+        assert set(delivered(emu)) == expected_ids(1, 40) and report.balanced()
+        return report.statuses["429"], report
+
+    refused, report = run((), "unpaced")  # requests/s only: the caps are met head-on
+    assert refused > 0 and report.throttled == refused
+    refused, report = run((("transition", USER, 30, 2.0), ("transition", EVENT, 90, 2.0)),
+                          "paced")
+    assert refused == 0 and report.throttled == 0 and report.retries == 0
