@@ -9,6 +9,7 @@ A sink is a class with two methods to write and a few declarations::
         name = "example"                      # the entry-point name bundles use
         accepts = frozenset({EVENT, USER})    # item kinds it can deliver (engine/items.py)
         settings_model = ExampleSettings      # typed settings (engine/rules/settings.py)
+        example_settings = {"api_key": "example-api-key-for-tests"}  # fake: for the tests
 
         @classmethod
         def from_settings(cls, settings: ExampleSettings) -> ExampleSink:  # checked settings
@@ -45,7 +46,8 @@ A sink is a class with two methods to write and a few declarations::
 6. **Settings and secrets**: ``settings_model`` is a ``ConnectorSettings`` pydantic model;
    ``moerules validate`` checks a bundle's settings against it at their file positions, and
    the engine builds the connector with ``from_settings(parsed)``. ``SecretStr`` settings and
-   headers in ``secret_headers`` are redacted from dry-run output, reports and dead letters.
+   headers in ``secret_headers`` are redacted from dry-run output, reports and dead letters
+   (the runtime also scrubs what a partner echoes of those headers).
 7. Register the class under the ``moerules.connectors`` entry-point group (the only registry:
    another package adds a connector with no change here; an emulator goes in
    ``moerules.emulators``) and give the conformance suite its ``example_settings``.

@@ -4,8 +4,9 @@ A new sink passes this file before anything else: it declares what it accepts an
 policy; its encoder keeps to that policy (items, bytes per request, bytes per item, age) and
 loses nothing; an item no request can hold is refused when encoded; every answer its partner
 documents maps to the right verdict, 429's Retry-After included; partial verdicts dead-letter
-exactly the rejected items and resend exactly the ones to retry; and its secrets never appear
-in the requests a dry run shows, in reports or in dead letters.
+exactly the rejected items and resend exactly the ones to retry; its secrets never appear
+in the requests a dry run shows, in reports or in dead letters; and a bad setting is a
+``moerules validate`` error at its line.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ from moerules.engine.connector import (
     connector_names,
     load_connector,
 )
+from moerules.engine.rules.settings import secret_fields, settings_model_of
 from moerules.engine.runtime.deadletter import DeadLetterWriter
 from moerules.engine.runtime.ratelimit import RateLimiter
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.retry import RetryPolicy
 from moerules.engine.runtime.sender import RunControl, Sender
+
+from tests.conftest import Result
 
 VERDICTS = (Delivered, Retry, Reject, Partial, Split, Fatal)
 
@@ -58,15 +62,31 @@ def registered_sinks() -> list[str]:
 SINKS = registered_sinks()
 
 
+def sink_class(name: str) -> type[Sink]:
+    cls = load_connector(name)
+    assert isinstance(cls, type) and issubclass(cls, Sink)
+    return cls
+
+
+def build(cls: type[Sink]) -> Sink:
+    """The sink as the engine builds it: from its example settings, parsed by its model."""
+    parsed = settings_model_of(cls).model_validate(dict(cls.example_settings))
+    from_settings = getattr(cls, "from_settings", None)
+    sink: Sink = from_settings(parsed) if from_settings is not None else cls(
+        dict(cls.example_settings))
+    return sink
+
+
 @pytest.fixture(params=SINKS)
 def sink(request: pytest.FixtureRequest) -> Sink:
-    cls = load_connector(request.param)
-    assert isinstance(cls, type) and issubclass(cls, Sink)
-    return cls(dict(cls.example_settings))
+    return build(sink_class(request.param))
 
 
 def secrets_of(sink: Sink) -> list[str]:
-    return [str(sink.settings[k]) for k in sink.secret_settings if k in sink.settings]
+    """The values of the example's secret settings (``SecretStr`` fields of the model)."""
+    names = secret_fields(settings_model_of(type(sink))) | type(sink).secret_settings
+    return [str(type(sink).example_settings[k]) for k in sorted(names)
+            if k in type(sink).example_settings]
 
 
 def items_for(sink: Sink, count: int, pad: int = 0) -> list[Item]:
@@ -104,7 +124,6 @@ def test_declares_the_contract(sink: Sink) -> None:
     assert policy.max_request_bytes is not None, "every partner caps a request's size"
     assert policy.max_age is not None and policy.max_age > 0, (
         "a request that is not full must still leave (inputs that never end)")
-    assert sink.check_settings() == [], "example_settings make a working sink"
     assert sink.documented_answers, "the partner's documented answers, for the checks below"
     assert secrets_of(sink), "example_settings hold the sink's secret settings"
 
@@ -294,3 +313,29 @@ def _b64(text: str) -> bytes | None:
         return base64.b64decode(text, validate=True) or None
     except ValueError:
         return None
+
+
+def test_bad_settings_are_validate_errors_at_their_line(
+        cli: Any, tmp_path: Path, sink: Sink) -> None:
+    """An unknown setting, and a wrong type for a setting that takes a number, are errors at
+    ``file:line:col`` of the setting (never a traceback in a real run)."""
+    model = settings_model_of(type(sink))
+    numbers = [name for name, info in model.model_fields.items()
+               if info.annotation in (int, float)]
+    lines = [f"    {key}: {orjson.dumps(value).decode()}"
+             for key, value in type(sink).example_settings.items() if key not in numbers[:1]]
+    bad = ["    no_such_setting: 1"] + [f"    {name}: abc" for name in numbers[:1]]
+    bundle = tmp_path / "bundle.yaml"
+    bundle.write_text("\n".join([
+        "bundle: conformance", "source: {connector: mparticle}", "destination:",
+        f"  connector: {sink.name}", "  settings:", *lines, *bad,
+        "identity:", "  candidates: {customer_id: batch.user_identities.customer_id}",
+        "events:", "  - name: all", "    event_name: \"{{ event.event_type }}\"", ""]))
+    result: Result = cli("validate", str(bundle))
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    first = 6 + len(lines)
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert any(line.startswith(f"{bundle}:{first}:5: error: ") and "no_such_setting" in line
+               for line in errors), errors
+    if numbers:
+        assert any(line.startswith(f"{bundle}:{first + 1}:") for line in errors), errors
