@@ -15,6 +15,7 @@ import orjson
 import pytest
 from moerules.connectors.emulation import Fault
 from moerules.connectors.moengage import sink as sink_module
+from moerules.engine.api import dry_run, iter_lines
 from moerules.engine.runtime.delivery import deliver
 from moerules.engine.runtime.progress import ProgressDisplay, Snapshot
 
@@ -285,3 +286,28 @@ def test_an_input_that_never_ends_still_sends_on_time(
     assert item_ids(first.body) == ["user:c-1", "event:1-0", "event:1-1"]
     assert set(delivered(emu)) == expected_ids(1, 2, 2)
     assert report.balanced() and not report.interrupted
+
+
+def test_an_item_too_large_is_dead_lettered_alike_in_dry_and_real_runs(
+        emulator: tuple[TimedEmulator, str], tmp_path: Path) -> None:
+    """Issue 8.8: a dry run promises only what the real run can do."""
+    emu, url = emulator
+    path = tmp_path / "in.jsonl"
+    huge = batch(2, 2)
+    huge["events"][1]["data"]["custom_attributes"]["blob"] = "z" * 200_000
+    path.write_bytes(b"".join(orjson.dumps(b) + b"\n" for b in (batch(1, 2), huge, batch(3, 2))))
+    dry_dead, real_dead = tmp_path / "dry.jsonl", tmp_path / "real.jsonl"
+    with (tmp_path / "requests.jsonl").open("wb") as out:
+        dry = dry_run(compiled(url), iter_lines(str(path)), out, dead_letter=dry_dead)
+    real = deliver(compiled(url), str(path), dead_letter=real_dead, state_dir=tmp_path,
+                   quiet=True, options=FAST)
+    assert dry_dead.read_bytes() == real_dead.read_bytes()
+    (letter,) = [orjson.loads(raw) for raw in real_dead.read_bytes().splitlines()]
+    assert (letter["reason"], letter["line"], letter["event_index"]) == (
+        "too large for the destination", 2, 1)
+    for report in (dry, real):
+        assert report.dead_lettered == {"too large for the destination": 1}
+        assert report.delivered == len(expected_ids(1, 3, 2)) - 1
+    assert max(len(line) for line in (tmp_path / "requests.jsonl").read_bytes().splitlines()) < (
+        100 * 1024)
+    assert set(delivered(emu)) == expected_ids(1, 3, 2) - {"event:2-1"}
