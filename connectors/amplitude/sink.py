@@ -25,7 +25,7 @@ Answers (reference §3, and what Amplitude's Python SDK does with them) become v
 - 429: Amplitude throttles users and devices, not the key. Events of users over their daily
   quota are rejected; every other event is sent again after ``throttle_pause_seconds`` (30 s,
   Amplitude's advice for the throttled ones; the others wait with them, as the contract gives
-  one delay per answer).
+  one delay per answer), or after a ``Retry-After`` when one is given.
 - 408, 500, 502, 503, 504: retried (``insert_id`` makes a retry of a half-accepted request
   safe).
 """
@@ -57,6 +57,7 @@ from moerules.engine.connector import (
     Verdict,
     WireRequest,
 )
+from moerules.engine.runtime.retry import retry_after_seconds
 
 __all__ = ["AmplitudeSink"]
 
@@ -197,7 +198,7 @@ class AmplitudeSink(Sink):
         if status == 413:
             return Split(reason)
         if status == 429:
-            return self._throttled(request, body, reason)
+            return self._throttled(request, response, body, reason)
         if status == 408 or status >= 500:
             return Retry(reason)
         if status in (401, 403):
@@ -226,9 +227,12 @@ class AmplitudeSink(Sink):
         again = frozenset(range(len(request.items))) - rejected.keys()
         return Partial(rejected, again, reason=reason)
 
-    def _throttled(self, request: WireRequest, body: dict[str, Any], reason: str) -> Verdict:
+    def _throttled(self, request: WireRequest, response: Response, body: dict[str, Any],
+                   reason: str) -> Verdict:
         """429: users over their daily quota rejected; everyone else sent again, later."""
-        pause = self.config.throttle_pause_seconds
+        # Amplitude documents no Retry-After; one given (a proxy's) is obeyed
+        after = retry_after_seconds(response.header("retry-after"))
+        pause = self.config.throttle_pause_seconds if after is None else after
         quota_users = _keys(body.get("exceeded_daily_quota_users"))
         quota_devices = _keys(body.get("exceeded_daily_quota_devices"))
         if not quota_users and not quota_devices:

@@ -80,7 +80,7 @@ class MixpanelSink(Sink):
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
         (200, b'{"code":200,"num_records_imported":2,"status":"OK"}', Delivered),
         (400, b'{"code":400,"error":"some data points in the request failed validation",'
-              b'"num_records_imported":1,"status":"Bad Request","failed_records":[{"index":1,'
+              b'"num_records_imported":0,"status":"Bad Request","failed_records":[{"index":0,'
               b'"insert_id":"x","field":"properties.time","message":"\'properties.time\' is '
               b'invalid"}]}', Partial),
         (400, b'{"code":400,"error":"could not parse the body as JSON","status":"Bad Request"}',
@@ -122,21 +122,26 @@ class MixpanelSink(Sink):
         return cls(settings)
 
     def element(self, item: Item) -> dict[str, Any]:
-        """One /import record."""
+        """One /import record: time, distinct_id and $insert_id first (a field the rule left
+        out is left out, for Mixpanel's strict check to name), then the attributes."""
         fields = item.fields
-        stamp = fields.get("time")
-        insert_id = fields.get("insert_id")
-        if not isinstance(insert_id, str) or not INSERT_ID.fullmatch(insert_id):
-            raise Unencodable(f"$insert_id {insert_id!r} is not 1-36 letters, digits or '-' "
-                              "(Mixpanel refuses it; hash longer ids with {hash: md5})",
-                              BAD_INSERT_ID)
-        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-            seconds = stamp / 1000 if stamp > 1e11 else stamp
-            if seconds > time.time() + FUTURE_SLACK:
-                raise Unencodable(f"time {stamp} is more than an hour ahead of now "
-                                  "(Mixpanel refuses it)", FUTURE_TIME)
-        properties: dict[str, Any] = {"time": stamp, "distinct_id": item.identity,
-                                      "$insert_id": insert_id}
+        properties: dict[str, Any] = {}
+        if "time" in fields:
+            stamp = fields["time"]
+            if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+                seconds = stamp / 1000 if stamp > 1e11 else stamp
+                if seconds > time.time() + FUTURE_SLACK:
+                    raise Unencodable(f"time {stamp} is more than an hour ahead of now "
+                                      "(Mixpanel refuses it)", FUTURE_TIME)
+            properties["time"] = stamp
+        properties["distinct_id"] = item.identity
+        if "insert_id" in fields:
+            insert_id = fields["insert_id"]
+            if not isinstance(insert_id, str) or not INSERT_ID.fullmatch(insert_id):
+                raise Unencodable(f"$insert_id {insert_id!r} is not 1-36 letters, digits or "
+                                  "'-' (Mixpanel refuses it; hash longer ids with "
+                                  "{hash: md5})", BAD_INSERT_ID)
+            properties["$insert_id"] = insert_id
         for key, value in item.attributes.items():
             properties.setdefault(key, value)
         if len(properties) >= MAX_PROPERTIES:

@@ -130,7 +130,7 @@ def test_attributes_never_override_the_keys_import_requires() -> None:
 def test_records_mixpanel_refuses_are_refused_here_with_their_reasons() -> None:
     encoder = sink().encoder()
     _, refused = encoder.add_all([
-        item(insert_id="x" * 37), item(insert_id="has space"), item(insert_id=None),
+        item(insert_id="x" * 37), item(insert_id="has space"), item(insert_id=5),
         item(time=int(time.time()) + 7200), item(time=(int(time.time()) + 7200) * 1000),
         item(attributes={f"p{i}": i for i in range(260)}),
         item(attributes={"blob": "x" * 1_000_001})])
@@ -139,6 +139,12 @@ def test_records_mixpanel_refuses_are_refused_here_with_their_reasons() -> None:
         "event time more than an hour ahead"] * 2 + [
         "too many properties for Mixpanel", "too large for the destination"]
     assert encoder.flush() == []
+
+
+def test_fields_the_rule_left_out_are_left_for_mixpanel_to_name() -> None:
+    bare = Item(EVENT, "u-1", "E", {"k": 1}, {}, None, (1, 0), "r")
+    (request,) = requests_of(sink(), bare)
+    assert request.body == b'[{"event":"E","properties":{"distinct_id":"u-1","k":1}}]'
 
 
 def test_batches_hold_at_most_2000_records() -> None:
