@@ -202,6 +202,9 @@ class Sink(ABC):
     supports_routing: ClassVar[bool] = False
     # settings that make a working sink in tests (the conformance suite), secrets fake
     example_settings: ClassVar[Mapping[str, Any]] = {}
+    # by item kind, the destination fields a valid item carries (the conformance suite's
+    # items: e.g. an id the partner requires); none when items need none
+    example_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = ()
     batch_policy: BatchPolicy = BatchPolicy()
 

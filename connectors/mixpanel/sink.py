@@ -77,6 +77,8 @@ class MixpanelSink(Sink):
     settings_model: ClassVar[type[MixpanelSettings]] = MixpanelSettings
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
     example_settings: ClassVar[dict[str, Any]] = {"project_token": "mixpanel-example-token"}
+    example_fields: ClassVar[dict[str, dict[str, Any]]] = {
+        EVENT: {"time": 1_700_000_000, "insert_id": "conformance-0001"}}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
         (200, b'{"code":200,"num_records_imported":2,"status":"OK"}', Delivered),
         (400, b'{"code":400,"error":"some data points in the request failed validation",'
