@@ -9,7 +9,8 @@ are keyed by it); otherwise the old one keeps serving and every problem is logge
 
 Watched files: the bundle file and the other YAML files in its folder (an overlay and the
 file it extends live together); a change anywhere else (a shipped bundle it extends, the
-environment) is picked up on SIGHUP.
+environment) is picked up on SIGHUP. A change is acted on once the files have stayed the same
+for one more look, so a file being written is not read halfway.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ServedBundle:
     env: Mapping[str, str] | None = None
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict)
     on_swap: list[Callable[[CompiledBundle], None]] = field(default_factory=list)
+    _settling: dict[Path, tuple[int, int]] | None = None  # seen changed once, not yet settled
 
     @property
     def name(self) -> str:
@@ -66,10 +68,17 @@ class ServedBundle:
         return out
 
     def changed(self) -> bool:
+        """True once the watched files changed and then stayed the same for one more look:
+        an editor that writes a file in several steps is not caught halfway."""
         stamps = self.stamp()
         if stamps == self.stamps:
+            self._settling = None
+            return False
+        if stamps != self._settling:
+            self._settling = stamps
             return False
         self.stamps = stamps
+        self._settling = None
         return True
 
     def reload(self, why: str) -> bool:
