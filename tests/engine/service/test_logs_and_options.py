@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -14,11 +15,25 @@ from moerules.engine.service.auth import AuthError, route_auth
 from moerules.engine.service.logs import LOGGER, log_event, service_logger
 
 
+@pytest.fixture
+def _loggers() -> Iterator[None]:
+    """service_logger configures process-wide loggers: put them back afterwards."""
+    names = (LOGGER, "uvicorn", "uvicorn.error")
+    saved = [(logging.getLogger(n), list(logging.getLogger(n).handlers),
+              logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names]
+    yield
+    for logger, handlers, propagate, level in saved:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 
 
+@pytest.mark.usefixtures("_loggers")
 def test_json_lines_off_a_terminal_text_on_one_secrets_scrubbed() -> None:
     secret = "s3cr3t-value-42"
     token = base64.b64encode(f"user:{secret}".encode()).decode()
@@ -37,7 +52,6 @@ def test_json_lines_off_a_terminal_text_on_one_secrets_scrubbed() -> None:
         else:
             assert " info    request status=202 bundle=b ms=1.5 error=" in line
             assert line.endswith('"echoed *** and Basic ***"')
-    logging.getLogger(LOGGER).handlers.clear()
 
 
 def test_route_credentials_from_the_environment() -> None:
