@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from moerules.engine.api import load_bundle
@@ -53,7 +54,7 @@ def test_segment_catalog_test_sends_every_row(tmp_path: Path) -> None:
 
 
 # what each bundle does with examples/streams-events.jsonl (see its README section)
-EXPECTED = {
+EXPECTED: dict[str, dict[str, Any]] = {
     "moengage-to-amplitude": {
         "delivered": 7,
         "dropped": {"event not selected for Amplitude": 1,

@@ -139,7 +139,7 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert retry_after_seconds("soon") is None
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 27 <= (retry_after_seconds(later) or 0) <= 30
-    assert answer(429, **{"Retry-After": "3"}) == Retry("HTTP 429", after=3.0, throttled=True)
+    assert answer(429, b"", **{"Retry-After": "3"}) == Retry("HTTP 429", after=3.0, throttled=True)
 
 
 def test_an_item_that_fits_no_request_is_refused_when_encoded() -> None:
@@ -162,7 +162,8 @@ def test_max_age_says_when_held_items_must_leave() -> None:
     enc.add(event("c1", "A"))
     wait = enc.until_next()
     assert wait is not None and 4.0 < wait <= 5.0
-    assert enc.until_next(now=1e12) is not None and enc.until_next(now=1e12) < 0
+    late = enc.until_next(now=1e12)
+    assert late is not None and late < 0
     enc.flush()
     assert enc.until_next() is None
 

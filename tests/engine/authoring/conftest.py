@@ -45,7 +45,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     bundle = folder / "bundle.yaml"
     shutil.copy(EXAMPLES / "acme-overlay.yaml", bundle)
     (folder / "tests" / "routing.yaml").write_text(CASES)
-    state = Playground(bundle, list(iter_lines(str(EXAMPLES / "mparticle-batches.jsonl"))))
+    lines = iter_lines(str(EXAMPLES / "mparticle-batches.jsonl"))
+    state = Playground(bundle, [(n, line) for n, line in lines if isinstance(line, bytes)])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -84,7 +84,7 @@ def test_placeholders_without_credentials(cli: Callable[..., Result], tmp_path: 
     data = tmp_path / "in.jsonl"
     data.write_bytes(batch("c1", custom("Opened")))
     result = cli("run", "mparticle-to-moengage", "--input", str(data), "--dry-run", env={
-        "MOENGAGE_WORKSPACE_ID": None, "MOENGAGE_DATA_API_KEY": None})  # type: ignore[dict-item]
+        "MOENGAGE_WORKSPACE_ID": None, "MOENGAGE_DATA_API_KEY": None})
     assert result.exit_code == 0, result.stderr
     (request,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert request["url"] == ("https://api-01.moengage.com/v1/transition/"
@@ -244,7 +244,7 @@ def test_real_run_refuses_without_credentials(cli: Callable[..., Result],
     data = tmp_path / "in.jsonl"
     data.write_bytes(batch("c1", custom("E")))
     result = cli("run", "mparticle-to-moengage", "--input", str(data), env={
-        "MOENGAGE_WORKSPACE_ID": None, "MOENGAGE_DATA_API_KEY": None})  # type: ignore[dict-item]
+        "MOENGAGE_WORKSPACE_ID": None, "MOENGAGE_DATA_API_KEY": None})
     assert result.exit_code == 2
     assert ("a real run needs these environment variables set: MOENGAGE_DATA_API_KEY, "
             "MOENGAGE_WORKSPACE_ID (or use --dry-run)") in result.stderr

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -22,7 +23,10 @@ SETS = ["routing.projects=[{name: Brand A, code: BRANDA01}, {name: Brand B, code
 ENV = {"MOENGAGE_WORKSPACE_ID": "WS1", "MOENGAGE_DATA_API_KEY": "secret-key-1"}
 
 
-def run(compiled: CompiledBundle, lines: list[bytes], tmp: Path) -> tuple[bytes, bytes, dict]:
+Counts = dict[str, Any]
+
+
+def run(compiled: CompiledBundle, lines: list[bytes], tmp: Path) -> tuple[bytes, bytes, Counts]:
     """Requests, dead letters and report counts of a dry run over ``lines``."""
     src = tmp / "in.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
@@ -34,7 +38,10 @@ def run(compiled: CompiledBundle, lines: list[bytes], tmp: Path) -> tuple[bytes,
     return out.getvalue(), dead.read_bytes() if dead.exists() else b"", counts
 
 
-def both(compiled: CompiledBundle, lines: list[bytes], tmp: Path) -> tuple[tuple, tuple]:
+Outcome = tuple[bytes, bytes, Counts]
+
+
+def both(compiled: CompiledBundle, lines: list[bytes], tmp: Path) -> tuple[Outcome, Outcome]:
     full = dataclasses.replace(compiled, projected=False)
     return run(compiled, lines, tmp), run(full, lines, tmp)
 

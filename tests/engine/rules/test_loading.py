@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from moerules.engine.errors import RuleError
-from moerules.engine.rules import loading
 from moerules.engine.rules.loading import MAX_FILE_BYTES, load_value, load_yaml, read_rule_text
 
 DEEP = 50_000
@@ -96,7 +95,7 @@ def test_reads_stop_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         read.append(len(data))
         return data
 
-    monkeypatch.setattr(loading.os, "read", counting_read)
+    monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(RuleError) as info:
         read_rule_text(big)
     assert str(info.value) == (f"{big}:1:1: error: file is larger than 1048576 bytes; rule "

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -42,7 +43,7 @@ tables:
 """
 
 
-def run(path: Path, *events: dict[str, object], **ids: str) -> list[dict[str, object]]:
+def run(path: Path, *events: dict[str, object], **ids: str) -> list[dict[str, Any]]:
     compiled = load_bundle(path)
     line = orjson.dumps({"user_identities": ids, "events": list(events)})
     out = io.BytesIO()
@@ -133,16 +134,16 @@ def test_extends_loop(write: Callable[..., Path]) -> None:
 
 def opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every file the loader opens, recorded."""
-    from moerules.engine.rules import loading
 
     seen: list[str] = []
-    real_open = loading.os.open
+    real_open = os.open
 
     def spy(path: str, flags: int, *args: int) -> int:
         seen.append(str(path))
-        return real_open(path, flags, *args)
+        fd: int = real_open(path, flags, *args)
+        return fd
 
-    monkeypatch.setattr(loading.os, "open", spy)
+    monkeypatch.setattr(os, "open", spy)
     return seen
 
 

@@ -192,9 +192,9 @@ def test_the_sink_is_built_from_the_parsed_model(write: Callable[..., Path]) -> 
                            env={"TEST_KEY": "key-123456"})
     sink = compiled.sink
     assert isinstance(sink, MoEngageDataSink)
-    assert sink.config == MoEngageDataSettings(
+    assert sink.config == MoEngageDataSettings.model_validate(dict(
         workspace_id="WS", data_api_key=SecretStr("key-123456"), data_center="02",
-        mode="single", requests_per_second=40)
+        mode="single", requests_per_second=40))
     assert (sink.host, sink.bulk) == ("https://api-02.moengage.com", False)
     assert [(r.amount, r.per_seconds) for r in sink.rate_limits()[:2]] == [(40, 1.0),
                                                                           (15000, 60.0)]

@@ -120,7 +120,8 @@ def event_record(identity: object, msg: str, **extra: object) -> dict[str, objec
             "attributes": {"msg": msg}, **extra}
 
 
-CRAFTED = {  # hand-edited entries, and why replay refuses each (issue 8.6, 8.10)
+# hand-edited entries, and why replay refuses each (issue 8.6, 8.10)
+CRAFTED: dict[str, tuple[dict[str, object], str]] = {
     "project": (event_record("c-1", "p", project={"a": 1}),
                 '`project` {"a":1} is not a project code of the bundle\'s routing'),
     "null-identity": (event_record(None, "n"), "`identity` must be a non-empty string, not null"),

@@ -78,7 +78,11 @@ def test_kill_9_at_random_points_delivers_everything_at_least_once(
                 response = client.post(service.route(), content=orjson.dumps(payload))
                 assert response.status_code == 202
         sent += 30
-        assert wait_until(lambda b=before: len(emu.received) >= b + 2, timeout=20), \
+
+        def arrived(b: int = before) -> bool:
+            return len(emu.received) >= b + 2
+
+        assert wait_until(arrived, timeout=20), \
             service.log_text()
         time.sleep(rng.uniform(0.0, 0.5))
         service.kill()

@@ -114,7 +114,10 @@ def test_streams_kill_9_after_the_partner_ingested_delivers_exactly_once(
         # the payloads whose events were in the slow request at least (the others' requests
         # may have been answered before the kill)
         assert 1 <= second.wait_event("spool recovered")["messages"] <= len(payloads)
-        ingested = lambda: Counter(partner.id_of_record(r) for r in emu.records())  # noqa: E731
+
+        def ingested() -> Counter[str]:
+            return Counter(partner.id_of_record(r) for r in emu.records())
+
         assert wait_until(lambda: set(ingested()) == set(expected), timeout=30), \
             second.log_text()[-3000:]
         assert wait_until(lambda: second.metrics()[
