@@ -23,6 +23,7 @@ from moerules.engine.errors import InputError, Position, Problem, RuleError
 from moerules.engine.rules.loading import LDict, load_yaml, top_level_keys
 from moerules.engine.rules.overlay import BUNDLE_FILE, apply_sets, find_bundle, load_bundle_document
 from moerules.engine.rules.validation import did_you_mean
+from moerules.engine.runtime.cohorts import feed_for
 from moerules.engine.runtime.deadletter import DeadLetterWriter
 from moerules.engine.runtime.input import (
     DEFAULT_MAX_LINE_BYTES,
@@ -31,7 +32,6 @@ from moerules.engine.runtime.input import (
     open_input,
     read_error,
 )
-from moerules.engine.runtime.pipeline import Pipeline
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.secrets import MIN_SECRET_LENGTH, Scrubber, scrubber
 
@@ -279,7 +279,7 @@ def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes | LongLin
     if dead_letter is not None and dead_letter.is_file():
         dead_letter.open("wb").close()
     dead = DeadLetterWriter(dead_letter, compiled.model.bundle, compiled.secrets)
-    pipeline = Pipeline(compiled, report, dead)
+    pipeline = feed_for(compiled, report, dead, dry_run=True)
     secret_headers = compiled.sink.secret_headers
     scrub = dead.scrub
     started = time.perf_counter()
@@ -296,6 +296,8 @@ def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes | LongLin
     finally:
         gc.set_threshold(*threshold)
         dead.close()
+        if hasattr(pipeline, "close"):  # a cohort flow's membership state
+            pipeline.close()
         report.elapsed_seconds = time.perf_counter() - started
     if compiled.missing_env:
         report.warnings.append("not set, shown as placeholders: " + ", ".join(

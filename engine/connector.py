@@ -52,7 +52,8 @@ A sink is a class with two methods to write and a few declarations::
    another package adds a connector with no change here; an emulator goes in
    ``moerules.emulators``) and give the conformance suite its ``example_settings``.
 
-A source is a class with ``decode(line) -> record``; see ``Source``.
+A source is a class with ``decode(line) -> record``; see ``Source``. Cohort sources and sinks
+(partner cohort webhooks in, cohort membership changes out) add a little: engine/cohorts.py.
 """
 
 from __future__ import annotations
@@ -200,6 +201,10 @@ class Sink(ABC):
     secret_settings: ClassVar[frozenset[str]] = frozenset()
     secret_headers: ClassVar[frozenset[str]] = frozenset({"authorization"})
     supports_routing: ClassVar[bool] = False
+    # requests must reach the partner one at a time, in the order the encoder made them: a
+    # later request may undo an earlier one (a user added, then removed). The run sends
+    # such a sink's requests with a concurrency of 1.
+    ordered: ClassVar[bool] = False
     # settings that make a working sink in tests (the conformance suite), secrets fake
     example_settings: ClassVar[Mapping[str, Any]] = {}
     # by item kind, the destination fields a valid item carries (the conformance suite's

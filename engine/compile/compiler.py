@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from moerules.engine.cohorts import cohort_problems
 from moerules.engine.compile.bounds import MAX_TEMPLATE_OUTPUT
 from moerules.engine.compile.codegen import Codegen, PathCache
 from moerules.engine.compile.expressions import ExpressionError, ValueCompiler, parse, root_fields
@@ -824,6 +825,8 @@ class _Compiler:
         if checked is not None:
             self.gen_events(checked)
             self.check_kinds(checked)
+        for loc, message in cohort_problems(bundle, source, sink):  # engine/cohorts.py
+            self.error(loc, message, key=len(loc) == 1)
         if self.problems or source is None or sink is None:
             raise RuleError(self.problems)
         namespace = self.cg.build(f"<bundle {bundle.bundle}>")

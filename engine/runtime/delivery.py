@@ -29,11 +29,11 @@ from typing import Any
 import anyio
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, Refused, SinkEncoder, WireRequest
+from moerules.engine.runtime.cohorts import feed_for
 from moerules.engine.runtime.deadletter import DeadLetterWriter, item_record
 from moerules.engine.runtime.input import is_regular
 from moerules.engine.runtime.ledger import Ledger
 from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Input, pump
-from moerules.engine.runtime.pipeline import Pipeline
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.sender import RunControl, Sender
 from moerules.engine.runtime.state import AckTracker, Checkpoint, CheckpointStore
@@ -137,6 +137,7 @@ class _DeliveryRun(DeliveryLoop):
         self.saved_line = -1
         self.acked: list[tuple[int, int]] = []  # acknowledged, not yet committed
         self.tracker = AckTracker()
+        self.closing: Callable[[], None] | None = None
         # made in run(): anyio objects need the event loop, the rest needs the checkpoint
         self.wake: anyio.Event
         self.dead: DeadLetterWriter
@@ -213,10 +214,12 @@ class _DeliveryRun(DeliveryLoop):
             self.tracker = AckTracker(saved.line, saved.offset)
             self.input = Input(self.source, saved.offset, self.options.max_line_bytes)
             self.wake = anyio.Event()
-            pipeline = Pipeline(self.compiled, report, self.dead)
-            encoder = _TrackingEncoder(pipeline.encoder, self.tracker, set(saved.acked),
-                                       self.ledger)
+            pipeline = feed_for(self.compiled, report, self.dead, dry_run=False)
+            # items recomputed from stored state (a cohort flow) are never skipped by position
+            acked = set() if getattr(pipeline, "reconciles", False) else set(saved.acked)
+            encoder = _TrackingEncoder(pipeline.encoder, self.tracker, acked, self.ledger)
             pipeline.encoder = encoder
+            self.closing = getattr(pipeline, "close", None)  # a cohort flow's state
             await self.deliver_lines(pipeline, self.dead, first_line=self.tracker.fed_line,
                                      total_bytes=self._size(), background=self._checkpoints)
             self._settle(encoder.skipped)
@@ -227,6 +230,8 @@ class _DeliveryRun(DeliveryLoop):
             self.dead.close()
             if self.store is not None:
                 self.store.close()
+            if self.closing is not None:
+                self.closing()
         return report
 
     def _size(self) -> int | None:

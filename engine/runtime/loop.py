@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import IO, Any, Protocol
 
@@ -90,7 +90,11 @@ class DeliveryOptions:
 
 
 class Feed(Protocol):
-    """Turns input lines into requests through a sink encoder (the Pipeline, replay's reader)."""
+    """Turns input lines into requests through a sink encoder (the Pipeline, replay's reader,
+    a cohort flow's CohortFeed). A feed may also have ``settled(items, delivered)``, told of
+    every item that reached its outcome before anything else is (the cohort flow records
+    what the destination acknowledged), and ``reconciles = True`` when its items are
+    recomputed from stored state on every read (a rerun must not skip them by position)."""
 
     encoder: SinkEncoder
 
@@ -257,6 +261,8 @@ class DeliveryLoop:
         self.compiled = compiled
         self.report = report
         self.ledger = report.ledger
+        if compiled.sink.ordered:  # one request at a time, in order (engine/connector.py)
+            options = replace(options, concurrency=1)
         self.options = options
         self.quiet = quiet
         self.lines_read = 0
@@ -352,8 +358,11 @@ class DeliveryLoop:
         async with httpx.AsyncClient(timeout=options.request_timeout, limits=httpx.Limits(
                 max_connections=options.concurrency,
                 max_keepalive_connections=options.concurrency)) as client:
+            settled = getattr(feed, "settled", None)  # a cohort flow: what MoEngage holds
             sender = self.sender_class(sink, client, limiter, options.retry_policy(),
-                                       self.report, dead, self.control, on_final=self._final,
+                                       self.report, dead, self.control,
+                                       on_final=self._final if settled is None else
+                                       partial(_both, settled, self._final),
                                        request_timeout=options.request_timeout)
             await pump(partial(self._produce, feed, first_line), sender, options, self.control,
                        self.report, progress=progress, background=background)
@@ -370,3 +379,9 @@ class DeliveryLoop:
             report.interrupted = True
             report.warnings.append(f"{unsent} items were read but not sent; a rerun of the "
                                    "same command sends them")
+
+
+def _both(first: Callable[[list[Item], int], None], then: Callable[[list[Item], int], None],
+          items: list[Item], delivered: int) -> None:
+    first(items, delivered)
+    then(items, delivered)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from moerules.engine.items import EVENT, USER
+from moerules.engine.items import EVENT, KINDS, USER
 from moerules.engine.runtime.ledger import Ledger
 
-__all__ = ["RunReport"]
+__all__ = ["ReportPart", "RunReport"]
+
+
+class ReportPart(Protocol):
+    """A section a feed adds to the report (the cohorts of a cohort flow): under its name in
+    the JSON, and as lines of the summary."""
+
+    def to_dict(self) -> Any: ...
+
+    def summary_lines(self) -> list[str]: ...
 
 
 @dataclass
@@ -43,6 +52,10 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # what a runner should know; not a problem
     interrupted: bool = False
     elapsed_seconds: float = 0.0
+    # what the source's input units are, when they are not events (a cohort flow's words
+    # about users), and sections a feed adds; both absent from the output when unused
+    units: str = "events"
+    parts: dict[str, ReportPart] = field(default_factory=dict, repr=False, compare=False)
 
     # -- counts, from the ledger ------------------------------------------------------------
     @property
@@ -104,6 +117,8 @@ class RunReport:
             self.dead_lettered.values())
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {} if self.units == "events" else {"units": self.units}
+        extra.update((name, part.to_dict()) for name, part in self.parts.items())
         return {
             "bundle": self.bundle,
             "dry_run": self.dry_run,
@@ -133,19 +148,25 @@ class RunReport:
             "interrupted": self.interrupted,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "balanced": self.balanced(),
+            **extra,
         }
 
     def summary(self) -> str:
         """The human summary printed to stderr."""
         verb = "would deliver" if self.dry_run else "delivered"
+        if self.units == "events":
+            read = f"{self.events_in} events, {self.user_updates_in} user updates"
+            kinds = (f"{self.delivered_events} events, {self.delivered_user_updates} user "
+                     "updates" + "".join(f", {n} {kind}" for kind, n in
+                                         self.other_kinds.items()))
+        else:  # a source of other units (a cohort flow's words about users)
+            read = f"{self.events_in} {self.units}"
+            kinds = ", ".join(f"{n} {KINDS.get(kind, kind)}"
+                              for kind, n in self.other_kinds.items()) or "nothing"
         lines = [
             f"moerules: {self.bundle}{' (dry run)' if self.dry_run else ''}",
-            f"  read      {self.lines_in} lines: {self.events_in} events, "
-            f"{self.user_updates_in} user updates, {self.unreadable_lines} unreadable",
-            f"  {verb:<9} {self.delivered} ({self.delivered_events} events, "
-            f"{self.delivered_user_updates} user updates"
-            + "".join(f", {n} {kind}" for kind, n in self.other_kinds.items())
-            + f") in {self.requests} requests",
+            f"  read      {self.lines_in} lines: {read}, {self.unreadable_lines} unreadable",
+            f"  {verb:<9} {self.delivered} ({kinds}) in {self.requests} requests",
             f"  dropped   {sum(self.dropped.values())}",
         ]
         lines += [f"    {n:>7}  {reason}" for reason, n in self.dropped.most_common()]
@@ -156,6 +177,8 @@ class RunReport:
             lines += [f"    {n:>7}  {target}" for target, n in self.routing.most_common()]
             lines += [f"    {n:>7}  portfolio level: {why}" for why, n in
                       self.fallback.most_common()]
+        for part in self.parts.values():
+            lines += part.summary_lines()
         if self.statuses:
             lines.append("  responses " + ", ".join(
                 f"{code}: {n}" for code, n in sorted(self.statuses.items())))
