@@ -18,9 +18,9 @@ whether from 0 or 1 is not documented, and either works). ``add_members`` and
 ``remove_members`` are the users who entered or left since the last sync.
 
 Mixpanel sends no time: its payloads are ordered by when their session was first seen. A
-repeat (Mixpanel retries 5xx and 429) has the same session (and action, and page). A payload
-without a session is identified by its content. The members are read by the bundle's identity rules as
-``event`` (``$moengage_user_id``, else ``mixpanel_distinct_id``).
+repeat (Mixpanel retries 5xx and 429) has the same session (and action, and page). A
+payload without a session is identified by its content. The members are read by the bundle's
+identity rules as ``event`` (``$moengage_user_id``, else ``mixpanel_distinct_id``).
 """
 
 from __future__ import annotations

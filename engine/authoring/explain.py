@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from moerules.engine.api import dry_run, iter_lines
+from moerules.engine.cohorts import CohortSource
 from moerules.engine.compile.compiler import (
     ROUTE_BLANK,
     ROUTE_MISSING,
@@ -161,6 +162,10 @@ def _is_object(data: bytes) -> bool:
 def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
     """Trace one input line through a bundle compiled with ``trace=True``."""
     assert traced.traced, "compile the bundle with trace=True"
+    if isinstance(traced.source, CohortSource):  # a cohort payload: the difference it sends
+        from moerules.engine.authoring.cohort_explain import explain_cohort
+
+        return explain_cohort(traced, line)
     ex = Explanation()
     steps = ex.steps
     try:

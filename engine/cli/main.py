@@ -427,5 +427,9 @@ from moerules.engine.cli.authoring import register as _register_authoring  # noq
 _register_authoring(main)  # diff, coverage, playground (engine/cli/authoring.py)
 main.add_command(__import__("moerules.engine.cli.serve", fromlist=["serve"]).serve)  # one line
 
+from moerules.engine.cli.cohorts import register as _register_cohorts  # noqa: E402
+
+_register_cohorts(main)  # cohorts (engine/cli/cohorts.py)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -222,10 +222,10 @@ class Reconciler:
             self.touched.add(cohort.key)
             for uid, member in cohort.members.items():
                 if member.wanted != self.holds(cohort, uid, member):
-                    decisions.append(Decision(uid, -1, member.wanted, _CARRIED,
-                                              "the state has it " + _in(member.wanted)
-                                              + "; the destination has not acknowledged that "
-                                              "yet (an earlier run)"))
+                    decisions.append(Decision(
+                        uid, -1, member.wanted, _CARRIED,
+                        f"the partner's latest word says {_in(member.wanted)}; the destination "
+                        "has not acknowledged it (an earlier run sent it, or failed to)"))
         store.name(cohort, message.name, segment, message.description)
         known = store.message(cohort, message.key)
         seq = known[0] if known is not None else store.new_message(cohort, message.key)
@@ -301,10 +301,10 @@ class Reconciler:
             kept = self.store.want(cohort, uid, member, version)
             why = f"{label} ({where})"
             if self.holds(cohort, uid, kept) == member:
-                return Decision(uid, index, None, UNCHANGED, f"{why}; the destination has it "
-                                f"{says} already")
-            return Decision(uid, index, member, label, f"{why}; the destination has it "
-                            f"{_in(not member)}")
+                return Decision(uid, index, None, UNCHANGED, f"{why}; the destination "
+                                f"{'has it already' if member else 'does not have it'}")
+            return Decision(uid, index, member, label, f"{why}; the destination "
+                            f"{'does not have it yet' if member else 'still has it'}")
         wanted = kept.wanted if kept is not None else False
         if kept is not None and version == current and wanted == member:
             reason, why = REPEAT, f"{where} said {says} before: a repeat"
@@ -440,6 +440,12 @@ class CohortFeed:
         except BaseException:
             store.rollback()
             raise
+        export = cohort.exports.get(message.key) if message.action == FULL else None
+        if export is not None and self.tracer is not None:
+            for index, uid in facts:
+                self._trace(index, "held", f"{uid}: export {message.key!r} has "
+                            f"{len(export.got)} of {export.pages} pages; nothing changes until "
+                            "every page has arrived")
         return self._decided(decisions, cohort, message, line_no, stats)
 
     def _identities(self, record: dict[str, Any], message: CohortMessage, line_no: int,
@@ -473,8 +479,8 @@ class CohortFeed:
                 ledger.drop(UNMATCHED)
                 stats.unmatched += 1
                 self._trace(index, "decision", Decision("", index, None, UNMATCHED,
-                                                        "no identity candidate has a usable "
-                                                        "value: not sent"))
+                                                        "none of the identity candidates has "
+                                                        "a usable value; not sent"))
                 continue
             facts.append((index, uid))
         return facts

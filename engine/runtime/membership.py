@@ -47,6 +47,7 @@ __all__ = [
     "MembershipStore",
     "StateError",
     "Version",
+    "members_of",
     "summarise",
 ]
 
@@ -453,5 +454,28 @@ def summarise(path: str | Path) -> Iterator[CohortSummary]:
             yield CohortSummary(row[1], row[2], row[3], row[4], row[5], int(row[7]),
                                 int(row[8]), int(row[9]), int(row[10]),
                                 pending.get(row[0], []), row[6])
+    finally:
+        store.close()
+
+
+def members_of(path: str | Path, cohort_id: str) -> dict[tuple[str, str], list[str]]:
+    """The users the destination acknowledged in cohort ``cohort_id``, by (scope, partner)."""
+    file = Path(path)
+    if not file.is_file():
+        raise StateError(f"{file}: no such membership state file")
+    store = MembershipStore(file, durable=False)
+    out: dict[tuple[str, str], list[str]] = {}
+    try:
+        if store.db is None:
+            return out
+        try:
+            for scope, partner, uid in store.db.execute(
+                    "SELECT c.scope, c.partner, m.uid FROM cohorts c JOIN members m ON "
+                    "m.cohort = c.id WHERE c.cohort_id = ? AND m.synced = 1 "
+                    "ORDER BY c.scope, c.partner, m.uid", (cohort_id,)):
+                out.setdefault((scope, partner), []).append(uid)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{file}: not a moerules membership state ({exc})") from None
+        return out
     finally:
         store.close()

@@ -30,8 +30,10 @@ from typing import Any
 
 import anyio
 import orjson
+from moerules.engine.cohorts import CohortSource
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, WireRequest
+from moerules.engine.errors import SetupError
 from moerules.engine.runtime.deadletter import (
     DEAD_LETTER_FORMAT,
     BadDeadLetter,
@@ -45,7 +47,8 @@ from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Input
 from moerules.engine.runtime.pipeline import CANNOT_ENCODE
 from moerules.engine.runtime.report import RunReport
 
-__all__ = ["CANNOT_REPLAY", "DeadLetter", "bundles_named", "read_dead_letters", "replay_file"]
+__all__ = ["CANNOT_REPLAY", "DeadLetter", "ReplayRefused", "bundles_named", "read_dead_letters",
+           "replay_file"]
 
 CANNOT_REPLAY = "dead letter cannot be replayed"
 
@@ -89,9 +92,24 @@ def bundles_named(letters: list[DeadLetter]) -> set[str]:
             if letter.delivery and letter.entry is not None}
 
 
+class ReplayRefused(SetupError):
+    """A bundle whose dead letters are not replayed (a cohort flow)."""
+
+
 def replay_file(compiled: CompiledBundle, path: Path, *, options: DeliveryOptions | None = None,
                 quiet: bool = False) -> RunReport:
-    """Send the delivery dead letters in ``path`` again; rewrites ``path`` with what is left."""
+    """Send the delivery dead letters in ``path`` again; rewrites ``path`` with what is left.
+
+    A cohort flow's changes are not replayed (ReplayRefused): one sent out of its turn could
+    undo a later change, and the membership state already holds every change MoEngage did not
+    acknowledge; a rerun of the input with ``--from-start`` sends what is still different.
+    """
+    if isinstance(compiled.source, CohortSource):
+        raise ReplayRefused(
+            f"{compiled.model.bundle} does not replay dead letters: a cohort change sent out "
+            "of its turn could undo a later one. The membership state keeps every change "
+            "MoEngage has not acknowledged: run the bundle again over its input with "
+            "--from-start, and only what MoEngage still lacks is sent")
     read_dead_letters(path)  # refuse a format this moerules does not read, before any send
     return anyio.run(_Replay(compiled, path, options or DeliveryOptions(), quiet).run)
 

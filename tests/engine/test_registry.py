@@ -105,8 +105,9 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def test_a_third_party_connector_is_found(third_party: Path) -> None:
-    assert connector_names() == ["acme", "amplitude", "mixpanel", "moengage", "moengage-streams",
-                                 "mparticle", "segment"]
+    assert connector_names() == ["acme", "amplitude", "amplitude-cohorts", "mixpanel",
+                                 "mixpanel-cohorts", "moengage", "moengage-cohort-sync",
+                                 "moengage-streams", "mparticle", "segment"]
     sink = load_connector("acme")
     assert sink is not None and sink.__module__ == "acme_moerules"
     assert "acme" in emulator_names()
@@ -144,7 +145,7 @@ def test_a_third_party_connectors_settings_are_checked_and_in_the_schema(
     ]
     schema = bundle_schema()
     assert schema["$defs"]["DestinationRef"]["properties"]["connector"]["enum"] == [
-        "acme", "amplitude", "mixpanel", "moengage", "segment"]
+        "acme", "amplitude", "mixpanel", "moengage", "moengage-cohort-sync", "segment"]
     assert list(schema["$defs"]["AcmeSettings"]["properties"]) == ["api_key", "region",
                                                                    "batch_size"]
 

@@ -28,10 +28,12 @@ def test_bundles_lists_shipped(cli: Callable[..., Result]) -> None:
     result = cli("bundles")
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert names == ["moengage-to-amplitude", "moengage-to-mixpanel", "moengage-to-segment",
+    assert names == ["amplitude-cohorts-to-moengage", "mixpanel-cohorts-to-moengage",
+                     "moengage-to-amplitude", "moengage-to-mixpanel", "moengage-to-segment",
                      "mparticle-to-moengage"]
     assert "mParticle S2S batches" in result.stdout
     assert "MoEngage Streams → Amplitude HTTP V2 API" in result.stdout
+    assert "Mixpanel cohort export → MoEngage Cohort Sync" in result.stdout
 
 
 def test_installed_script_schema(moerules: Callable[..., object]) -> None:
@@ -55,9 +57,9 @@ def test_schema_takes_settings_from_the_connectors_models(cli: Callable[..., Res
     defs = schema["$defs"]
     assert schema["properties"]["destination"] == {"$ref": "#/$defs/DestinationRef"}
     assert defs["DestinationRef"]["properties"]["connector"]["enum"] == [
-        "amplitude", "mixpanel", "moengage", "segment"]
-    assert defs["SourceRef"]["properties"]["connector"]["enum"] == ["moengage-streams",
-                                                                     "mparticle"]
+        "amplitude", "mixpanel", "moengage", "moengage-cohort-sync", "segment"]
+    assert defs["SourceRef"]["properties"]["connector"]["enum"] == [
+        "amplitude-cohorts", "mixpanel-cohorts", "moengage-streams", "mparticle"]
     settings = defs["MoEngageDataSettings"]
     assert list(settings["properties"]) == list(MoEngageDataSettings.model_fields)
     assert settings["required"] == ["workspace_id", "data_api_key"]
