@@ -270,7 +270,7 @@ class CohortSyncSink(CohortSink):
         if leading:
             what.append("starts with '.'")
         if bad:
-            what.append("contains " + " and ".join(repr(c) for c in bad))
+            what.append("contains " + " and ".join(f"'{c}'" for c in bad))
         raise InvalidCohortName(
             f"cohort name {name!r} {' and '.join(what)}: MoEngage refuses a segment name that "
             f"starts with '.' or contains any of {_listed()}. Rename the cohort at the "
