@@ -191,12 +191,15 @@ class Reconciler:
     def key(self, cohort_id: str) -> CohortKey:
         return CohortKey(self.scope, self.partner, cohort_id)
 
-    def holds(self, cohort: Cohort, uid: str, member: Member | None) -> bool:
-        """What the destination holds for ``uid``, counting changes in flight."""
+    def holds(self, cohort: Cohort, uid: str, member: Member | None) -> bool | None:
+        """What the destination holds for ``uid``, counting changes in flight; None when it
+        is not known (a change whose answer never came: a crash, a failed request)."""
         sent = self.in_flight.get((cohort.key, uid))
         if sent is not None:
             return sent[0]
-        return member.synced if member is not None else False
+        if member is None:
+            return False
+        return None if member.pending else member.synced
 
     def check(self, message: CohortMessage) -> None:
         """RecordError, before anything is stored, when the message contradicts what came
@@ -225,7 +228,8 @@ class Reconciler:
                     decisions.append(Decision(
                         uid, -1, member.wanted, _CARRIED,
                         f"the partner's latest word says {_in(member.wanted)}; the destination "
-                        "has not acknowledged it (an earlier run sent it, or failed to)"))
+                        "has not acknowledged that (an earlier run did not send it, or never "
+                        "heard the answer)"))
         store.name(cohort, message.name, segment, message.description)
         known = store.message(cohort, message.key)
         seq = known[0] if known is not None else store.new_message(cohort, message.key)
@@ -287,8 +291,8 @@ class Reconciler:
                 self.superseded.append((cohort.key, other.key))
         # rows the floor makes redundant: out, acknowledged out, nothing in flight
         store.forget(cohort, [uid for uid, m in cohort.members.items()
-                              if not m.wanted and not m.synced and m.version < version
-                              and (cohort.key, uid) not in self.in_flight])
+                              if not m.wanted and not m.synced and not m.pending
+                              and m.version < version and (cohort.key, uid) not in self.in_flight])
         return decisions
 
     def word(self, cohort: Cohort, uid: str, member: bool, version: Version, index: int,
@@ -318,16 +322,22 @@ class Reconciler:
         return Decision(uid, index, wanted, label, why + "; the destination lacks that")
 
     def sent(self, cohort: Cohort, uid: str, member: bool) -> int:
-        """A change is on its way: what the destination will hold. Returns its token."""
+        """A change is on its way: what the destination will hold. Marks the user pending in
+        the state (before the request can leave). Returns the change's token."""
         self._tokens += 1
         self.in_flight[cohort.key, uid] = (member, self._tokens)
+        self.store.pending(cohort, uid)
         return self._tokens
+
+    def latest(self, key: CohortKey, uid: str, token: int) -> bool:
+        """True when the change ``token`` is the last one sent for the user."""
+        sent = self.in_flight.get((key, uid))
+        return sent is not None and sent[1] == token
 
     def settled(self, key: CohortKey, uid: str, token: int) -> None:
         """A change reached its outcome; the state's ``synced`` says what the destination
         holds from now on (unless a later change is still in flight)."""
-        sent = self.in_flight.get((key, uid))
-        if sent is not None and sent[1] == token:
+        if self.latest(key, uid, token):
             del self.in_flight[key, uid]
 
 
@@ -432,10 +442,11 @@ class CohortFeed:
         except RecordError as exc:
             return self._unreadable(exc.reason, exc.detail, line_no, record=record)
         store = self.store
-        store.begin()
+        store.begin()  # the line's words, and its changes marked pending: one transaction
         try:
             decisions, cohort = self.reconciler.receive(message, segment, facts,
                                                         len(message.members))
+            items, notes = self._decided(decisions, cohort, message, line_no, stats)
             store.commit()
         except BaseException:
             store.rollback()
@@ -446,7 +457,7 @@ class CohortFeed:
                 self._trace(index, "held", f"{uid}: export {message.key!r} has "
                             f"{len(export.got)} of {export.pages} pages; nothing changes until "
                             "every page has arrived")
-        return self._decided(decisions, cohort, message, line_no, stats)
+        return self._send(items, notes, cohort, line_no, stats)
 
     def _identities(self, record: dict[str, Any], message: CohortMessage, line_no: int,
                     stats: Any) -> list[tuple[int, str]]:
@@ -486,8 +497,8 @@ class CohortFeed:
         return facts
 
     def _decided(self, decisions: list[Decision], cohort: Cohort, message: CohortMessage,
-                 line_no: int, stats: CohortStats) -> list[WireRequest]:
-        """Decisions into ledger units and items for the sink."""
+                 line_no: int, stats: CohortStats) -> tuple[list[Item], dict[int, _Sent]]:
+        """Decisions into ledger units and the items of the changes to send."""
         ledger = self.ledger
         reconciler = self.reconciler
         items: list[Item] = []
@@ -519,11 +530,19 @@ class CohortFeed:
             self.part.of(key).superseded_exports.append(export)
         reconciler.superseded.clear()
         self._held(cohort, stats)
+        return items, notes
+
+    def _send(self, items: list[Item], notes: dict[int, _Sent], cohort: Cohort, line_no: int,
+              stats: CohortStats) -> list[WireRequest]:
+        """The items into the sink's encoder; one it refuses is dead-lettered (never sent)."""
         if not items:
             return []
+        ledger, reconciler = self.ledger, self.reconciler
         requests, refused = self.encoder.add_all(items)
         for item, reason, error in refused:
             note = notes.pop(id(item))
+            if reconciler.latest(note.key, item.identity, note.token):
+                self.store.unsent(cohort, item.identity)
             reconciler.settled(note.key, item.identity, note.token)
             ledger.dead_letter(reason)
             stats.failed += 1
@@ -555,16 +574,19 @@ class CohortFeed:
     def settled(self, items: list[Item], delivered: int) -> None:
         """Items reached their outcome; the last ``delivered`` of them were delivered (the
         Sender lists rejected items first). The delivered ones are now what the destination
-        holds: written to the state at once."""
+        holds: written to the state at once. A user whose change failed stays pending: the
+        next run sends the partner's latest word for it again."""
         ok = items[len(items) - delivered:] if delivered else []
-        groups: dict[tuple[CohortKey, bool], list[str]] = {}
+        groups: dict[tuple[CohortKey, bool], tuple[list[str], list[str]]] = {}
         for item in ok:
             note = self._sent.get(id(item))
             if note is not None:
-                groups.setdefault((note.key, bool(item.fields["member"])), []).append(
-                    item.identity)
-        for (key, member), uids in groups.items():
-            self.store.synced(self.store.cohort(key), uids, member)
+                uids, done = groups.setdefault((note.key, bool(item.fields["member"])), ([], []))
+                uids.append(item.identity)
+                if self.reconciler.latest(note.key, item.identity, note.token):
+                    done.append(item.identity)
+        for (key, member), (uids, done) in groups.items():
+            self.store.synced(self.store.cohort(key), uids, member, settled=done)
         delivered_ids = {id(item) for item in ok}
         for item in items:
             note = self._sent.pop(id(item), None)

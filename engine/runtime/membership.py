@@ -9,7 +9,12 @@ state keeps, for every user it has heard of:
   nothing, so repeats and messages out of order cannot undo a later change;
 - ``synced``: in or out, as the destination acknowledged it. It is written only after the
   destination answered that it took the change: a crash never records a change that was not
-  made, and the next run sends what is still different.
+  made, and the next run sends what is still different;
+- ``pending``: a change for the user was sent (or was about to be) and its answer has not
+  come. Marked before the request leaves, cleared by the answer: after a crash the
+  destination may or may not have made it, so the next run sends the partner's latest word
+  for that user again, whatever ``synced`` says (adding or removing twice is harmless;
+  guessing wrong is not).
 
 Besides: the version of the latest full export applied (``floor``: a user without a row is
 out as of it), the messages seen (their key and ``seq``, whether an export is complete) and
@@ -78,6 +83,7 @@ CREATE TABLE IF NOT EXISTS members (
     at INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     synced INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (cohort, uid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
@@ -116,6 +122,7 @@ class Member:
     at: int
     seq: int
     synced: bool
+    pending: bool = False
 
     @property
     def version(self) -> Version:
@@ -165,7 +172,7 @@ class CohortSummary:
     segment: str
     synced: int  # users the destination acknowledged as in
     wanted: int  # users the partner's latest word has in
-    to_add: int
+    to_add: int  # what the next run sends: not acknowledged, or unconfirmed (a crash)
     to_remove: int
     pending_exports: list[tuple[str, int, int]]  # (key, pages arrived, pages)
     updated: float | None
@@ -199,14 +206,14 @@ class MembershipStore:
         if self.durable:
             file.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._connect(file, f"file:{file}")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL survives a killed process; only a power cut may lose the last
-            # commits, and what is lost is sent again (the difference is recomputed)
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=5000")
             try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL survives a killed process; only a power cut may lose the last
+                # commits, and what is lost is sent again (the difference is recomputed)
+                self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
             except sqlite3.DatabaseError as exc:
+                self.close()
                 raise StateError(f"{self.path}: not a moerules membership state ({exc})") \
                     from None
             self._check_format(write=True)
@@ -237,12 +244,13 @@ class MembershipStore:
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
         except sqlite3.OperationalError as exc:
+            self.close()
             if write or "no such table" not in str(exc):
                 raise StateError(f"{self.path}: not a moerules membership state ({exc})") \
                     from None
-            self.close()  # an empty SQLite file: nothing stored yet
-            return
+            return  # an empty SQLite file: nothing stored yet
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise StateError(f"{self.path}: not a moerules membership state ({exc})") from None
         if row is None:
             if write:
@@ -250,6 +258,7 @@ class MembershipStore:
                            (str(STATE_FORMAT),))
             return
         if str(row[0]) != str(STATE_FORMAT):
+            self.close()
             raise StateError(f"{self.path}: membership state format {row[0]}; this moerules "
                              f"reads format {STATE_FORMAT}")
 
@@ -300,10 +309,10 @@ class MembershipStore:
         assert self.db is not None
         cohort.row, cohort.name, cohort.segment, cohort.description = row[:4]
         cohort.floor = (int(row[4]), int(row[5]))
-        for uid, wanted, at, seq, synced in self.db.execute(
-                "SELECT uid, wanted, at, seq, synced FROM members WHERE cohort=?",
+        for uid, wanted, at, seq, synced, pending in self.db.execute(
+                "SELECT uid, wanted, at, seq, synced, pending FROM members WHERE cohort=?",
                 (cohort.row,)):
-            cohort.members[uid] = Member(bool(wanted), at, seq, bool(synced))
+            cohort.members[uid] = Member(bool(wanted), at, seq, bool(synced), bool(pending))
         for key, page, pages, at, seq, uids in self.db.execute(
                 "SELECT key, page, pages, at, seq, uids FROM pages WHERE cohort=? "
                 "ORDER BY key, page", (cohort.row,)):
@@ -398,19 +407,41 @@ class MembershipStore:
         if self.durable and cohort.row is not None:
             self._exec("DELETE FROM pages WHERE cohort=? AND key=?", (cohort.row, key))
 
-    def synced(self, cohort: Cohort, uids: Iterable[str], member: bool) -> None:
-        """The destination acknowledged these changes: written at once, in one transaction."""
+    def pending(self, cohort: Cohort, uid: str) -> None:
+        """A change for ``uid`` is about to be sent (inside the line's transaction)."""
+        found = cohort.members.get(uid)
+        if found is not None:
+            found.pending = True
+        if self.durable and cohort.row is not None:
+            self._exec("UPDATE members SET pending=1 WHERE cohort=? AND uid=?", (cohort.row, uid))
+
+    def unsent(self, cohort: Cohort, uid: str) -> None:
+        """The change for ``uid`` was never sent (the sink could not encode it)."""
+        found = cohort.members.get(uid)
+        if found is not None:
+            found.pending = False
+        if self.durable and cohort.row is not None:
+            self._exec("UPDATE members SET pending=0 WHERE cohort=? AND uid=?", (cohort.row, uid))
+
+    def synced(self, cohort: Cohort, uids: Iterable[str], member: bool, *,
+               settled: Iterable[str] = ()) -> None:
+        """The destination acknowledged these changes: written at once, in one transaction.
+        ``settled``: of those, the users with no later change on its way (no longer
+        pending)."""
+        done = set(settled)
         rows = []
         for uid in uids:
             found = cohort.members.get(uid)
             if found is not None:
                 found.synced = member
-            rows.append((int(member), cohort.row, uid))
+                if uid in done:
+                    found.pending = False
+            rows.append((int(member), int(uid not in done), cohort.row, uid))
         if self.durable and cohort.row is not None and rows:
             assert self.db is not None
             with _Transaction(self.db):
-                self.db.executemany("UPDATE members SET synced=? WHERE cohort=? AND uid=?",
-                                    rows)
+                self.db.executemany("UPDATE members SET synced=?, pending=pending AND ? WHERE "
+                                    "cohort=? AND uid=?", rows)
 
 
 class _Transaction:
@@ -439,8 +470,8 @@ def summarise(path: str | Path) -> Iterator[CohortSummary]:
             rows = db.execute(
                 "SELECT c.id, c.scope, c.partner, c.cohort_id, c.name, c.segment, c.updated, "
                 "COALESCE(SUM(m.synced), 0), COALESCE(SUM(m.wanted), 0), "
-                "COALESCE(SUM(m.wanted AND NOT m.synced), 0), "
-                "COALESCE(SUM(m.synced AND NOT m.wanted), 0) "
+                "COALESCE(SUM(m.wanted AND (m.pending OR NOT m.synced)), 0), "
+                "COALESCE(SUM(NOT m.wanted AND (m.pending OR m.synced)), 0) "
                 "FROM cohorts c LEFT JOIN members m ON m.cohort = c.id "
                 "GROUP BY c.id ORDER BY c.scope, c.partner, c.name, c.cohort_id").fetchall()
             pending: dict[int, list[tuple[str, int, int]]] = {}
