@@ -319,9 +319,9 @@ def explain(bundle: str, event_file: Path, line_no: int | None, sets: tuple[str,
     scrub = scrubber(traced.secrets)
     try:
         picked = pick_record(event_file, line_no)
+        result = explain_record(traced, picked.record)  # a cohort flow reads its state
     except SetupError as exc:
         _fail(str(exc), scrub)
-    result = explain_record(traced, picked.record)
     note = f" ({picked.note})" if picked.note else ""
     if as_json:  # stdout stays JSON; which line it is goes to stderr
         click.echo(scrub(result.to_json().decode()))

@@ -52,6 +52,7 @@ from moerules.engine.connector import (
 )
 from moerules.engine.errors import RecordError
 from moerules.engine.runtime.deadletter import DeadLetterWriter
+from moerules.engine.runtime.input import LINE_TOO_LONG, LongLine
 from moerules.engine.runtime.membership import (
     Cohort,
     CohortKey,
@@ -116,6 +117,7 @@ class CohortStats:
     repeats: int = 0
     superseded: int = 0
     failed: int = 0
+    refused: int = 0  # payloads dead-lettered whole: a name the destination refuses
     requests: int = 0
     held: list[tuple[str, int, int, int]] = field(default_factory=list)  # key, got, pages, uids
     superseded_exports: list[str] = field(default_factory=list)
@@ -125,7 +127,7 @@ class CohortStats:
                 "segment": self.segment, "added": self.added, "removed": self.removed,
                 "unchanged": self.unchanged, "unmatched": self.unmatched,
                 "repeats": self.repeats, "superseded": self.superseded, "failed": self.failed,
-                "requests": self.requests,
+                "refused_payloads": self.refused, "requests": self.requests,
                 "incomplete_exports": [{"key": k, "pages_arrived": g, "pages": p,
                                         "members_held": n} for k, g, p, n in self.held],
                 "superseded_exports": list(self.superseded_exports)}
@@ -154,11 +156,15 @@ class CohortReport:
         for s in self.cohorts.values():
             counts = [f"{s.added} added", f"{s.removed} removed", f"{s.unchanged} unchanged",
                       f"{s.unmatched} unmatched"]
-            counts += [f"{n} {what}" for n, what in ((s.repeats, "repeats"),
+            counts += [f"{n} {what}" for n, what in ((s.repeats, "repeated"),
                                                      (s.superseded, "superseded"),
                                                      (s.failed, "failed")) if n]
+            if s.refused:
+                counts.append(f"{s.refused} payload{'s' if s.refused != 1 else ''} refused "
+                              "(invalid name)")
             lines.append(f"    {s.partner} {s.cohort_id} {s.name!r} -> segment {s.segment!r}: "
-                         + ", ".join(counts) + f", {s.requests} requests {self.sent_verb}")
+                         + ", ".join(counts) + f", {s.requests} request"
+                         f"{'s' if s.requests != 1 else ''} {self.sent_verb}")
             for key, got, pages, uids in s.held:
                 lines.append(f"      export {key!r} incomplete: {got} of {pages} pages arrived "
                              f"({uids} members held; nobody removed)")
@@ -415,9 +421,14 @@ class CohortFeed:
         self._named: set[CohortKey] = set()  # cohorts whose name problem was reported
 
     # -- the loop's side ---------------------------------------------------------------------
-    def feed(self, line_no: int, line: bytes) -> list[WireRequest]:
+    def feed(self, line_no: int, line: bytes | LongLine) -> list[WireRequest]:
         ledger = self.ledger
         ledger.lines += 1
+        if isinstance(line, LongLine):  # cut short by the reader: only its excerpt is here
+            ledger.unreadable_line(LINE_TOO_LONG)
+            self.dead.write(LINE_TOO_LONG, raw=line.excerpt, error=line.error, line=line_no,
+                            line_bytes=line.length)
+            return []
         try:
             record = self.source.decode(line)
             message = self.source.message(record)
@@ -429,6 +440,8 @@ class CohortFeed:
         try:
             segment = self.sink.segment_name(message.segment)
         except InvalidCohortName as exc:
+            stats.segment = message.segment
+            stats.refused += 1
             if key not in self._named:
                 self._named.add(key)
                 self.report.warnings.append(f"{message.partner} cohort {message.cohort_id} "
@@ -640,7 +653,7 @@ class CohortFeed:
         if self.tracer is not None:
             self.tracer(index, step, data)
 
-    def run(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[WireRequest]:
+    def run(self, lines: Iterator[tuple[int, bytes | LongLine]]) -> Iterator[WireRequest]:
         """A dry run's loop: every line, then what is held."""
         for line_no, line in lines:
             yield from self.feed(line_no, line)

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
+from moerules.engine import errors
 from moerules.engine.cohorts import MEMORY
-from moerules.engine.errors import MoerulesError
 
 __all__ = [
     "STATE_FORMAT",
@@ -106,8 +106,9 @@ CREATE TABLE IF NOT EXISTS pages (
 """
 
 
-class StateError(MoerulesError):
-    """A state file this moerules cannot use (another format, not SQLite, unreadable)."""
+class StateError(errors.StateError):
+    """A membership state file this moerules cannot use (another format, not SQLite,
+    unreadable): a one-line setup error."""
 
 
 class CohortKey(NamedTuple):
@@ -203,6 +204,9 @@ class MembershipStore:
         if self.path == MEMORY:
             return
         file = Path(self.path)
+        if file.exists() and not file.is_file():
+            raise StateError(f"{self.path}: the membership state must be a file, not a "
+                             "directory or a device; set the destination's `state` to a file")
         if self.durable:
             file.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._connect(file, f"file:{file}")

@@ -12,7 +12,6 @@ import json
 import random
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,8 @@ def test_a_paged_full_export_then_a_smaller_one_removes_who_left(
     assert report["cohorts"] == [{
         "partner": "mixpanel", "cohort_id": "1234", "name": "Power Users",
         "segment": "Power Users", "added": 1, "removed": 3, "unchanged": 3, "unmatched": 0,
-        "repeats": 0, "superseded": 0, "failed": 0, "requests": 2, "incomplete_exports": [],
-        "superseded_exports": []}]
+        "repeats": 0, "superseded": 0, "failed": 0, "refused_payloads": 0, "requests": 2,
+        "incomplete_exports": [], "superseded_exports": []}]
     assert report["balanced"] and report["delivered"] == 4 and report["items_in"] == 7
     assert "2 requests acknowledged" in result.stderr
 

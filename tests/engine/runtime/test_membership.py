@@ -103,3 +103,29 @@ def test_memory_keeps_nothing(tmp_path: Path) -> None:
     assert store.cohort(KEY).members["d1"].wanted
     store.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["text", "directory"])
+def test_a_state_that_cannot_be_used_is_a_one_line_error(
+        cli: Callable[..., Result], tmp_path: Path, kind: str) -> None:
+    state = tmp_path / "state"
+    if kind == "text":
+        state.write_text("not a database at all, just some text that is long enough" * 20)
+    else:
+        state.mkdir()
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"action": "add_members", "parameters": {"mixpanel_cohort_id": "1", '
+                       '"mixpanel_cohort_name": "P", "members": [{"mixpanel_distinct_id": '
+                       '"d1"}]}}\n')
+    env = {"MOENGAGE_WORKSPACE_ID": "WS", "MOENGAGE_DATA_API_KEY": "cohort-key-123"}
+    for args in (["run", "mixpanel-cohorts-to-moengage", "--input", str(payload), "--dry-run"],
+                 ["run", "mixpanel-cohorts-to-moengage", "--input", str(payload),
+                  "--state-dir", str(tmp_path / "run"), "--set",
+                  "destination.endpoint=http://127.0.0.1:9"],
+                 ["explain", "mixpanel-cohorts-to-moengage", "--event", str(payload)]):
+        result = cli(*args, "--set", f"destination.state={state}", env=env)
+        assert result.exit_code == 2, (args, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"moerules: error: {state}: ")
+        assert ("not a moerules membership state" if kind == "text"
+                else "must be a file, not a directory") in line
