@@ -88,9 +88,9 @@ class CohortSyncSettings(ConnectorSettings):
     partner: str = Field(
         min_length=1, description="the request's `partner`: whose cohorts these are")
     cohort_names: Literal["check", "clean"] = Field(
-        "check", description="check: a cohort name MoEngage refuses (a leading . or one of "
-                             "| * ? \\ : < > = $ \") is an error naming the character; "
-                             "clean: leading periods are dropped and each such character "
+        "check", description="check: a cohort name MoEngage refuses (a leading period, a "
+                             "restricted character) is an error naming the character; clean: "
+                             "leading periods are dropped and each restricted character is "
                              "replaced by name_replacement")
     name_replacement: Annotated[str, AfterValidator(_replacement)] = Field(
         "_", max_length=8, description="what replaces a refused character when "

@@ -90,7 +90,7 @@ def _message_steps(message: CohortMessage, segment: str) -> list[dict[str, Any]]
 
 def _decision(decision: Decision) -> str:
     if decision.member is None:
-        uid = f" {decision.uid}" if decision.uid else ""
-        return f"{decision.reason}{uid}: {decision.why}"
+        who = f" {decision.uid}" if decision.uid else ""
+        return f"nothing to send for{who or ' it'} ({decision.reason}): {decision.why}"
     verb = "add" if decision.member else "remove"
     return f"{verb} {decision.uid}: {decision.why}"

@@ -167,7 +167,7 @@ class CohortReport:
                          f"{'s' if s.requests != 1 else ''} {self.sent_verb}")
             for key, got, pages, uids in s.held:
                 lines.append(f"      export {key!r} incomplete: {got} of {pages} pages arrived "
-                             f"({uids} members held; nobody removed)")
+                             f"({_n(uids, 'member')} held; nobody removed)")
             for key in s.superseded_exports:
                 lines.append(f"      export {key!r} superseded by a later full export: "
                              "not applied")
@@ -349,6 +349,10 @@ class Reconciler:
 
 def _in(member: bool) -> str:
     return "in" if member else "out"
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 class _CountingEncoder(SinkEncoder):
@@ -636,8 +640,9 @@ class CohortFeed:
             for key, got, pages, uids in stats.held:
                 self.report.warnings.append(
                     f"{cohort.key.partner} cohort {cohort.key.cohort_id} ({cohort.name!r}): "
-                    f"export {key!r} is incomplete ({got} of {pages} pages arrived): its "
-                    f"{uids} members are held and nobody is removed until every page arrives")
+                    f"export {key!r} is incomplete ({got} of {pages} pages arrived): "
+                    f"{_n(uids, 'member')} held, and nobody is removed until every page "
+                    "arrives")
 
     def _unreadable(self, reason: str, detail: str, line_no: int, *, raw: bytes | None = None,
                     record: Any = None) -> list[WireRequest]:

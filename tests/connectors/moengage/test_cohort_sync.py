@@ -264,3 +264,15 @@ def test_a_cohort_source_needs_a_cohort_destination(cli: Callable[..., Result],
         f"{path}:6:1: error: a cohort bundle has no event rules: each member's user id comes "
         "from `identity`",
     ]
+
+
+def test_the_readme_shows_the_settings_the_models_define() -> None:
+    from moerules.connectors.amplitude.cohorts import AmplitudeCohortSettings
+    from moerules.connectors.mixpanel.cohorts import MixpanelCohortSettings
+    from moerules.connectors.moengage.cohort_sync import CohortSyncSettings
+    from moerules.engine.rules.settings import settings_table
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    for model in (CohortSyncSettings, AmplitudeCohortSettings, MixpanelCohortSettings):
+        table = settings_table(model)
+        assert table in readme, f"README.md's {model.__name__} table should be:\n{table}"

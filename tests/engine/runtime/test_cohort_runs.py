@@ -137,8 +137,8 @@ def test_an_unfinished_export_removes_nobody(cli: CLI, emulator: tuple[MoEngageE
     assert emu.received == before  # nothing sent: no removal, no add
     assert emu.cohort_members("1234") == {"d1", "d2", "d3"}
     assert ("warning: mixpanel cohort 1234 ('Power Users'): export 's-2' is incomplete "
-            "(2 of 3 pages arrived): its 2 members are held and nobody is removed until every "
-            "page arrives") in result.stderr
+            "(2 of 3 pages arrived): 2 members held, and nobody is removed until every page "
+            "arrives") in result.stderr
     assert report_of(tmp_path / "r.json")["cohorts"][0]["incomplete_exports"] == [
         {"key": "s-2", "pages_arrived": 2, "pages": 3, "members_held": 2}]
     listing = cli("cohorts", str(state))
@@ -463,8 +463,8 @@ def test_explain_shows_the_difference_and_why(cli: CLI, emulator: tuple[MoEngage
     assert result.exit_code == 0, result.stderr
     text = result.stdout
     assert "mixpanel cohort 1234 ('Power Users'): the whole membership, 3 members" in text
-    assert ("  => unchanged: the destination has it so already d1: in the full export (full "
-            "export 's-2'); the destination has it already") in text
+    assert ("  => nothing to send for d1 (unchanged: the destination has it so already): in "
+            "the full export (full export 's-2'); the destination has it already") in text
     assert ("  => add d4: in the full export (full export 's-2'); the destination does not "
             "have it yet") in text
     assert "  candidate distinct_id: null  -> not usable" in text
