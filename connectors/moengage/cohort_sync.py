@@ -34,6 +34,7 @@ import orjson
 from moerules.connectors.moengage.settings import DATA_CENTERS, DataCenter, HttpUrl, Secret
 from moerules.engine.cohorts import DEFAULT_STATE, CohortSink, InvalidCohortName
 from moerules.engine.connector import (
+    COHORT_MEMBERSHIP,
     BatchPolicy,
     Delivered,
     Fatal,
@@ -45,6 +46,7 @@ from moerules.engine.connector import (
     Retry,
     SinkEncoder,
     Split,
+    Unencodable,
     Verdict,
     WireRequest,
 )
@@ -140,6 +142,11 @@ class _Encoder(SinkEncoder):
 
     def add(self, item: Item) -> list[WireRequest]:
         sink = self.sink
+        if item.kind != COHORT_MEMBERSHIP:
+            raise Unencodable(f"destination {sink.name!r} does not take {item.kind!r} items")
+        if item.attributes:  # never dropped silently: nothing in the request could carry them
+            raise Unencodable("a Cohort Sync member is a uid alone; this change carries "
+                              f"attributes ({', '.join(sorted(item.attributes))[:200]})")
         fields = item.fields
         cohort_id = str(fields.get("cohort_id") or item.name)
         member = bool(fields.get("member", True))

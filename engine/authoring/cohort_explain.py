@@ -40,6 +40,10 @@ def explain_cohort(traced: CompiledBundle, line: bytes) -> Explanation:
             count = len(message.members)
             head.extend(_message_steps(message, data["segment"]))
             return
+        if step == "dead" and index < 0 and not head:  # the payload itself could not be read
+            head.extend([{"step": "section", "title": "payload"},
+                         {"step": "outcome", "outcome": f"dead-lettered: {data}"}])
+            return
         steps = members.setdefault(index, []) if 0 <= index < count else implied
         if step == "identity":
             _fields([t for t in data if t[0] == "identity"], steps)

@@ -22,6 +22,7 @@ from moerules.engine.connector import (
     Response,
     Retry,
     Split,
+    Unencodable,
 )
 
 from tests.conftest import Result
@@ -99,6 +100,18 @@ def test_an_id_no_request_can_hold_is_refused() -> None:
     encoder = sink().encoder()
     with pytest.raises(ItemTooLarge):
         encoder.add(change("u" * (128 * 1024)))
+    assert encoder.flush() == []
+
+
+def test_what_cohort_sync_cannot_carry_is_refused_not_dropped() -> None:
+    encoder = sink().encoder()
+    with_attributes = Item(COHORT_MEMBERSHIP, "u1", "P", {"plan": "gold"}, {"cohort_id": "c"},
+                           None, (1, 0), "r")
+    with pytest.raises(Unencodable, match=r"a uid alone; this change carries attributes "
+                                          r"\(plan\)"):
+        encoder.add(with_attributes)
+    with pytest.raises(Unencodable, match="does not take 'event' items"):
+        encoder.add(Item("event", "u1", "Opened", {}, {}, None, (1, 0), "r"))
     assert encoder.flush() == []
 
 

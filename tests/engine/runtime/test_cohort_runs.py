@@ -498,3 +498,19 @@ def test_cohorts_lists_what_moengage_should_contain(
     assert [row.synced for row in summarise(state)] == [1, 3]
     missing = cli("cohorts", str(tmp_path / "nope.sqlite"))
     assert missing.exit_code == 2 and "no such membership state file" in missing.stderr
+
+
+def test_explain_a_payload_that_is_refused(cli: CLI, tmp_path: Path) -> None:
+    payload = tmp_path / "payload.json"
+    payload.write_bytes(orjson.dumps(amplitude(True, ["u1"], name="A:B", cohort="x")))
+    result = cli("explain", AMPLITUDE, "--event", str(payload),
+                 "--set", 'destination.state=":memory:"', env=ENV)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1:5] == [
+        "payload",
+        "  => dead-lettered: invalid cohort name: cohort name '[Amplitude][A:B]' contains ':': "
+        "MoEngage refuses a segment name that starts with '.' or contains any of | * ? \\ : < > "
+        "= $ \". Rename the cohort at the partner, or set the destination setting "
+        "`cohort_names: clean` to replace such characters with '_'",
+        "requests",
+        "  (none)"]
