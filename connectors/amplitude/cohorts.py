@@ -112,7 +112,11 @@ class AmplitudeCohortSource(CohortSource):
         return cls(settings.model_dump())
 
     def decode(self, line: bytes) -> dict[str, Any]:
-        return json_object(line)
+        """The payload; RecordError when it is not a cohort payload at all (checked here, so
+        that ``moerules serve`` answers 400 to it before it is stored)."""
+        record = json_object(line)
+        self.message(record)
+        return record
 
     def message(self, record: dict[str, Any]) -> CohortMessage:
         cohort_id = text_id(record, "cohort_id", "cohort_id")

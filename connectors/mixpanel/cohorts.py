@@ -94,7 +94,11 @@ class MixpanelCohortSource(CohortSource):
         return cls(settings.model_dump())
 
     def decode(self, line: bytes) -> dict[str, Any]:
-        return json_object(line)
+        """The payload; RecordError when it is not a cohort payload at all (checked here, so
+        that ``moerules serve`` answers 400 to it before it is stored)."""
+        record = json_object(line)
+        self.message(record)
+        return record
 
     def message(self, record: dict[str, Any]) -> CohortMessage:
         action = record.get("action")

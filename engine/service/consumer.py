@@ -35,6 +35,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, Refused, Response, SinkEncoder, Verdict, WireRequest
+from moerules.engine.runtime.cohorts import feed_for
 from moerules.engine.runtime.deadletter import DeadLetterWriter
 from moerules.engine.runtime.input import LongLine
 from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Feed
@@ -185,6 +186,9 @@ class _SpoolFeed:
         self.source = source
         self.tracker = tracker
         self.encoder: SinkEncoder = pipeline.encoder
+        settled = getattr(pipeline, "settled", None)
+        if settled is not None:  # a cohort flow records what MoEngage acknowledged
+            self.settled = settled
 
     def feed(self, line_no: int, line: bytes | LongLine) -> list[WireRequest]:
         message = self.source.pending.popleft()
@@ -301,7 +305,7 @@ class _Pass(DeliveryLoop):
         self.wake = anyio.Event()
         self.dead = DeadLetterWriter(self.dead_path, self.name, self.compiled.secrets)
         self.input = self.source
-        pipeline = Pipeline(self.compiled, self.report, self.dead)
+        pipeline = feed_for(self.compiled, self.report, self.dead, dry_run=False)
         pipeline.encoder = _TrackingEncoder(pipeline.encoder, self.tracker)
         try:
             await self.deliver_lines(_SpoolFeed(pipeline, self.source, self.tracker), self.dead,
@@ -309,6 +313,8 @@ class _Pass(DeliveryLoop):
         finally:
             self._ack_done()
             self.dead.close()
+            if hasattr(pipeline, "close"):  # a cohort flow's membership state
+                pipeline.close()
             # not final (a stop's drain ran out, a fatal verdict) or never fed: ready again
             leftover = sorted({*self.tracker.open, *(m.id for m in self.source.pending)})
             if leftover:
