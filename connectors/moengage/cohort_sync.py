@@ -132,9 +132,9 @@ _TAIL = b"]}}"
 
 
 class _Encoder(SinkEncoder):
-    """Members of one cohort and one action per request. A user waiting in a request of the
-    other action for the same cohort closes that request first, so requests leave in the
-    order the changes were made."""
+    """Members of one cohort and one action per request, under the cohort's latest name. A
+    user waiting in a request of the other action for the same cohort closes that request
+    first, so requests leave in the order the changes were made."""
 
     def __init__(self, sink: CohortSyncSink) -> None:
         self.sink = sink
@@ -164,6 +164,12 @@ class _Encoder(SinkEncoder):
             out.append(self._close((cohort_id, not member)))
         key = (cohort_id, member)
         batch = self.batches.get(key)
+        if batch is not None and batch.label != label:
+            # the cohort was renamed (or described anew) since: the request takes the latest
+            # name, the one MoEngage should show, unless the longer head leaves no room
+            grown = batch.size - len(batch.head) + len(head)
+            if grown + 1 + len(piece) <= limit:
+                batch.head, batch.label, batch.size = head, label, grown
         if batch is not None and (batch.label != label
                                   or batch.size + 1 + len(piece) > limit):
             out.append(self._close(key))
@@ -202,6 +208,9 @@ class CohortSyncSink(CohortSink):
     example_settings: ClassVar[dict[str, Any]] = {
         "workspace_id": "WS_EXAMPLE", "data_api_key": "moengage-example-data-api-key",
         "partner": "example", "state": ":memory:"}
+    # a change as engine/runtime/cohorts.py makes it: the cohort, and in (or out)
+    example_fields: ClassVar[dict[str, dict[str, Any]]] = {
+        COHORT_MEMBERSHIP: {"cohort_id": "c1", "member": True, "description": None}}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
         (200, b'{"status":"success","message":"Your request has been accepted and will be '
               b'processed soon."}', Delivered),

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from moerules.engine.api import request_json
 from moerules.engine.connector import (
+    COHORT_MEMBERSHIP,
     USER,
     Delivered,
     Fatal,
@@ -95,9 +96,15 @@ def items_for(sink: Sink, count: int, pad: int = 0) -> list[Item]:
     out = []
     for n in range(count):
         kind = kinds[n % len(kinds)]
+        note = "x" * (n * 7919 % pad if pad else 0)
+        if kind == COHORT_MEMBERSHIP:  # as engine/cohorts.py makes them: a user id (its size
+            # varies here) joining one cohort; no attributes (Cohort Sync takes none)
+            out.append(Item(kind, f"user-{n % 7}-{note}", "Conformance cohort", {},
+                            dict(sink.example_fields.get(kind, {})), None,
+                            (n // 3 + 1, n % 3), "conformance"))
+            continue
         out.append(Item(kind, f"user-{n % 7}", "" if kind == USER else f"Conformance {n}",
-                        {"n": n, "note": "x" * (n * 7919 % pad if pad else 0)},
-                        dict(sink.example_fields.get(kind, {})), None,
+                        {"n": n, "note": note}, dict(sink.example_fields.get(kind, {})), None,
                         (n // 3 + 1, -1 if kind == USER else n % 3), "conformance"))
     return out
 
@@ -162,6 +169,9 @@ def test_an_item_no_request_can_hold_is_refused_when_encoded(sink: Sink) -> None
         big = Item(kind, "user-big", "" if kind == USER else "Big", {"blob": "y" * limit},
                    dict(sink.example_fields.get(kind, {})), None,
                    (9, -1 if kind == USER else 0), "conformance")
+        if kind == COHORT_MEMBERSHIP:  # a cohort change is as large as its user id
+            big = Item(kind, "y" * limit, "Conformance cohort", {},
+                       dict(sink.example_fields.get(kind, {})), None, (9, 0), "conformance")
         encoder = sink.encoder()
         requests, refused = encoder.add_all([small[0], big, small[1]])
         assert [(r.item, r.reason) for r in refused] == [(big, ItemTooLarge.reason)]

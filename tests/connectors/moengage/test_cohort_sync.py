@@ -129,14 +129,27 @@ def test_a_change_undoing_one_held_closes_that_request_first() -> None:
         ("remove_members", ["u2", "u1"])]
 
 
-def test_cohorts_and_renames_go_in_requests_of_their_own() -> None:
+def test_cohorts_go_in_requests_of_their_own_under_their_latest_name() -> None:
     encoder = sink().encoder()
     encoder.add(change("u1", cohort="a", name="A"))
     encoder.add(change("u1", cohort="b", name="B"))
-    out = encoder.add(change("u2", cohort="a", name="A renamed"))
-    assert [b["parameters"]["cohort_name"] for b in bodies(out)] == ["A"]
-    assert [(b["parameters"]["cohort_id"], b["parameters"]["cohort_name"])
-            for b in bodies(encoder.flush())] == [("b", "B"), ("a", "A renamed")]
+    assert encoder.add(change("u2", cohort="a", name="A renamed", description="d")) == []
+    assert [(b["parameters"]["cohort_id"], b["parameters"]["cohort_name"],
+             b["parameters"].get("cohort_description"),
+             [m["uid"] for m in b["parameters"]["members"]])
+            for b in bodies(encoder.flush())] == [("a", "A renamed", "d", ["u1", "u2"]),
+                                                  ("b", "B", None, ["u1"])]
+
+
+def test_a_rename_that_leaves_no_room_closes_the_request() -> None:
+    encoder = sink(max_request_bytes=1024).encoder()
+    out = [r for n in range(20) for r in encoder.add(change(f"u{n:03d}", name="A"))]
+    assert out == []
+    (closed,) = encoder.add(change("u999", name="A" * 700))
+    assert orjson.loads(closed.body)["parameters"]["cohort_name"] == "A"
+    (last,) = encoder.flush()
+    assert orjson.loads(last.body)["parameters"]["members"] == [{"uid": "u999"}]
+    assert len(closed.body) <= 1024 and len(last.body) <= 1024
 
 
 def test_paced_within_300_requests_a_minute() -> None:
