@@ -57,6 +57,19 @@ def _check_input(input_: str) -> None:
         sys.exit(2)
 
 
+def _event_bundle(compiled: Any, command: str) -> None:
+    """One line, exit 2, for a cohort bundle: what it sends depends on its membership state,
+    not on each record alone, so a record-by-record diff or coverage would mislead."""
+    from moerules.engine.cohorts import CohortSource
+
+    if isinstance(compiled.source, CohortSource):
+        click.echo(f"moerules: error: {command} works record by record on event bundles; "
+                   f"{compiled.model.bundle} is a cohort bundle, whose requests depend on its "
+                   "membership state: use `moerules run --dry-run` and `moerules explain`",
+                   err=True)
+        sys.exit(2)
+
+
 @click.command()
 @click.argument("old")
 @click.argument("new")
@@ -88,6 +101,8 @@ def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
             b = stack.enter_context(_bundle(new, sets, stack))
         except RuleError as exc:
             _fail_rules(exc)
+        _event_bundle(a, "moerules diff")
+        _event_bundle(b, "moerules diff")
         if input_ == "-" or not is_regular(input_):  # a pipe or a device: read it once
             result = diff_bundles(a, b, iter_lines(input_), old_label=old, new_label=new)
         else:
@@ -129,6 +144,7 @@ def coverage(bundle: str, input_: str, sets: tuple[str, ...], as_json: bool,
             compiled = stack.enter_context(_bundle(bundle, sets, stack))
         except RuleError as exc:
             _fail_rules(exc)
+        _event_bundle(compiled, "moerules coverage")
         result = measure(compiled, iter_lines(input_))
     if as_json:
         click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())

@@ -24,7 +24,7 @@ from moerules.engine.runtime.membership import summarise
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.conftest import Result
+from tests.conftest import EXAMPLES, Result
 from tests.engine.runtime.cohort_helpers import (
     AMPLITUDE,
     ENV,
@@ -514,3 +514,14 @@ def test_explain_a_payload_that_is_refused(cli: CLI, tmp_path: Path) -> None:
         "`cohort_names: clean` to replace such characters with '_'",
         "requests",
         "  (none)"]
+
+
+@pytest.mark.parametrize("command", ["coverage", "diff"])
+def test_record_by_record_tools_refuse_a_cohort_bundle(cli: CLI, command: str) -> None:
+    example = str(EXAMPLES / "amplitude-cohort-webhooks.jsonl")
+    bundles = [AMPLITUDE] * (2 if command == "diff" else 1)
+    result = cli(command, *bundles, "--input", example)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"moerules: error: moerules {command} works record by "
+                                    "record on event bundles; amplitude-cohorts-to-moengage is "
+                                    "a cohort bundle")
