@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from moerules.engine.connector import (
     Retry,
     Split,
     Unencodable,
+    WireRequest,
 )
 
 from tests.conftest import Result
@@ -40,8 +42,8 @@ def change(uid: str, member: bool = True, cohort: str = "c1", name: str = "[Ampl
                 (line, 0), "entered" if member else "left")
 
 
-def bodies(requests: list[object]) -> list[object]:
-    return [orjson.loads(r.body) for r in requests]  # type: ignore[attr-defined]
+def bodies(requests: list[WireRequest]) -> list[Any]:
+    return [orjson.loads(r.body) for r in requests]
 
 
 def test_the_exact_request() -> None:

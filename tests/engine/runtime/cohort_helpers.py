@@ -65,7 +65,7 @@ def run_args(bundle: str, input_path: Path, url: str, state: Path, *extra: str) 
 
 def run(cli: Callable[..., Result], bundle: str, input_path: Path, url: str, state: Path,
         *extra: str) -> Result:
-    return cli(*run_args(bundle, input_path, url, state, *extra), env=ENV)  # type: ignore[no-any-return]
+    return cli(*run_args(bundle, input_path, url, state, *extra), env=ENV)
 
 
 def spawn(args: list[str], cwd: Path) -> subprocess.Popen[str]:
