@@ -11,6 +11,7 @@ same payloads would send.
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ def test_streams_kill_9_after_the_partner_ingested_delivers_exactly_once(
     assert len(expected) == len(set(expected)) > 10
 
     emu = partner.emulator()
-    # the first request is ingested 2 s after it arrives: the service is killed meanwhile
-    emu.faults.push(Fault("slow", delay=2.0), count=1)
+    # the first request is ingested 3 s after it arrives: the service is killed meanwhile
+    emu.faults.push(Fault("slow", delay=3.0), count=1)
     name = bundle.upper().replace("-", "_")
     env = {**partner.env, f"MOERULES_AUTH_{name}_BASIC": f"{STREAMS_USER}:{STREAMS_PASSWORD}"}
     with serve(emu) as url:
@@ -106,10 +107,13 @@ def test_streams_kill_9_after_the_partner_ingested_delivers_exactly_once(
             for body in payloads:
                 assert client.post(first.route(bundle), content=body).status_code == 202
         assert wait_until(lambda: emu.stats()["requests"] >= 1, timeout=20)
+        time.sleep(0.5)  # the body has arrived (a client gone mid-body is never ingested)
         first.kill()
         assert first.process.returncode == -signal.SIGKILL
-        # the partner ingests the request its client no longer waits for
-        assert wait_until(lambda: len(emu.records()) > 0, timeout=10)
+        # the partner ingests the request its client no longer waits for: every request that
+        # arrived (the slow one included) is stored before the restart
+        assert wait_until(lambda: emu.stats()["faults"].get("slow") == 1
+                          and emu.stats()["requests"] == len(emu.received), timeout=10)
         second = start_service(*args, bundle=bundle, env=env)
         # the payloads whose events were in the slow request at least (the others' requests
         # may have been answered before the kill)
