@@ -19,11 +19,12 @@ than ``max_item_bytes``, or than a request's room on its own) is refused when it
 
 from __future__ import annotations
 
+import gzip
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from moerules.engine.items import Item
@@ -42,7 +43,13 @@ __all__ = [
 @dataclass(slots=True)
 class WireRequest:
     """An HTTP request a sink wants sent, with the items it carries (in the order a sink's
-    verdicts index them) and which of the sink's rate limits apply (``limit_key``)."""
+    verdicts index them) and which of the sink's rate limits apply (``limit_key``).
+
+    ``content_encoding`` ("gzip" or None): ``body`` stays the readable body (what a dry run
+    prints, what size limits and byte rate limits measure); the sender compresses it when it
+    sends (``wire_body``) and adds the ``Content-Encoding`` header (``wire_headers``, shown by
+    the dry run too).
+    """
 
     method: str
     url: str
@@ -50,9 +57,24 @@ class WireRequest:
     body: bytes
     items: list[Item] = field(default_factory=list)
     limit_key: str = "default"
+    content_encoding: Literal["gzip"] | None = None
+
+    def wire_headers(self) -> dict[str, str]:
+        """The headers as sent: ``headers`` and the ``Content-Encoding`` of the body."""
+        if self.content_encoding is None:
+            return self.headers
+        return {**self.headers, "Content-Encoding": self.content_encoding}
+
+    def wire_body(self) -> bytes:
+        """The body as sent: compressed when ``content_encoding`` says so (mtime 0, so that
+        the same body always compresses to the same bytes)."""
+        if self.content_encoding == "gzip":
+            return gzip.compress(self.body, mtime=0)
+        return self.body
 
     def redacted_headers(self, secret_headers: frozenset[str]) -> dict[str, str]:
-        return {k: ("***" if k.lower() in secret_headers else v) for k, v in self.headers.items()}
+        return {k: ("***" if k.lower() in secret_headers else v)
+                for k, v in self.wire_headers().items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,9 @@ class MixpanelSettings(ConnectorSettings):
         description="largest request body, in bytes (Mixpanel refuses more than 10 MB)")
     max_wait_seconds: float = Field(
         5.0, ge=0, le=3600, description="longest an event waits for its request to fill up")
+    gzip: bool = Field(
+        True, description="send request bodies gzip-compressed (Content-Encoding: gzip; "
+                          "/import accepts it); size limits count the uncompressed body")
     bytes_per_minute: int = Field(
         2_000_000_000, ge=1, le=2_000_000_000,
         description="request bytes sent per minute at most (Mixpanel allows 2 GB per project)")

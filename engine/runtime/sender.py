@@ -183,9 +183,10 @@ class Sender:
         response: httpx.Response | None = None
         try:
             with anyio.move_on_after(self.request_timeout):
+                # compressed here, at send time: the request keeps its readable body
                 response = await self.client.request(request.method, request.url,
-                                                     headers=request.headers,
-                                                     content=request.body)
+                                                     headers=request.wire_headers(),
+                                                     content=request.wire_body())
         except httpx.TimeoutException:
             pass
         except httpx.UnsupportedProtocol as exc:

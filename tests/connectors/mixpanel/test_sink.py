@@ -4,6 +4,8 @@ the emulator with injected partial failures (reference §5.1)."""
 from __future__ import annotations
 
 import base64
+import gzip
+import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ import orjson
 import pytest
 from moerules.connectors.emulation import Fault, MixpanelEmulator, serve
 from moerules.connectors.mixpanel.sink import MixpanelSink
-from moerules.engine.api import load_bundle
+from moerules.engine.api import dry_run, load_bundle
 from moerules.engine.connector import (
     BYTES,
     EVENT,
@@ -30,6 +32,7 @@ from moerules.engine.connector import (
 )
 from moerules.engine.runtime.delivery import deliver
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from tests.conftest import Result
 from tests.connectors.streams_input import FAST, accepted, dead_letters, write_streams
@@ -264,3 +267,60 @@ def test_a_wrong_token_stops_the_run_without_dead_letters(tmp_path: Path) -> Non
     assert report.interrupted
     assert any("Invalid credentials" in w for w in report.warnings)
     assert not dead.exists() and emu.records() == []
+
+
+# -- gzip on the wire --------------------------------------------------------------------------
+class WireMixpanel(MixpanelEmulator):
+    """The Mixpanel emulator, keeping each request body exactly as it came off the wire."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.wire: list[bytes] = []
+
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        raw = await super().read_body(request, limit)
+        self.wire.append(raw)
+        return raw
+
+
+def test_bodies_travel_gzipped_and_inflate_to_exactly_the_dry_run_body(tmp_path: Path) -> None:
+    emu = WireMixpanel(TOKEN)
+    with serve(emu) as url:
+        report, uuids, dead = run(url, tmp_path, 4)
+    assert report.delivered == len(uuids) and not dead.exists()
+    [received] = emu.received
+    assert received.headers["content-encoding"] == "gzip"
+    [wire] = emu.wire
+    assert wire[:2] == b"\x1f\x8b"  # gzip's magic: compressed on the wire
+    # the same bundle and input in a dry run: the readable body, and the header it will carry
+    bundle = load_bundle("moengage-to-mixpanel", [f"destination.endpoint={url}"],
+                         env={"MIXPANEL_PROJECT_TOKEN": TOKEN})
+    out = io.BytesIO()
+    lines = (tmp_path / "in.jsonl").read_bytes().splitlines()
+    dry_run(bundle, [(n, line) for n, line in enumerate(lines, 1)], out)
+    [printed] = out.getvalue().splitlines()
+    shown = orjson.loads(printed)
+    assert shown["headers"]["Content-Encoding"] == "gzip"
+    body = printed[printed.index(b',"body":') + len(b',"body":'):-1]
+    assert gzip.decompress(wire) == body
+    assert accepted(emu.records("/import"), lambda r: r["properties"]["$insert_id"]) == {
+        u: 1 for u in uuids}
+
+
+def test_gzip_false_sends_the_body_as_is(tmp_path: Path) -> None:
+    emu = WireMixpanel(TOKEN)
+    with serve(emu) as url:
+        report, uuids, _ = run(url, tmp_path, 2, "destination.gzip=false")
+    assert report.delivered == len(uuids)
+    [received] = emu.received
+    assert "content-encoding" not in received.headers
+    assert orjson.loads(emu.wire[0])[0]["properties"]["$insert_id"] == uuids[0]
+
+
+def test_the_10_mb_limit_counts_the_uncompressed_body() -> None:
+    """"10MB uncompressed" (reference §5.1): a batch is cut by its readable size."""
+    s = sink(max_request_bytes=1024)
+    requests = requests_of(s, *(item(index=i, insert_id=f"id-{i}") for i in range(40)))
+    assert len(requests) > 1
+    assert all(r.content_encoding == "gzip" and len(r.body) <= 1024 for r in requests)
+    assert all(len(r.wire_body()) < len(r.body) for r in requests)
