@@ -77,6 +77,7 @@ from moerules.engine.items import COHORT_MEMBERSHIP, EVENT, KINDS, USER, Item
 from moerules.engine.verdicts import (
     Delivered,
     Fatal,
+    Hold,
     Partial,
     Reject,
     Response,
@@ -98,6 +99,7 @@ __all__ = [
     "BatchPolicy",
     "Delivered",
     "Fatal",
+    "Hold",
     "Item",
     "ItemTooLarge",
     "JsonArrayEncoder",

@@ -8,9 +8,19 @@ action per response)::
     ├── Delivered      every item of the request arrived
     ├── Retry          send the whole request again (after ``after`` seconds when the partner
     │                  said so: Retry-After); ``throttled`` when the partner's rate limit said no
+    │   └── holds      what the wait holds back: "credential" (the default) pauses every
+    │                  request of the limit key for ``after`` and slows its pace (MoEngage,
+    │                  Segment, Mixpanel: their limits count the whole key); "items" holds
+    │                  only these items: they wait ``after`` in a task of their own, and
+    │                  other requests go on unpaced by it (Amplitude throttles per user and
+    │                  per device, not per key)
     ├── Reject         no item can ever arrive: all are dead-lettered with ``reason``
     ├── Partial        by item index: ``rejected`` ones dead-lettered (each with its reason),
-    │                  ``retry`` ones re-encoded and sent again, the rest delivered
+    │   │              ``retry`` ones re-encoded and sent again (after ``after``, held as
+    │   │              ``holds`` says), the rest delivered
+    │   └── resend     indices the answer did not ingest though it did not refuse them
+    │                  (innocent bystanders of a throttled request): re-encoded and sent
+    │                  again at once, without a wait; each counts as a try
     ├── Split          the request is too large: resend it in halves (one item alone that is
     │                  still too large is dead-lettered)
     └── Fatal          stop the run: nothing more can succeed (a wrong key, a closed account);
@@ -35,11 +45,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-__all__ = ["Delivered", "Fatal", "Partial", "Reject", "Response", "Retry", "Split", "Verdict"]
+__all__ = ["Delivered", "Fatal", "Hold", "Partial", "Reject", "Response", "Retry", "Split",
+           "Verdict"]
+
+Hold = Literal["credential", "items"]
+"""What a verdict's wait holds back: every request of the credential, or only its items."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +95,14 @@ class Delivered:
 @dataclass(frozen=True, slots=True)
 class Retry:
     """Send the request again; after ``after`` seconds when the partner said (Retry-After),
-    else after the runtime's backoff. ``throttled``: the partner's rate limit refused it."""
+    else after the runtime's backoff. ``throttled``: the partner's rate limit refused it.
+    ``holds``: "credential" pauses the whole limit key for ``after`` (and a throttled answer
+    slows its pace); "items" makes only this request's items wait, in a task of their own."""
 
     reason: str
     after: float | None = None
     throttled: bool = False
+    holds: Hold = "credential"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +115,16 @@ class Reject:
 @dataclass(frozen=True, slots=True)
 class Partial:
     """Some items failed: ``rejected`` (index -> why) are dead-lettered, ``retry`` (indices)
-    are sent again (after ``after`` seconds when given), every other item arrived."""
+    are sent again (after ``after`` seconds when given; ``holds`` as for ``Retry``),
+    ``resend`` (indices) are sent again at once, every other item arrived."""
 
     rejected: Mapping[int, str] = field(default_factory=dict)
     retry: frozenset[int] = frozenset()
     reason: str = ""
     after: float | None = None
     throttled: bool = False
+    holds: Hold = "credential"
+    resend: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

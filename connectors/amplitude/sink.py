@@ -22,10 +22,11 @@ Answers (reference §3, and what Amplitude's Python SDK does with them) become v
 - 400 ``Invalid API key`` or a missing ``api_key``: fatal (every request would fail alike);
   any other 400 (the whole request unreadable): rejected.
 - 413: split.
-- 429: Amplitude throttles users and devices, not the key. Events of users over their daily
-  quota are rejected; every other event is sent again after ``throttle_pause_seconds`` (30 s,
-  Amplitude's advice for the throttled ones; the others wait with them, as the contract gives
-  one delay per answer), or after a ``Retry-After`` when one is given.
+- 429: Amplitude throttles users and devices, not the key, and a 429 ingests nothing. Events
+  of users or devices over their daily quota are rejected; events of throttled users or
+  devices wait ``throttle_pause_seconds`` (30 s, Amplitude's advice) on their own and are
+  sent again, without pausing the key (``holds="items"``); every other event is sent again
+  at once. A ``Retry-After`` (a proxy's: Amplitude documents none) holds the whole key.
 - 408, 500, 502, 503, 504: retried (``insert_id`` makes a retry of a half-accepted request
   safe).
 """
@@ -43,6 +44,7 @@ from moerules.engine.connector import (
     BatchPolicy,
     Delivered,
     Fatal,
+    Hold,
     Item,
     JsonArrayEncoder,
     Partial,
@@ -114,7 +116,7 @@ class AmplitudeSink(Sink):
         (429, b'{"code":429,"error":"Too many requests for some devices and users",'
               b'"eps_threshold":10,"throttled_devices":{"C8F9E604":11},'
               b'"throttled_users":{"datamonster@amplitude.com":12},'
-              b'"throttled_events":[0]}', Retry),
+              b'"throttled_events":[0]}', Partial),
         (429, b'{"code":429,"error":"Too many requests for some devices and users",'
               b'"throttled_users":{"user-00000":12},"throttled_events":[0],'
               b'"exceeded_daily_quota_users":{"user-00000":500001}}', Partial),
@@ -229,22 +231,42 @@ class AmplitudeSink(Sink):
 
     def _throttled(self, request: WireRequest, response: Response, body: dict[str, Any],
                    reason: str) -> Verdict:
-        """429: users over their daily quota rejected; everyone else sent again, later."""
-        # Amplitude documents no Retry-After; one given (a proxy's) is obeyed
-        after = retry_after_seconds(response.header("retry-after"))
-        pause = self.config.throttle_pause_seconds if after is None else after
+        """429: events over a daily quota rejected; events of throttled users and devices
+        held back ``throttle_pause_seconds`` on their own; every other event sent again now.
+
+        A 429 ingests none of the request's events, the throttled ones' neighbours included:
+        Amplitude's Batch Event Upload page says "If you exceed that rate, the API rejects
+        the upload and returns a 429 response", its HTTP V2 page "When a request goes over a
+        limit, Amplitude rejects it with the status code in the table and doesn't ingest the
+        rejected events", and its SDK ([A4] processor.py) sends the events that were not
+        throttled again at once and the throttled ones after 30 s. So no event of a 429 is
+        delivered; those of users and devices not named are resent without a wait.
+        """
+        # Amplitude documents no Retry-After; one given (a proxy's) speaks for the whole key
+        header = retry_after_seconds(response.header("retry-after"))
+        holds: Hold = "items" if header is None else "credential"
+        pause = self.config.throttle_pause_seconds if header is None else header
         quota_users = _keys(body.get("exceeded_daily_quota_users"))
         quota_devices = _keys(body.get("exceeded_daily_quota_devices"))
-        if not quota_users and not quota_devices:
-            return Retry(reason, after=pause, throttled=True)
+        users = _keys(body.get("throttled_users"))
+        devices = _keys(body.get("throttled_devices"))
+        named = frozenset(_indices(body.get("throttled_events"), len(request.items)))
         rejected: dict[int, str] = {}
+        later: set[int] = set()
         for index, item in enumerate(request.items):
+            device = item.fields.get("device_id")
             if item.identity in quota_users:
                 rejected[index] = f"user {item.identity!r} exceeded its daily quota"
-            elif item.fields.get("device_id") in quota_devices:
-                rejected[index] = f"device {item.fields['device_id']!r} exceeded its daily quota"
-        again = frozenset(range(len(request.items))) - rejected.keys()
-        return Partial(rejected, again, reason=reason, after=pause, throttled=True)
+            elif isinstance(device, str) and device in quota_devices:
+                rejected[index] = f"device {device!r} exceeded its daily quota"
+            elif index in named or item.identity in users or (
+                    isinstance(device, str) and device in devices):
+                later.add(index)
+        if not rejected and not later:  # the answer names no one: the request waits whole
+            return Retry(reason, after=pause, throttled=True, holds=holds)
+        now = frozenset(range(len(request.items))) - rejected.keys() - later
+        return Partial(rejected, frozenset(later), reason=reason, after=pause, throttled=True,
+                       holds=holds, resend=now)
 
 
 def _indices(value: Any, count: int) -> list[int]:

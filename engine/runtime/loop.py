@@ -172,10 +172,12 @@ async def pump(produce: Producer, sender: Sender, options: DeliveryOptions,
         control.on_stop(partial(outer.start_soon, drain_deadline))
         with work:
             async with anyio.create_task_group() as tg:
+                sender.hold_in(tg)  # items held by a partner's throttle wait here
                 tg.start_soon(producer)
                 for _ in range(options.concurrency):
                     tg.start_soon(send_loop, receive_stream.clone())
                 receive_stream.close()
+            sender.hold_in(None)
         outer.cancel_scope.cancel()
 
 

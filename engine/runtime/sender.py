@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+import anyio.abc
 import httpx
 from moerules.engine.connector import (
     Delivered,
@@ -98,6 +99,13 @@ class Sender:
         # the values of the sink's secret headers (an Authorization token...): a partner or a
         # proxy that echoes the request must not put them into dead letters or warnings
         self._header_secrets: set[str] = set()
+        # where items held by an items-only verdict wait (``hold_in``); without one they
+        # wait in the sending task
+        self._holding: anyio.abc.TaskGroup | None = None
+
+    def hold_in(self, tasks: anyio.abc.TaskGroup | None) -> None:
+        """Run the waits of items-only holds as tasks of ``tasks`` (the run's send group)."""
+        self._holding = tasks
 
     def _note_secrets(self, request: WireRequest) -> None:
         secret_headers = self.sink.secret_headers
@@ -155,6 +163,9 @@ class Sender:
                 await self._partial(request, verdict, answer, attempt)
                 return
             # Retry
+            if verdict.holds == "items":  # only these items wait; the credential goes on
+                await self._hold(request, None, verdict.reason, verdict.after, answer, attempt)
+                return
             if verdict.throttled:
                 self.limiter.widen(request.limit_key)
             if not await self._wait_to_retry(request, verdict.after, attempt):
@@ -162,6 +173,29 @@ class Sender:
                     self._dead(request.items, f"retries exhausted: {verdict.reason}",
                                verdict.reason, answer, attempt)
                 return
+
+    async def _hold(self, request: WireRequest, items: list[Item] | None, reason: str,
+                    after: float | None, answer: Response | None, attempt: int) -> None:
+        """``items`` (the whole request when None) wait ``after`` seconds in a task of their
+        own, then are sent again (re-encoded when a part); the limiter is neither paused nor
+        slowed, so other requests go on (the partner throttled these users, not the key)."""
+        held = request.items if items is None else items
+        if not self.policy.can_retry(attempt):
+            self._dead(held, f"retries exhausted: {reason}", reason, answer, attempt)
+            return
+        self.report.retries += 1
+        delay = self.policy.delay(attempt, after)
+
+        async def later() -> None:
+            if not await self.control.sleep(delay):
+                return  # aborted: left open for the rerun
+            for part in [request] if items is None else self._encode(items):
+                await self.send(part, attempt)
+
+        if self._holding is None:
+            await later()
+        else:
+            self._holding.start_soon(later)
 
     async def _wait_to_retry(self, request: WireRequest, after: float | None,
                              attempt: int) -> bool:
@@ -171,7 +205,7 @@ class Sender:
         self.report.retries += 1
         delay = self.policy.delay(attempt, after)
         if after is not None:
-            # the partner speaks for the whole credential, not just this request
+            # holds="credential": the partner speaks for the whole key, not just this request
             self.limiter.pause(request.limit_key, delay)
         return await self.control.sleep(delay)
 
@@ -242,13 +276,23 @@ class Sender:
         for index, why in rejected.items():
             self._write_dead(items[index], reason, answer, attempt, why)
         self.ledger.settle([items[i] for i in rejected], reason)
+        resend = [items[i] for i in sorted(verdict.resend) if 0 <= i < len(items)
+                  and i not in rejected and i not in verdict.retry]
         arrived = [item for i, item in enumerate(items)
-                   if i not in verdict.retry and i not in rejected]
+                   if i not in verdict.retry and i not in rejected and i not in verdict.resend]
         self.ledger.settle(arrived, None)
         self.on_final([items[i] for i in rejected] + arrived, len(arrived))
+        retry = [items[i] for i in again]
+        if verdict.holds == "items":
+            if retry and self._holding is not None:  # their wait starts now, beside the rest
+                await self._hold(request, retry, verdict.reason, verdict.after, answer, attempt)
+            await self._resend(resend, verdict.reason, answer, attempt)
+            if retry and self._holding is None:
+                await self._hold(request, retry, verdict.reason, verdict.after, answer, attempt)
+            return
+        await self._resend(resend, verdict.reason, answer, attempt)
         if not again:
             return
-        retry = [items[i] for i in again]
         if verdict.throttled:
             self.limiter.widen(request.limit_key)
         if not await self._wait_to_retry(request, verdict.after, attempt):
@@ -257,6 +301,18 @@ class Sender:
                            answer, attempt)
             return
         for part in self._encode(retry):
+            await self.send(part, attempt)
+
+    async def _resend(self, items: list[Item], reason: str, answer: Response | None,
+                      attempt: int) -> None:
+        """Items the answer did not ingest, though not refused: sent again at once."""
+        if not items:
+            return
+        if not self.policy.can_retry(attempt):
+            self._dead(items, f"retries exhausted: {reason}", reason, answer, attempt)
+            return
+        self.report.retries += 1
+        for part in self._encode(items):
             await self.send(part, attempt)
 
     def _delivered(self, items: list[Item]) -> None:

@@ -12,6 +12,7 @@ in the requests a dry run shows, in reports or in dead letters; and a bad settin
 from __future__ import annotations
 
 import base64
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +231,12 @@ class Exchange:
         self.settled: list[Item] = []
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        body = request.content
+        if request.headers.get("content-encoding") == "gzip":  # echoed inflated: readable
+            body = gzip.decompress(body)
         echo = {"error": "refused", "echo": {"headers": dict(request.headers),
                                               "url": str(request.url),
-                                              "body": request.content.decode()}}
+                                              "body": body.decode()}}
         return httpx.Response(self.status, content=orjson.dumps(echo))
 
     def run(self, requests: list[WireRequest]) -> None:

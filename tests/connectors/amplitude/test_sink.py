@@ -4,11 +4,13 @@ emulator with injected partial failures (reference §3)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from moerules.connectors.amplitude.emulator import AmplitudeLimits
 from moerules.connectors.amplitude.sink import AmplitudeSink
 from moerules.connectors.emulation import AmplitudeEmulator, Fault, serve
 from moerules.engine.api import load_bundle
@@ -30,7 +32,7 @@ from moerules.engine.runtime.delivery import deliver
 from pydantic import ValidationError
 
 from tests.conftest import Result
-from tests.connectors.streams_input import FAST, accepted, dead_letters, write_streams
+from tests.connectors.streams_input import FAST, accepted, dead_letters, event, write_streams
 
 KEY = "test-amplitude-key"
 
@@ -183,14 +185,30 @@ def test_429_retries_later_and_rejects_only_users_over_their_daily_quota() -> No
     s = sink(throttle_pause_seconds=12)
     plain = s.classify(request_of(3), Response(429, {}, orjson.dumps(
         {"code": 429, "throttled_users": {"user-00001": 12}, "throttled_events": [1]})))
-    assert plain == Retry("HTTP 429", after=12, throttled=True)
+    # the throttled user's events wait on their own; the others were not ingested either
+    # (a 429 ingests nothing) and are sent again at once
+    assert plain == Partial({}, frozenset({1}), reason="HTTP 429", after=12, throttled=True,
+                            holds="items", resend=frozenset({0, 2}))
+    by_device = s.classify(request_of(3), Response(429, {}, orjson.dumps(
+        {"code": 429, "throttled_devices": {"device-002": 12}})))
+    assert by_device == Partial({}, frozenset({2}), reason="HTTP 429", after=12,
+                                throttled=True, holds="items", resend=frozenset({0, 1}))
     quota = s.classify(request_of(3), Response(429, {}, orjson.dumps(
         {"code": 429, "error": "Too many", "exceeded_daily_quota_users": {"user-00000": 1},
-         "exceeded_daily_quota_devices": {"device-002": 1}})))
+         "exceeded_daily_quota_devices": {"device-002": 1}, "throttled_users": {"user-00001": 9},
+         "throttled_events": [0, 1, 2]})))
     assert quota == Partial({0: "user 'user-00000' exceeded its daily quota",
                              2: "device 'device-002' exceeded its daily quota"},
                             frozenset({1}), reason="HTTP 429: Too many", after=12,
-                            throttled=True)
+                            throttled=True, holds="items")
+    # an answer that names no one holds the request's own items, not the key
+    assert s.classify(request_of(2), Response(429, {}, b"")) == Retry(
+        "HTTP 429", after=12, throttled=True, holds="items")
+    # a Retry-After (a proxy's: Amplitude documents none) speaks for the whole key
+    assert s.classify(request_of(2), Response(429, {"Retry-After": "3"}, orjson.dumps(
+        {"code": 429, "throttled_events": [0]}))) == Partial(
+        {}, frozenset({0}), reason="HTTP 429", after=3.0, throttled=True,
+        resend=frozenset({1}))
 
 
 def test_other_answers() -> None:
@@ -252,6 +270,45 @@ def test_throttling_and_outages_are_retried_and_nothing_is_sent_twice(tmp_path: 
     assert accepted(emu.records("/2/httpapi"), lambda e: e["insert_id"]) == {u: 1 for u in uuids}
     assert report.throttled == 1 and report.retries == 3
     assert not dead.exists() and report.balanced()
+
+
+def test_a_429_holds_back_only_the_throttled_users_events(tmp_path: Path) -> None:
+    """Amplitude throttles users, not the key: the throttled user's events wait the pause on
+    their own and are resent alone; the bystanders of that 429 are resent at once, and the
+    requests after it are not held back (one sender: the request log's order shows it)."""
+    heavy = "cust-heavy"
+    lines = [[event(1, i, uid=heavy) for i in range(3)],   # request 1: heavy + B
+             [event(2, i) for i in range(3)],
+             [event(3, i, uid=heavy) for i in range(3)],   # request 2: heavy again + C: 429
+             [event(4, i) for i in range(3)],
+             [event(5, i) for i in range(3)],              # request 3: D + E
+             [event(6, i) for i in range(3)]]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(orjson.dumps({"app_name": "App", "source": "MOENGAGE",
+                                              "events": events}) + b"\n" for events in lines))
+    uuids = [e["event_uuid"] for events in lines for e in events]
+    # 4 events per user a second: a request of 3 fits, a second one within the second not
+    emu = AmplitudeEmulator(KEY, limits=AmplitudeLimits(eps_threshold=4, window=1.0))
+    with serve(emu) as url:
+        bundle = load_bundle("moengage-to-amplitude", [
+            f"destination.endpoint={url}", "destination.throttle_pause_seconds=1.5",
+            "destination.max_events_per_request=6"], env={"AMPLITUDE_API_KEY": KEY})
+        dead = tmp_path / "dead.jsonl"
+        report = deliver(bundle, str(source), dead_letter=dead, state_dir=tmp_path / "state",
+                         quiet=True, options=replace(FAST, concurrency=1))
+    sent = [(r.status, [e["insert_id"] for e in r.body["events"]]) for r in emu.received]
+    first, second, third = uuids[:6], uuids[6:12], uuids[12:]
+    assert sent == [
+        (200, first),
+        (429, second),              # the heavy user's 3 events and C's 3: nothing ingested
+        (200, second[3:]),          # C's at once, without the heavy user's
+        (200, third),               # the next request is not held back by the 429
+        (200, second[:3]),          # the heavy user's, alone, after the pause
+    ]
+    assert accepted(emu.records("/2/httpapi"), lambda e: e["insert_id"]) == {
+        u: 1 for u in uuids}
+    assert not dead.exists() and report.balanced() and report.delivered == len(uuids)
+    assert report.throttled == 1 and report.retries == 2
 
 
 def test_a_wrong_api_key_stops_the_run_without_dead_letters(tmp_path: Path) -> None:
