@@ -28,12 +28,13 @@ from typing import Any
 
 import anyio
 from moerules.engine.compile.compiler import CompiledBundle
-from moerules.engine.connector import Item, Refused, SinkEncoder, WireRequest
+from moerules.engine.connector import Item, Refused, Sink, SinkEncoder, WireRequest
 from moerules.engine.runtime.cohorts import feed_for
 from moerules.engine.runtime.deadletter import DeadLetterWriter, item_record
 from moerules.engine.runtime.input import is_regular
 from moerules.engine.runtime.ledger import Ledger
 from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Input, pump
+from moerules.engine.runtime.ratelimit import Limiter
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.sender import RunControl, Sender
 from moerules.engine.runtime.state import AckTracker, Checkpoint, CheckpointStore
@@ -256,8 +257,12 @@ class _DeliveryRun(DeliveryLoop):
 
 def deliver(compiled: CompiledBundle, input_: str, *, dead_letter: Path | None = None,
             state_dir: Path | None = None, from_start: bool = False, quiet: bool = False,
-            options: DeliveryOptions | None = None) -> RunReport:
+            options: DeliveryOptions | None = None,
+            limiter: Callable[[Sink], Limiter] | None = None) -> RunReport:
     """Deliver every line of ``input_`` (a path, or ``-`` for stdin); returns the report.
+
+    ``limiter`` makes the sink's rate limiter (default: this process's own ``RateLimiter``;
+    ``shared_limits.SharedRateLimiter`` shares one workspace's limits across processes).
 
     Dead letters go to ``dead_letter`` (default ``<state_dir>/dead-letter.jsonl``), the
     checkpoint to ``<state_dir>/state.sqlite`` (``state_dir`` defaults to ``.moerules``).
@@ -265,5 +270,7 @@ def deliver(compiled: CompiledBundle, input_: str, *, dead_letter: Path | None =
     state_dir = state_dir or DEFAULT_STATE_DIR
     run = _DeliveryRun(compiled, input_, dead_letter or state_dir / DEAD_LETTER_FILE,
                        state_dir, from_start, quiet, options or DeliveryOptions())
+    if limiter is not None:
+        run.make_limiter = limiter
     return anyio.run(run.run)
 

@@ -35,7 +35,7 @@ import httpx
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
-from moerules.engine.connector import Item, SinkEncoder, WireRequest
+from moerules.engine.connector import Item, Sink, SinkEncoder, WireRequest
 from moerules.engine.errors import InputError
 from moerules.engine.runtime.deadletter import DeadLetterWriter
 from moerules.engine.runtime.input import (
@@ -47,7 +47,7 @@ from moerules.engine.runtime.input import (
     read_error,
 )
 from moerules.engine.runtime.progress import ProgressDisplay, Snapshot
-from moerules.engine.runtime.ratelimit import RateLimiter
+from moerules.engine.runtime.ratelimit import Limiter, RateLimiter
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.retry import RetryPolicy
 from moerules.engine.runtime.sender import RunControl, Sender
@@ -271,6 +271,8 @@ class DeliveryLoop:
         self.reached_end = False
         self.input: LineSource | None = None
         self.control: RunControl  # made in deliver_lines: anyio objects need the event loop
+        # the limiter of a sink when not this process's own (workers share one in Redis)
+        self.make_limiter: Callable[[Sink], Limiter] | None = None
 
     # the service logs and counts each try (engine/service/consumer.py)
     sender_class: type[Sender] = Sender
@@ -285,8 +287,10 @@ class DeliveryLoop:
     def _line_done(self, line_no: int, end_offset: int) -> None:
         """Line ``line_no`` (blank or not) is done; the next one starts at ``end_offset``."""
 
-    def _limiter(self) -> RateLimiter:
+    def _limiter(self) -> Limiter:
         """The rate limiter of the sink's limits (the service counts its waits)."""
+        if self.make_limiter is not None:
+            return self.make_limiter(self.compiled.sink)
         return RateLimiter(self.compiled.sink.rate_limits())
 
     def _snapshot(self) -> Snapshot:
@@ -366,8 +370,12 @@ class DeliveryLoop:
                                        on_final=self._final if settled is None else
                                        partial(_both, settled, self._final),
                                        request_timeout=options.request_timeout)
-            await pump(partial(self._produce, feed, first_line), sender, options, self.control,
-                       self.report, progress=progress, background=background)
+            try:
+                await pump(partial(self._produce, feed, first_line), sender, options,
+                           self.control, self.report, progress=progress, background=background)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await limiter.aclose()
 
     def _account(self) -> None:
         """The report's account of the stop and of what was read but not sent."""

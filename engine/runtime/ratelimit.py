@@ -30,15 +30,30 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 from anyio.lowlevel import checkpoint
 from moerules.engine.connector import RateLimit, WireRequest
 
-__all__ = ["DEFAULT_JITTER", "RateLimiter", "TokenBucket"]
+__all__ = ["DEFAULT_JITTER", "Limiter", "RateLimiter", "TokenBucket"]
 
 DEFAULT_JITTER = 0.03
 MAX_JITTER = 0.15
+
+
+class Limiter(Protocol):
+    """What the sender needs of a limiter: this process's ``RateLimiter``, or one shared by
+    every worker of a workspace (engine/runtime/shared_limits.py)."""
+
+    async def acquire(self, target: WireRequest | str) -> None: ...
+
+    def widen(self, key: str) -> None: ...
+
+    def pause(self, key: str, seconds: float) -> None: ...
+
+    async def aclose(self) -> None:
+        """Let go of what it holds (a shared limiter's connection) at the end of a run."""
 
 
 class TokenBucket:
@@ -181,6 +196,9 @@ class RateLimiter:
                     return
                 await anyio.sleep(wait)
             # a pause came while it waited: its slot may lie inside the pause, take a new one
+
+    async def aclose(self) -> None:
+        """Nothing to let go of: the buckets live in this process."""
 
     def widen(self, key: str) -> None:
         """A 429 came although the pace kept to the limits: leave more room from now on."""

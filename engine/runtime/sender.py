@@ -30,7 +30,7 @@ from moerules.engine.connector import (
     WireRequest,
 )
 from moerules.engine.runtime.deadletter import DEAD_LETTER_FORMAT, DeadLetterWriter, item_record
-from moerules.engine.runtime.ratelimit import RateLimiter
+from moerules.engine.runtime.ratelimit import Limiter
 from moerules.engine.runtime.report import RunReport
 from moerules.engine.runtime.retry import RetryPolicy
 
@@ -82,7 +82,7 @@ class Sender:
     written.
     """
 
-    def __init__(self, sink: Sink, client: httpx.AsyncClient, limiter: RateLimiter,
+    def __init__(self, sink: Sink, client: httpx.AsyncClient, limiter: Limiter,
                  policy: RetryPolicy, report: RunReport, dead: DeadLetterWriter,
                  control: RunControl, *, on_final: Callable[[list[Item], int], None],
                  request_timeout: float = 30.0) -> None:
