@@ -426,6 +426,7 @@ from moerules.engine.cli.authoring import register as _register_authoring  # noq
 
 _register_authoring(main)  # diff, coverage, playground (engine/cli/authoring.py)
 main.add_command(__import__("moerules.engine.cli.serve", fromlist=["serve"]).serve)  # one line
+main.add_command(__import__("moerules.engine.cli.worker", fromlist=["worker"]).worker)
 
 from moerules.engine.cli.cohorts import register as _register_cohorts  # noqa: E402
 
