@@ -71,10 +71,13 @@ def _sets_for(sets: tuple[str, ...], ref: str) -> list[str]:
               help="seconds between looks at the rule files for changes (0: only SIGHUP)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto",
               show_default=True, help="auto: text on a terminal, JSON lines otherwise")
+@click.option("--broker", default=None, metavar="nats://HOST:PORT",
+              help="spool to this NATS JetStream server instead of --state-dir and only "
+                   "ingest: `moerules worker` processes deliver (needs the distributed extra)")
 def serve(bundles: tuple[str, ...], host: str, port: int, state_dir: Path,
           sets: tuple[str, ...], max_body_bytes: int, max_spool_messages: int,
           max_spool_bytes: int, max_spool_age: float, retry_after: int, watch_interval: float,
-          log_format: str, **delivery: Any) -> None:
+          log_format: str, broker: str | None, **delivery: Any) -> None:
     """Receive partner pushes over HTTP for each BUNDLE and deliver them continuously.
 
     POST /ingest/BUNDLE takes one payload of the bundle's source (JSON); it is answered 202
@@ -92,6 +95,8 @@ def serve(bundles: tuple[str, ...], host: str, port: int, state_dir: Path,
     from moerules.engine.service.server import Service, ServiceOptions
     from moerules.engine.service.spool import SpoolLocked
 
+    if broker is not None and not broker.startswith(("nats://", "tls://")):
+        raise click.UsageError(f"--broker takes a nats:// URL, not {broker!r}")
     served: list[ServedBundle] = []
     problems = 0
     for ref in bundles:
@@ -124,7 +129,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, state_dir: Path,
             limits=IngestLimits(max_body_bytes, max_spool_messages, max_spool_bytes,
                                 max_spool_age, retry_after),
             delivery=DeliveryOptions(handle_signals=False, **delivery),
-            watch_interval=watch_interval)
+            watch_interval=watch_interval, broker=broker)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _, scrubber = service_logger(

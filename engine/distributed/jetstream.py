@@ -39,8 +39,9 @@ DEFAULT_PREFIX = "moerules.in"
 USER_FIELDS = ("mpid", "user_id", "userId", "customer_id", "distinct_id", "uid")
 
 
-class SpoolFull(RuntimeError):
-    """The stream holds all it may: answer 503 with ``retry_after`` seconds."""
+class SpoolFull(OSError):
+    """The stream holds all it may: answer 503 with ``retry_after`` seconds (an OSError: the
+    ingest route answers every spool that could not store a payload so)."""
 
     def __init__(self, why: str, retry_after: float = 5.0) -> None:
         super().__init__(why)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import uvicorn
@@ -47,6 +48,17 @@ class ServiceOptions:
     delivery: DeliveryOptions = field(
         default_factory=lambda: DeliveryOptions(handle_signals=False))
     watch_interval: float = 1.0  # seconds between looks at the rule files; 0: no watching
+    # nats://...: the spool is a shared JetStream stream and this process is ingress only;
+    # `moerules worker` processes deliver (engine/distributed/)
+    broker: str | None = None
+
+
+def _open_spool(options: ServiceOptions) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The embedded SQLite spool, or the broker's stream when ``--broker`` names one."""
+    if options.broker is None:
+        return SqliteSpool(options.state_dir)
+    from moerules.engine.distributed.jetstream import JetStreamSpool
+    return JetStreamSpool(options.broker)
 
 
 class _Server(uvicorn.Server):
@@ -104,7 +116,7 @@ class Service:
             served.on_swap.append(lambda compiled: self.scrubber.update(compiled.secrets))
         for auth in self.auths.values():
             self.scrubber.update(auth.secrets())
-        async with SqliteSpool(options.state_dir) as spool:
+        async with _open_spool(options) as spool:
             consumers = {served.name: BundleConsumer(served.name, served.compiled, spool,
                                                      options.delivery, options.state_dir)
                          for served in self.bundles}
@@ -126,7 +138,8 @@ class Service:
             async with anyio.create_task_group() as tasks:
                 async with anyio.create_task_group() as work:
                     for consumer in consumers.values():
-                        work.start_soon(consumer.run)
+                        if options.broker is None:  # with a broker the workers deliver
+                            work.start_soon(consumer.run)
                     work.start_soon(self._serve, server)
                     if not await self._started(server):
                         self.stopping = True
