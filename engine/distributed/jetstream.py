@@ -103,6 +103,7 @@ class JetStreamSpool:
         self.partition = partition
         self.duplicates = 0  # puts JetStream recognised as already ingested
         self.redelivered_at_open = 0
+        self.connection_errors = 0  # the broker was away (the client reconnects)
         self._nc: Any = None
         self._js: Any = None
         self._subs: dict[str, Any] = {}
@@ -117,8 +118,13 @@ class JetStreamSpool:
         from nats.js.api import DiscardPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
+        async def quiet(error: Exception) -> None:
+            # the client reconnects by itself; a broker away is counted, not printed
+            self.connection_errors += 1
+
         self._nc = await nats.connect(self.url, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.2, allow_reconnect=True)
+                                      reconnect_time_wait=0.2, allow_reconnect=True,
+                                      error_cb=quiet)
         self._js = self._nc.jetstream()
         config = StreamConfig(name=self.stream, subjects=[f"{self.prefix}.>"],
                               storage=StorageType.FILE, discard=DiscardPolicy.NEW,
