@@ -41,11 +41,11 @@ def compiled_mapper(compiled: CompiledBundle) -> Callable[[dict[str, Any], dict[
     drops = compiled.drop_reasons
 
     def mapped(batch: dict[str, Any], ev: dict[str, Any]) -> Output:
-        rule, name, attrs, fields, route, _ = event(batch, ev)
-        if rule < 0 or drops[rule] is not None:
+        m = event(batch, ev)
+        if m.rule < 0 or drops[m.rule] is not None:
             return None
-        action = {"action": name, "attributes": attrs, **(fields or {})}
-        return (codes[route] if route >= 0 else None), action
+        action = {"action": m.name, "attributes": m.attributes, **(m.fields or {})}
+        return (codes[m.route] if m.route >= 0 else None), action
 
     return mapped
 
@@ -67,10 +67,11 @@ def _time_compiled(compiled: CompiledBundle, pairs: list[Pair]) -> float:
     action = project = None
     started = time.perf_counter()
     for batch, ev in pairs:
-        rule, name, attrs, fields, route, _ = event(batch, ev)
-        if rule >= 0:  # the reference bundle's one rule maps, and has fields
-            action = {"action": name, "attributes": attrs, **fields}
-            project = codes[route] if route >= 0 else None
+        m = event(batch, ev)
+        if m.rule >= 0:  # the reference bundle's one rule maps, and has fields
+            action = {"action": m.name, "attributes": m.attributes,
+                      **m.fields}  # type: ignore[dict-item]  # (its one rule has fields)
+            project = codes[m.route] if m.route >= 0 else None
     elapsed = time.perf_counter() - started
     del action, project
     return elapsed

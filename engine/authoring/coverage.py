@@ -309,11 +309,11 @@ def _identity(counts: Counter[str], compiled: CompiledBundle, record: dict[str, 
         return
     try:
         if compiled.identity_per_batch:
-            _, name = compiled.identity(record, None)
+            name = compiled.identity(record, None).candidate
             counts[name or ""] += 1
         else:
             for event in events:
-                _, name = compiled.identity(record, event)
+                name = compiled.identity(record, event).candidate
                 counts[name or ""] += 1
     except Exception:  # the pipeline dead-letters such a record; it is counted there
         counts[""] += 1

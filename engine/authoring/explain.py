@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 from moerules.engine.api import dry_run, iter_lines
 from moerules.engine.cohorts import CohortSource
-from moerules.engine.compile.compiler import (
+from moerules.engine.compile.compiler import CompiledBundle
+from moerules.engine.compile.mapped import (
+    NO_RULE,
     ROUTE_BLANK,
     ROUTE_MISSING,
     ROUTE_NONE,
     ROUTE_UNKNOWN,
-    CompiledBundle,
 )
 from moerules.engine.errors import InputError, RecordError
 from moerules.engine.runtime.input import BOM, LongLine
@@ -202,7 +203,7 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
                       + (f" ({etype})" if etype else "")})
         trace = []
         try:
-            rule, name, _attrs, _fields_out, route, _value = traced.event(batch, event, trace)
+            mapped = traced.event(batch, event, trace)
         except RecordError as exc:
             _fields(trace, steps)
             steps.append({"step": "outcome", "outcome": f"dead-lettered: {exc}"})
@@ -211,16 +212,17 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
         for step in steps:
             if step["step"] == "route" and isinstance(step["decision"], int):
                 step["decision"] = _route_text(step["decision"], projects)
-        if rule < 0:
+        rule = mapped.rule
+        if rule == NO_RULE:
             outcome = "dropped: no rule matched"
         elif traced.drop_reasons[rule] is not None:
             outcome = f"dropped by rule {traced.rule_names[rule]!r}: {traced.drop_reasons[rule]}"
         elif traced.emits[rule] == "user":
             outcome = f"user-attribute update (rule {traced.rule_names[rule]!r})"
         else:
-            outcome = f"event {name!r} (rule {traced.rule_names[rule]!r})"
-            if route != ROUTE_NONE:
-                outcome += ", " + _route_text(route, projects)
+            outcome = f"event {mapped.name!r} (rule {traced.rule_names[rule]!r})"
+            if mapped.route != ROUTE_NONE:
+                outcome += ", " + _route_text(mapped.route, projects)
         steps.append({"step": "outcome", "outcome": outcome})
     return _with_requests(ex, traced, line)
 

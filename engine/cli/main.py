@@ -332,6 +332,22 @@ def explain(bundle: str, event_file: Path, line_no: int | None, sets: tuple[str,
         click.echo(scrub(result.render()))
 
 
+@main.command("compile")
+@click.argument("bundle")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--trace", is_flag=True, help="the traced code `explain` runs")
+def compile_cmd(bundle: str, sets: tuple[str, ...], trace: bool) -> None:
+    """Print the Python code BUNDLE compiles to: what runs for every record."""
+    from moerules.engine.api import load_bundle
+    from moerules.engine.compile.listing import listing
+
+    try:
+        compiled = load_bundle(bundle, sets, trace=trace)
+    except RuleError as exc:
+        _fail_rules(exc)
+    click.echo(listing(compiled), nl=False)
+
+
 @main.command("test")
 @click.argument("paths", nargs=-1, required=True)
 def test_cmd(paths: tuple[str, ...]) -> None:

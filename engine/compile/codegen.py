@@ -22,7 +22,7 @@ class Codegen:
         self.namespace: dict[str, Any] = {}
         self._indent = 0
         self._counter = 0
-        self._const_ids: dict[tuple[type, Any], str] = {}
+        self._const_ids: dict[tuple[Any, Any], str] = {}
 
     def name(self, prefix: str) -> str:
         self._counter += 1
@@ -30,17 +30,17 @@ class Codegen:
 
     def const(self, value: Any, prefix: str = "K") -> str:
         """A name bound to ``value`` in the generated module's namespace."""
+        key: tuple[Any, Any]
         try:
             key = (type(value), value)
             hash(key)
-        except TypeError:
-            key = None
-        if key is not None and key in self._const_ids:
+        except TypeError:  # an object (a table): the same one is bound once
+            key = (id, id(value))
+        if key in self._const_ids:
             return self._const_ids[key]
         name = self.name(prefix)
-        self.namespace[name] = value
-        if key is not None:
-            self._const_ids[key] = name
+        self.namespace[name] = value  # (which keeps it alive: its id stays its own)
+        self._const_ids[key] = name
         return name
 
     def literal(self, value: Any) -> str:

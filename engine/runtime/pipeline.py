@@ -110,7 +110,7 @@ class Pipeline:
         events = batch.get(self.events_key) if self.events_key else None
         ident = None
         if c.identity is not None and c.identity_per_batch:
-            ident, _ = c.identity(batch, None)
+            ident = c.identity(batch, None).value
         out: list[WireRequest] = []
         if c.user is not None:
             self._user(c.user, line_no, batch, ident, out)
@@ -128,7 +128,7 @@ class Pipeline:
                 self._dead("event is not a JSON object", event, "", line_no, None, index)
                 continue
             try:
-                rule, name, attrs, fields, route, route_value = mapper(batch, event)
+                mapped = mapper(batch, event)
             except RecordError as exc:
                 self._dead(exc.reason, event, exc.detail, line_no, exc.rule, index)
                 continue
@@ -136,40 +136,43 @@ class Pipeline:
                 self._dead(MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None,
                            index)
                 continue
+            rule = mapped.rule
             kind = kinds[rule]  # the mapper's -1 (no rule matched) reads NO_RULE, the last
             if kind is not _EVENT:
                 if kind is _USER:
                     if identity_per_event is not None:
-                        ident, _ = identity_per_event(batch, event)
+                        ident = identity_per_event(batch, event).value
                     if items:  # keep the line's order: its events so far go first
                         self._encode(line_no, batch, events, items, out)
                         items = []
-                    if attrs:
-                        self._add_user(ident, attrs, line_no, index, event, rule_names[rule],
-                                       out)
+                    if mapped.attributes:
+                        self._add_user(ident, mapped.attributes, line_no, index, event,
+                                       rule_names[rule], out)
                     elif ident is None:
                         self._dead(NO_IDENTITY, event, self.identity_hint, line_no,
                                    rule_names[rule], index)
                     else:
                         dropped["user update with no attributes"] += 1
                 else:
-                    dropped[kind] += 1
+                    dropped[kind] += 1  # type: ignore[index]  # (not _EVENT, _USER: a reason)
                 continue
             if identity_per_event is not None:
-                ident, _ = identity_per_event(batch, event)
+                ident = identity_per_event(batch, event).value
             if ident is None:
                 self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_names[rule],
                            index)
                 continue
+            name = mapped.name
             if not name:
                 self._dead("event name is empty", event, f"rule {rule_names[rule]!r}", line_no,
                            rule_names[rule], index)
                 continue
-            items.append(Item(EVENT, ident, name, attrs, fields or {}, codes[route],
-                              (line_no, index), rule_names[rule]))
+            route = mapped.route
+            items.append(Item(EVENT, ident, name, mapped.attributes, mapped.fields or {},
+                              codes[route], (line_no, index), rule_names[rule]))
             routed[route] += 1
             if route == ROUTE_UNKNOWN:
-                report.unknown_projects[str(route_value)] += 1
+                report.unknown_projects[str(mapped.route_value)] += 1
         if items:
             self._encode(line_no, batch, events, items, out)
         return out
@@ -183,7 +186,8 @@ class Pipeline:
         for item, reason, error in failed:  # rare: map the event again for the route it had
             index = item.ref[1]
             event = events[index]
-            _, _, _, _, route, route_value = self.c.event(batch, event)
+            mapped = self.c.event(batch, event)
+            route, route_value = mapped.route, mapped.route_value
             self._routed[route] -= 1
             if route == ROUTE_UNKNOWN:
                 self.report.unknown_projects[str(route_value)] -= 1

@@ -15,12 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moerules.engine.compile.codegen import Codegen, PathCache
-from moerules.engine.compile.expressions import (
-    ExpressionError,
-    ValueCompiler,
-    jmespath_truthy,
-    parse,
-)
+from moerules.engine.compile.expressions import ExpressionError, jmespath_truthy, parse
+from moerules.engine.compile.values import ValueCompiler
 from moerules.engine.errors import RecordError
 
 from tests.conftest import MINIMAL_BUNDLE, Result
@@ -155,7 +151,7 @@ _json = st.recursive(
 
 def _compiled(expression: str, condition: bool, fast: bool) -> Callable[[Any], Any]:
     """The expression compiled as the compiler does: safe code, or fast code that hands the
-    record to the safe code when it cannot read it (as ``_Compiler.function`` does)."""
+    record to the safe code when it cannot read it (as ``BundleCode.function`` does)."""
     ast = parse(expression)
     cg = Codegen()
     cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)

@@ -7,7 +7,8 @@ from typing import Any
 import jmespath
 import pytest
 from moerules.engine.compile.codegen import Codegen, PathCache
-from moerules.engine.compile.expressions import ValueCompiler, jmespath_truthy, parse
+from moerules.engine.compile.expressions import jmespath_truthy, parse
+from moerules.engine.compile.values import ValueCompiler
 from moerules.engine.errors import RecordError
 
 DOCS: list[Any] = [

@@ -14,12 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moerules.engine.compile.bounds import MAX_TEMPLATE_OUTPUT
-from moerules.engine.compile.templates import (
-    TemplateCheck,
-    TemplateError,
-    environment,
-    renderer,
-)
+from moerules.engine.compile.template_checks import TemplateCheck, TemplateError
+from moerules.engine.compile.templates import environment, renderer
 from moerules.engine.errors import RecordError
 
 from tests.conftest import MINIMAL_BUNDLE, Result
@@ -265,7 +261,7 @@ def test_any_template_is_refused_or_renders_within_bounds(source: str, event: di
         compiled = CHECK.compile(source, NAMES)
     except TemplateError:
         return
-    render = renderer(compiled, "field")
+    render = renderer(source, compiled, "field")
     try:
         out = render(event=event, batch=batch)
     except RecordError:

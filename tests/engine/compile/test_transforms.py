@@ -90,3 +90,37 @@ def test_bad_transforms_are_rule_errors(write: Callable[..., Path], transform: s
         apply(write, transform, 1)
     assert message in str(info.value)
     assert ":9:" in str(info.value)  # the line of the field that uses it
+
+
+def test_every_transform_is_tested_here() -> None:
+    """A transform added to the registry without a case above fails here."""
+    from moerules.engine.compile.transforms import TRANSFORMS
+
+    cases = test_transform.pytestmark[0].args[1]  # type: ignore[attr-defined]
+    tested = {step.strip(" []{}").split(":")[0] for transform, _, _ in cases
+              for step in transform.strip("[]").split(", ")}
+    assert set(TRANSFORMS) <= tested | {"hash"}, set(TRANSFORMS) - tested
+
+
+def test_the_readme_and_the_schema_take_transform_docs_from_the_registry(
+        cli: Callable[..., Any]) -> None:
+    from moerules.engine.compile.transforms import TRANSFORMS, transforms_table
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    assert transforms_table() in readme, (
+        f"README.md's transforms table should be:\n{transforms_table()}")
+    schema = cli("schema").stdout
+    for spec in TRANSFORMS.values():
+        assert json.dumps(f"{spec.name}: {spec.doc}")[1:-1] in schema
+
+
+@pytest.mark.parametrize(("transform", "message"), [
+    ("[{round: true}]", "round takes a whole number"),
+    ("[{truncate: -1}]", "truncate takes a whole number"),
+    ("[{lower: x, upper: y}]", "a transform is a name (`lower`) or a one-key mapping"),
+])
+def test_transform_arguments_are_checked(write: Callable[..., Path], transform: str,
+                                         message: str) -> None:
+    with pytest.raises(RuleError) as info:
+        apply(write, transform, 1)
+    assert message in str(info.value)
