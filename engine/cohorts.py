@@ -37,7 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from moerules.engine.compile.templates import TemplateCheck, TemplateError, environment
+from moerules.engine.compile.template_checks import TemplateCheck, TemplateError
+from moerules.engine.compile.templates import environment
 from moerules.engine.connector import COHORT_MEMBERSHIP, Sink, Source
 from moerules.engine.rules.settings import ConnectorSettings
 from pydantic import Field, field_validator

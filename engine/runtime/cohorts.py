@@ -491,8 +491,8 @@ class CohortFeed:
                 if not isinstance(member, dict):
                     raise RecordError("member is not a JSON object",
                                       f"got a JSON {type(member).__name__}")
-                uid, _ = identity(record, member, trace) if traced else identity(record,
-                                                                                 member)
+                uid = (identity(record, member, trace) if traced else identity(
+                    record, member)).value
             except RecordError as exc:
                 ledger.events_in += 1
                 ledger.dead_letter(exc.reason)

@@ -96,7 +96,7 @@ def test_every_transform_is_tested_here() -> None:
     """A transform added to the registry without a case above fails here."""
     from moerules.engine.compile.transforms import TRANSFORMS
 
-    cases = test_transform.pytestmark[0].args[1]  # type: ignore[attr-defined]
+    cases = test_transform.pytestmark[0].args[1]
     tested = {step.strip(" []{}").split(":")[0] for transform, _, _ in cases
               for step in transform.strip("[]").split(", ")}
     assert set(TRANSFORMS) <= tested | {"hash"}, set(TRANSFORMS) - tested
