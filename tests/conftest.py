@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import settings
 from moerules.engine.cli.main import main
+
+# Property tests run the same examples on every machine (a CI failure can be reproduced) and
+# keep no example database in the checkout; their own @settings bound the time they take.
+settings.register_profile("moerules", derandomize=True, database=None)
+settings.load_profile("moerules")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
