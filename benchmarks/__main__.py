@@ -48,8 +48,11 @@ def _startup(runs: int) -> tuple[float, list[str]]:
 
     script = Path(sys.executable).with_name("moerules")
     found = str(script) if script.exists() else shutil.which("moerules")
-    cmd = [found, "validate", "rules"] if found else [
-        sys.executable, "-m", "moerules.engine.cli", "validate", "rules"]
+    cmd = (
+        [found, "validate", "rules"]
+        if found
+        else [sys.executable, "-m", "moerules.engine.cli", "validate", "rules"]
+    )
     cwd = rules_dir().parent
     times = []
     for _ in range(runs):
@@ -71,8 +74,9 @@ def _shipped(batches: int, runs: int, seed: int) -> list[tuple[str, int, float]]
     for name in shipped_bundles():
         event = load_bundle(name, env={}).event
 
-        def mapped(batch: dict[str, Any], ev: dict[str, Any],
-                   event: Callable[..., Any] = event) -> Any:
+        def mapped(
+            batch: dict[str, Any], ev: dict[str, Any], event: Callable[..., Any] = event
+        ) -> Any:
             try:  # as the pipeline calls it: a record error dead-letters that event
                 return event(batch, ev)
             except RecordError:
@@ -83,8 +87,11 @@ def _shipped(batches: int, runs: int, seed: int) -> list[tuple[str, int, float]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moerules.benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m moerules.benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="sizes / 10, fewer runs")
     parser.add_argument("--seed", type=int, default=42, help="data generator seed (42)")
     args = parser.parse_args(argv)
@@ -97,20 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"moerules benchmarks  {time.strftime('%Y-%m-%d %H:%M:%S')}")
     print(f"  {_versions()}")
-    print(f"  {platform.platform()}, {os.cpu_count()} CPUs; seed {args.seed}"
-          f"{'; --quick' if args.quick else ''}")
+    print(
+        f"  {platform.platform()}, {os.cpu_count()} CPUs; seed {args.seed}"
+        f"{'; --quick' if args.quick else ''}"
+    )
     failed = False
 
     print("\n1. mapping only: mParticle commerce event -> MoEngage event action")
     m = mapping.run(events, runs, args.seed)
     ok = m["ratio"] >= TARGET_MAPPING
     failed |= judged and not ok
-    print(f"  {m['events']:,} events ({m['mapped']:,} mapped); outputs identical; "
-          f"median of {m['runs']} runs")
+    print(
+        f"  {m['events']:,} events ({m['mapped']:,} mapped); outputs identical; "
+        f"median of {m['runs']} runs"
+    )
     print(f"  compiled bundle   {m['compiled']:>12,.0f} events/s")
     print(f"  hand-written      {m['handwritten']:>12,.0f} events/s")
-    print(f"  ratio             {m['ratio']:>12.3f}   target >= {TARGET_MAPPING}  "
-          f"{_mark(ok, judged)}")
+    print(
+        f"  ratio             {m['ratio']:>12.3f}   target >= {TARGET_MAPPING}  {_mark(ok, judged)}"
+    )
 
     print(f"\n2. end to end: dry run ({dryrun.BUNDLE}, 2 projects) vs orjson loads+dumps")
     with tempfile.TemporaryDirectory(prefix="moerules-bench-") as tmp:
@@ -121,22 +133,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         d = dryrun.run(path, batches, 3 if judged else 1)
     ok = d["ratio"] >= TARGET_DRYRUN
     failed |= judged and not ok
-    print(f"  {batches:,} batches, {d['events']:,} events ({d['events'] / batches:.1f} a batch), "
-          f"{size / 2**20:.0f} MiB ({size / batches / 1024:.1f} KiB a batch), generated in "
-          f"{generated:.0f} s")
-    print(f"  -> {d['requests']:,} requests; report balanced: {d['balanced']}; median of "
-          f"{d['runs']} runs, each in its own process")
-    print(f"  dry run           {d['dryrun']:>12,.0f} batches/s  "
-          f"({d['dryrun'] * d['events'] / d['lines']:,.0f} events/s)")
+    print(
+        f"  {batches:,} batches, {d['events']:,} events ({d['events'] / batches:.1f} a batch), "
+        f"{size / 2**20:.0f} MiB ({size / batches / 1024:.1f} KiB a batch), generated in "
+        f"{generated:.0f} s"
+    )
+    print(
+        f"  -> {d['requests']:,} requests; report balanced: {d['balanced']}; median of "
+        f"{d['runs']} runs, each in its own process"
+    )
+    print(
+        f"  dry run           {d['dryrun']:>12,.0f} batches/s  "
+        f"({d['dryrun'] * d['events'] / d['lines']:,.0f} events/s)"
+    )
     print(f"  orjson loop       {d['orjson']:>12,.0f} batches/s")
-    print(f"  ratio             {d['ratio']:>12.3f}   target >= {TARGET_DRYRUN}  "
-          f"{_mark(ok, judged)}")
+    print(
+        f"  ratio             {d['ratio']:>12.3f}   target >= {TARGET_DRYRUN}  {_mark(ok, judged)}"
+    )
     ok = d["rss_growth"] <= TARGET_RSS_GROWTH
     failed |= judged and not ok
-    print(f"  peak RSS          {d['rss_small']:>8.1f} MiB at {batches // 10:,} batches, "
-          f"{d['rss_big']:.1f} MiB at {batches:,} (orjson loop {d['rss_orjson']:.1f} MiB)")
-    print(f"  RSS growth        {d['rss_growth']:>12.3f}   target <= {TARGET_RSS_GROWTH} for 10x "
-          f"the input  {_mark(ok, judged)}")
+    print(
+        f"  peak RSS          {d['rss_small']:>8.1f} MiB at {batches // 10:,} batches, "
+        f"{d['rss_big']:.1f} MiB at {batches:,} (orjson loop {d['rss_orjson']:.1f} MiB)"
+    )
+    print(
+        f"  RSS growth        {d['rss_growth']:>12.3f}   target <= {TARGET_RSS_GROWTH} for 10x "
+        f"the input  {_mark(ok, judged)}"
+    )
 
     print("\n3. shipped bundles: compiled event mapping, mixed event types")
     for name, count, rate in _shipped(shipped_batches, runs, args.seed):
@@ -145,8 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n4. start-up")
     startup_runs = 3 if args.quick else 5
     wall, cmd = _startup(startup_runs)
-    print(f"  moerules validate rules   {wall:>8.3f} s wall (median of {startup_runs}; "
-          f"{Path(cmd[0]).name} ... in a subprocess)")
+    print(
+        f"  moerules validate rules   {wall:>8.3f} s wall (median of {startup_runs}; "
+        f"{Path(cmd[0]).name} ... in a subprocess)"
+    )
 
     if judged:
         print("\nall targets met" if not failed else "\nSOME TARGETS MISSED")

@@ -40,8 +40,11 @@ def free_port() -> int:
 
 def start_emulator(port: int) -> subprocess.Popen[bytes]:
     script = shutil.which("moerules", path=str(Path(sys.executable).parent)) or "moerules"
-    process = subprocess.Popen([script, "emulate", "moengage", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [script, "emulate", "moengage", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -58,18 +61,29 @@ def measure(rate: int, seconds: float, concurrency: int) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     emulator = start_emulator(port)
     try:
-        httpx.post(f"{url}/_emulator/faults",
-                   json={"rate_limit": {"per_second": rate}}).raise_for_status()
+        httpx.post(
+            f"{url}/_emulator/faults", json={"rate_limit": {"per_second": rate}}
+        ).raise_for_status()
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "in.jsonl"
             write_jsonl(data, int(rate * seconds * LINES_PER_REQUEST))
-            compiled = load_bundle("mparticle-to-moengage", [
-                f"destination.endpoint={url}", f"destination.requests_per_second={rate}",
-                f"destination.requests_per_minute={rate * 120}",
-                f"destination.max_request_bytes={REQUEST_BYTES}",
-            ], env={"MOENGAGE_WORKSPACE_ID": WORKSPACE, "MOENGAGE_DATA_API_KEY": KEY})
-            report = deliver(compiled, str(data), state_dir=Path(tmp) / "state", quiet=True,
-                             options=DeliveryOptions(concurrency=concurrency))
+            compiled = load_bundle(
+                "mparticle-to-moengage",
+                [
+                    f"destination.endpoint={url}",
+                    f"destination.requests_per_second={rate}",
+                    f"destination.requests_per_minute={rate * 120}",
+                    f"destination.max_request_bytes={REQUEST_BYTES}",
+                ],
+                env={"MOENGAGE_WORKSPACE_ID": WORKSPACE, "MOENGAGE_DATA_API_KEY": KEY},
+            )
+            report = deliver(
+                compiled,
+                str(data),
+                state_dir=Path(tmp) / "state",
+                quiet=True,
+                options=DeliveryOptions(concurrency=concurrency),
+            )
         stats = httpx.get(f"{url}/_emulator/stats").json()
         arrivals = sorted(r["at"] for r in httpx.get(f"{url}/_emulator/received").json())
     finally:
@@ -79,9 +93,16 @@ def measure(rate: int, seconds: float, concurrency: int) -> dict[str, Any]:
     steady = [a for a in arrivals if a >= arrivals[0] + 1.0]
     sustained = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
     busiest = max((sum(1 for b in arrivals if a - 1.0 < b <= a) for a in arrivals), default=0)
-    return {"limit": rate, "requests": report.requests, "elapsed": report.elapsed_seconds,
-            "sustained": sustained, "fraction": sustained / rate, "busiest_second": busiest,
-            "throttled_client": report.throttled, "rate_limited_emulator": stats["rate_limited"]}
+    return {
+        "limit": rate,
+        "requests": report.requests,
+        "elapsed": report.elapsed_seconds,
+        "sustained": sustained,
+        "fraction": sustained / rate,
+        "busiest_second": busiest,
+        "throttled_client": report.throttled,
+        "rate_limited_emulator": stats["rate_limited"],
+    }
 
 
 def main() -> None:
@@ -96,8 +117,10 @@ def main() -> None:
     print(f"requests         {result['requests']} in {result['elapsed']:.1f} s")
     print(f"sustained rate   {result['sustained']:.1f}/s = {result['fraction']:.1%} of the limit")
     print(f"busiest second   {result['busiest_second']} requests (emulator's sliding window)")
-    print(f"429s met         {result['throttled_client']} "
-          f"(emulator refused {result['rate_limited_emulator']})")
+    print(
+        f"429s met         {result['throttled_client']} "
+        f"(emulator refused {result['rate_limited_emulator']})"
+    )
     ok = result["fraction"] >= 0.95 and result["throttled_client"] == 0
     print("target (>= 95 % of the limit, no 429):", "met" if ok else "NOT met")
     sys.exit(0 if ok else 1)

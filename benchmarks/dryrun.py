@@ -71,9 +71,14 @@ def _measure(mode: str, path: str, limit: int) -> dict[str, Any]:
         started = time.perf_counter()
         report = dry_run(compiled, itertools.islice(iter_lines(path), limit), sink)
         seconds = time.perf_counter() - started
-        return {"lines": report.lines_in, "seconds": seconds, "events": report.events_in,
-                "requests": report.requests, "delivered": report.delivered,
-                "balanced": report.balanced()}
+        return {
+            "lines": report.lines_in,
+            "seconds": seconds,
+            "events": report.events_in,
+            "requests": report.requests,
+            "delivered": report.delivered,
+            "balanced": report.balanced(),
+        }
 
 
 def measure(mode: str, path: Path, limit: int) -> dict[str, Any]:
@@ -108,10 +113,16 @@ def run(path: Path, lines: int, runs: int = 3) -> dict[str, Any]:
     bare_rate = lines / statistics.median(b["seconds"] for b in bare)
     rss_big = max(d["rss_mib"] for d in dry)
     return {
-        "lines": lines, "events": dry[0]["events"], "requests": dry[0]["requests"],
-        "balanced": all(d["balanced"] for d in dry), "runs": runs,
-        "dryrun": dry_rate, "orjson": bare_rate, "ratio": dry_rate / bare_rate,
-        "rss_small": small["rss_mib"], "rss_big": rss_big,
+        "lines": lines,
+        "events": dry[0]["events"],
+        "requests": dry[0]["requests"],
+        "balanced": all(d["balanced"] for d in dry),
+        "runs": runs,
+        "dryrun": dry_rate,
+        "orjson": bare_rate,
+        "ratio": dry_rate / bare_rate,
+        "rss_small": small["rss_mib"],
+        "rss_big": rss_big,
         "rss_orjson": max(b["rss_mib"] for b in bare),
         "rss_growth": rss_big / small["rss_mib"],
     }

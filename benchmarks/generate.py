@@ -32,18 +32,46 @@ BASE_MS = 1_732_300_000_000
 _PROJECT_NAMES: list[str | None] = (
     ["Brand A"] * 8 + ["Brand B"] * 6 + [None] * 3 + ["", "  ", "brand a", "Brand C"]
 )
-_ACTIONS = ["purchase"] * 4 + ["add_to_cart"] * 4 + ["view_detail"] * 3 + [
-    "checkout", "remove_from_cart", "refund", "add_to_wishlist"]
+_ACTIONS = (
+    ["purchase"] * 4
+    + ["add_to_cart"] * 4
+    + ["view_detail"] * 3
+    + ["checkout", "remove_from_cart", "refund", "add_to_wishlist"]
+)
 _CURRENCIES: list[str | None] = [*["USD"] * 6, "EUR", "eur", "GBP", "INR", "", None]
 _PLATFORMS = ["iOS", "iOS", "Android", "Android", "android", "web", "Web", "tvOS", "Roku"]
 _CATEGORIES = ["Footwear", "Apparel", "Outdoor", "Electronics", "Home", "Beauty"]
 _BRANDS = ["Peak", "Northwind", "Contoso", "Fabrikam", "Acme"]
-_NAMES = ["Trail Shoe", "Socks", "Rain Jacket", "Headlamp", "Kettle", "Lip Balm", "Tent",
-          "Water Bottle", "Backpack", "Gloves"]
-_CUSTOM_EVENTS = ["Viewed Product", "Searched", "Opened App", "Shared", "Rated App",
-                  "Started Trial", "Watched Video"]
-_OTHER_TYPES = ["session_start", "session_end", "screen_view", "screen_view",
-                "application_state_transition", "breadcrumb", "opt_out"]
+_NAMES = [
+    "Trail Shoe",
+    "Socks",
+    "Rain Jacket",
+    "Headlamp",
+    "Kettle",
+    "Lip Balm",
+    "Tent",
+    "Water Bottle",
+    "Backpack",
+    "Gloves",
+]
+_CUSTOM_EVENTS = [
+    "Viewed Product",
+    "Searched",
+    "Opened App",
+    "Shared",
+    "Rated App",
+    "Started Trial",
+    "Watched Video",
+]
+_OTHER_TYPES = [
+    "session_start",
+    "session_end",
+    "screen_view",
+    "screen_view",
+    "application_state_transition",
+    "breadcrumb",
+    "opt_out",
+]
 _FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia"]
 
 
@@ -58,10 +86,10 @@ def _price(rng: random.Random) -> Any:
     if roll < 0.70:
         return cents / 100
     if roll < 0.82:
-        return f"{cents / 100:.2f}"       # a string price: the cast must convert it
+        return f"{cents / 100:.2f}"  # a string price: the cast must convert it
     if roll < 0.94:
-        return cents // 100                # an int price
-    return None                           # no price: the key is left out
+        return cents // 100  # an int price
+    return None  # no price: the key is left out
 
 
 def _product(rng: random.Random) -> dict[str, Any]:
@@ -94,7 +122,7 @@ def _custom_attributes(rng: random.Random) -> dict[str, Any]:
     if project is not None:
         attrs["moe_project_name"] = project
     if rng.random() < 0.2:
-        attrs["campaign"] = rng.choice(["spring", "bf2024", None])   # null values are skipped
+        attrs["campaign"] = rng.choice(["spring", "bf2024", None])  # null values are skipped
     if rng.random() < 0.1:
         attrs["experiment"] = {"id": rng.randrange(100), "arm": "b"}
     return attrs
@@ -102,8 +130,9 @@ def _custom_attributes(rng: random.Random) -> dict[str, Any]:
 
 def _commerce_product_action(rng: random.Random, ts: int) -> dict[str, Any]:
     products = [_product(rng) for _ in range(rng.choice((1, 1, 2, 2, 3, 4)))]
-    total = round(sum(p["price"] * p.get("quantity", 1) for p in products
-                      if type(p.get("price")) is float), 2)
+    total = round(
+        sum(p["price"] * p.get("quantity", 1) for p in products if type(p.get("price")) is float), 2
+    )
     action: dict[str, Any] = {"action": rng.choice(_ACTIONS), "products": products}
     if action["action"] in ("purchase", "checkout", "refund"):
         action["transaction_id"] = f"T-{rng.randrange(10_000, 99_999)}"
@@ -155,38 +184,72 @@ def _event(rng: random.Random, ts: int, session: dict[str, Any]) -> dict[str, An
     if rng.random() < 0.7:
         data["device_current_state"] = _device_state(rng)
     if rng.random() < 0.3:
-        data["location"] = {"latitude": round(rng.uniform(-60, 60), 5),
-                            "longitude": round(rng.uniform(-180, 180), 5),
-                            "accuracy": rng.choice([5, 10, 65])}
+        data["location"] = {
+            "latitude": round(rng.uniform(-60, 60), 5),
+            "longitude": round(rng.uniform(-180, 180), 5),
+            "accuracy": rng.choice([5, 10, 65]),
+        }
     return event
 
 
 def _event_body(rng: random.Random, ts: int) -> dict[str, Any]:
     roll = rng.random()
     if roll < 0.38:
-        return {"event_type": "custom_event", "data": {
-            "event_name": rng.choice(_CUSTOM_EVENTS), "custom_event_type": "navigation",
-            "timestamp_unixtime_ms": ts, "source_message_id": _uuid(rng),
-            "custom_attributes": _custom_attributes(rng)}}
+        return {
+            "event_type": "custom_event",
+            "data": {
+                "event_name": rng.choice(_CUSTOM_EVENTS),
+                "custom_event_type": "navigation",
+                "timestamp_unixtime_ms": ts,
+                "source_message_id": _uuid(rng),
+                "custom_attributes": _custom_attributes(rng),
+            },
+        }
     if roll < 0.66:
         return _commerce_product_action(rng, ts)
     if roll < 0.70:
-        return {"event_type": "commerce_event", "data": {
-            "timestamp_unixtime_ms": ts, "custom_attributes": _custom_attributes(rng),
-            "promotion_action": {"action": rng.choice(["view", "click", "Click", None]),
-                                 "promotions": [{"id": f"P{rng.randrange(99)}",
-                                                 "name": "Spring Sale", "creative": "banner",
-                                                 "position": rng.randrange(1, 4)}]}}}
+        return {
+            "event_type": "commerce_event",
+            "data": {
+                "timestamp_unixtime_ms": ts,
+                "custom_attributes": _custom_attributes(rng),
+                "promotion_action": {
+                    "action": rng.choice(["view", "click", "Click", None]),
+                    "promotions": [
+                        {
+                            "id": f"P{rng.randrange(99)}",
+                            "name": "Spring Sale",
+                            "creative": "banner",
+                            "position": rng.randrange(1, 4),
+                        }
+                    ],
+                },
+            },
+        }
     if roll < 0.74:
-        return {"event_type": "commerce_event", "data": {
-            "timestamp_unixtime_ms": ts, "custom_attributes": _custom_attributes(rng),
-            "product_impressions": [{"product_impression_list": "home-carousel",
-                                     "products": [_product(rng) for _ in range(3)]}]}}
+        return {
+            "event_type": "commerce_event",
+            "data": {
+                "timestamp_unixtime_ms": ts,
+                "custom_attributes": _custom_attributes(rng),
+                "product_impressions": [
+                    {
+                        "product_impression_list": "home-carousel",
+                        "products": [_product(rng) for _ in range(3)],
+                    }
+                ],
+            },
+        }
     if roll < 0.79:
-        return {"event_type": "user_attribute_change", "data": {
-            "user_attribute_name": rng.choice(["$FirstName", "$city", "plan", "tier"]),
-            "new": rng.choice(["gold", "pro", "Lisbon", "Ada"]), "old": None,
-            "timestamp_unixtime_ms": ts}}
+        return {
+            "event_type": "user_attribute_change",
+            "data": {
+                "user_attribute_name": rng.choice(["$FirstName", "$city", "plan", "tier"]),
+                "new": rng.choice(["gold", "pro", "Lisbon", "Ada"]),
+                "old": None,
+                "timestamp_unixtime_ms": ts,
+            },
+        }
     return {"event_type": rng.choice(_OTHER_TYPES), "data": {"timestamp_unixtime_ms": ts}}
 
 
@@ -244,8 +307,11 @@ def _batch(rng: random.Random, i: int) -> dict[str, Any]:
         attributes["tier"] = rng.choice(["gold", "silver", "bronze"])
     ts = BASE_MS + i * 1_000
     platform = rng.choice(_PLATFORMS)
-    session = {"session_id": rng.getrandbits(62), "session_uuid": _uuid(rng),
-               "session_start_unixtime_ms": ts - rng.randrange(1_000, 600_000)}
+    session = {
+        "session_id": rng.getrandbits(62),
+        "session_uuid": _uuid(rng),
+        "session_start_unixtime_ms": ts - rng.randrange(1_000, 600_000),
+    }
     batch: dict[str, Any] = {
         "environment": "production",
         "schema_version": 2,
@@ -261,18 +327,23 @@ def _batch(rng: random.Random, i: int) -> dict[str, Any]:
         "user_identities": identities,
         "user_attributes": attributes,
         "device_info": _device_info(rng, platform),
-        "application_info": {"application_name": "ShopApp",
-                             "application_version": rng.choice(["4.2.0", "4.3.1", "5.0.0"]),
-                             "application_build_number": str(rng.randrange(400, 520)),
-                             "package": "com.shop.app", "os": platform,
-                             "install_referrer": rng.choice(["organic", "google-play", None]),
-                             "sideloaded_kits_count": 0},
-        "events": [_event(rng, ts + j * 50, session)
-                   for j in range(rng.choice((1, 2, 2, 3, 3, 4, 5, 8)))],
+        "application_info": {
+            "application_name": "ShopApp",
+            "application_version": rng.choice(["4.2.0", "4.3.1", "5.0.0"]),
+            "application_build_number": str(rng.randrange(400, 520)),
+            "package": "com.shop.app",
+            "os": platform,
+            "install_referrer": rng.choice(["organic", "google-play", None]),
+            "sideloaded_kits_count": 0,
+        },
+        "events": [
+            _event(rng, ts + j * 50, session) for j in range(rng.choice((1, 2, 2, 3, 3, 4, 5, 8)))
+        ],
     }
     if rng.random() < 0.3:
-        batch["consent_state"] = {"gdpr": {"marketing": {"consented": rng.random() < 0.5,
-                                                         "document": "v4"}}}
+        batch["consent_state"] = {
+            "gdpr": {"marketing": {"consented": rng.random() < 0.5, "document": "v4"}}
+        }
     return batch
 
 
@@ -294,8 +365,13 @@ def commerce_pairs(n: int, seed: int = 42) -> list[tuple[dict[str, Any], dict[st
     for i in range(n):
         batch = shared[i % len(shared)]
         if rng.random() < 0.05:
-            event: dict[str, Any] = {"event_type": "commerce_event", "data": {
-                "timestamp_unixtime_ms": BASE_MS + i, "custom_attributes": {"channel": "app"}}}
+            event: dict[str, Any] = {
+                "event_type": "commerce_event",
+                "data": {
+                    "timestamp_unixtime_ms": BASE_MS + i,
+                    "custom_attributes": {"channel": "app"},
+                },
+            }
         else:
             event = _commerce_product_action(rng, BASE_MS + i * 10)
         out.append((batch, event))

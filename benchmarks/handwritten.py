@@ -17,8 +17,9 @@ __all__ = ["PROJECTS", "map_event"]
 PROJECTS = {"Brand A": "BRANDA01", "Brand B": "BRANDB01"}
 
 
-def map_event(batch: dict[str, Any], event: dict[str, Any]
-              ) -> tuple[str | None, dict[str, Any]] | None:
+def map_event(
+    batch: dict[str, Any], event: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]] | None:
     if event.get("event_type") != "commerce_event":
         return None
     data = event.get("data") or {}

@@ -69,8 +69,7 @@ def _time_compiled(compiled: CompiledBundle, pairs: list[Pair]) -> float:
     for batch, ev in pairs:
         m = event(batch, ev)
         if m.rule >= 0:  # the reference bundle's one rule maps, and has fields
-            action = {"action": m.name, "attributes": m.attributes,
-                      **m.fields}  # type: ignore[dict-item]  # (its one rule has fields)
+            action = {"action": m.name, "attributes": m.attributes, **m.fields}  # type: ignore[dict-item]  # (its one rule has fields)
             project = codes[m.route] if m.route >= 0 else None
     elapsed = time.perf_counter() - started
     del action, project
@@ -87,8 +86,9 @@ def _time_handwritten(pairs: list[Pair]) -> float:
     return elapsed
 
 
-def events_per_second(fn: Callable[[dict[str, Any], dict[str, Any]], Any], pairs: list[Pair],
-                      runs: int) -> float:
+def events_per_second(
+    fn: Callable[[dict[str, Any], dict[str, Any]], Any], pairs: list[Pair], runs: int
+) -> float:
     """Median events/s of any (batch, event) mapping function (shipped bundles)."""
     times = []
     gc.collect()
@@ -125,5 +125,11 @@ def run(events: int = 50_000, runs: int = 7, seed: int = 42) -> dict[str, Any]:
         gc.enable()
     compiled_rate = events / statistics.median(compiled_times)
     hand_rate = events / statistics.median(hand_times)
-    return {"events": events, "mapped": mapped, "runs": runs, "compiled": compiled_rate,
-            "handwritten": hand_rate, "ratio": compiled_rate / hand_rate}
+    return {
+        "events": events,
+        "mapped": mapped,
+        "runs": runs,
+        "compiled": compiled_rate,
+        "handwritten": hand_rate,
+        "ratio": compiled_rate / hand_rate,
+    }

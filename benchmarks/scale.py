@@ -60,12 +60,15 @@ class _Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"{self.argv[0]} did not listen on {self.port}")
@@ -84,13 +87,23 @@ def _binary(path: str) -> str:
 
 
 def _batch(line: int) -> dict[str, Any]:
-    return {"environment": "production", "mpid": 5000 + line,
-            "user_identities": {"customer_id": f"c-{line}"},
-            "user_attributes": {"$FirstName": f"N{line}"},
-            "events": [{"event_type": "custom_event",
-                        "data": {"event_name": "Scaled", "timestamp_unixtime_ms": 1700000000000,
-                                 "custom_attributes": {"msg": f"{line}-{i}"}}}
-                       for i in range(2)]}
+    return {
+        "environment": "production",
+        "mpid": 5000 + line,
+        "user_identities": {"customer_id": f"c-{line}"},
+        "user_attributes": {"$FirstName": f"N{line}"},
+        "events": [
+            {
+                "event_type": "custom_event",
+                "data": {
+                    "event_name": "Scaled",
+                    "timestamp_unixtime_ms": 1700000000000,
+                    "custom_attributes": {"msg": f"{line}-{i}"},
+                },
+            }
+            for i in range(2)
+        ],
+    }
 
 
 def _item_ids(body: Any) -> list[str]:
@@ -134,22 +147,24 @@ class Figures:
         if self.busiest_second > self.per_second:
             problems.append(f"{self.busiest_second} requests in one second > {self.per_second}")
         if self.busiest_minute > self.per_minute:
-            problems.append(f"{self.busiest_minute} requests in one minute window > "
-                            f"{self.per_minute}")
+            problems.append(
+                f"{self.busiest_minute} requests in one minute window > {self.per_minute}"
+            )
         if self.throttled:
             problems.append(f"the partner throttled {self.throttled} requests")
         if not self.window_rates:
             problems.append("no 5 s window outside the faults to judge the rate by")
         elif self.lowest_rate() < 0.95 * self.binding_rate:
-            problems.append(f"a 5 s window ran at {self.lowest_rate():.1f} req/s < 95 % of "
-                            f"{self.binding_rate:.1f}")
+            problems.append(
+                f"a 5 s window ran at {self.lowest_rate():.1f} req/s < 95 % of "
+                f"{self.binding_rate:.1f}"
+            )
         return problems
 
     def show(self) -> str:
         lines = [
             f"payloads published        {self.published}",
-            f"items expected/delivered  {self.expected} / {self.delivered} "
-            f"(lost {len(self.lost)})",
+            f"items expected/delivered  {self.expected} / {self.delivered} (lost {len(self.lost)})",
             f"duplicates                {self.duplicates} (items in flight at the faults: "
             f"{self.in_flight_at_faults})",
             f"requests accepted         {self.requests}, throttled (429) {self.throttled}",
@@ -159,16 +174,26 @@ class Figures:
             "faults (s from start)     " + ", ".join(f"{w} {at:.1f}" for w, at in self.faults),
         ]
         for start, rate in self.window_rates:
-            lines.append(f"  window {start:5.1f}-{start + 5:5.1f} s  {rate:6.2f} req/s "
-                         f"({rate / self.binding_rate:.1%})")
-        lines.append(f"lowest window outside faults {self.lowest_rate():.2f} req/s "
-                     f"({self.lowest_rate() / max(self.binding_rate, 1e-9):.1%} of binding)")
+            lines.append(
+                f"  window {start:5.1f}-{start + 5:5.1f} s  {rate:6.2f} req/s "
+                f"({rate / self.binding_rate:.1%})"
+            )
+        lines.append(
+            f"lowest window outside faults {self.lowest_rate():.2f} req/s "
+            f"({self.lowest_rate() / max(self.binding_rate, 1e-9):.1%} of binding)"
+        )
         return "\n".join(lines)
 
 
-async def run(*, seconds: float = 40.0, per_second: int = 40, per_minute: int = 150,
-              minute: float = 5.0, faults: Sequence[tuple[str, float]] | None = None,
-              workdir: Path | None = None) -> Figures:
+async def run(
+    *,
+    seconds: float = 40.0,
+    per_second: int = 40,
+    per_minute: int = 150,
+    minute: float = 5.0,
+    faults: Sequence[tuple[str, float]] | None = None,
+    workdir: Path | None = None,
+) -> Figures:
     """The scenario of the module docstring; ``faults`` (what, seconds from the start)."""
     import anyio
     from moerules.connectors.emulation import serve
@@ -184,19 +209,49 @@ async def run(*, seconds: float = 40.0, per_second: int = 40, per_minute: int = 
         workspace_scope,
     )
 
-    faults = list(faults if faults is not None else
-                  [("worker", seconds * 0.2), ("broker", seconds * 0.4),
-                   ("redis", seconds * 0.65)])
+    faults = list(
+        faults
+        if faults is not None
+        else [("worker", seconds * 0.2), ("broker", seconds * 0.4), ("redis", seconds * 0.65)]
+    )
     tmp = Path(workdir or tempfile.mkdtemp(prefix="moerules-scale-"))
     nats_port, redis_port = _free_port(), _free_port()
-    nats = _Server([_binary("/usr/sbin/nats-server"), "-js", "-a", "127.0.0.1", "-p",
-                    str(nats_port), "-sd", str(tmp / "js")], nats_port)
-    redis = _Server([_binary("/usr/bin/redis-server"), "--port", str(redis_port), "--bind",
-                     "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port)
+    nats = _Server(
+        [
+            _binary("/usr/sbin/nats-server"),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(nats_port),
+            "-sd",
+            str(tmp / "js"),
+        ],
+        nats_port,
+    )
+    redis = _Server(
+        [
+            _binary("/usr/bin/redis-server"),
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        redis_port,
+    )
     nats.start()
     redis.start()
-    figures = Figures(per_second=per_second, per_minute=per_minute, minute=minute,
-                      binding_rate=min(per_second / 1.0, per_minute / minute))
+    figures = Figures(
+        per_second=per_second,
+        per_minute=per_minute,
+        minute=minute,
+        binding_rate=min(per_second / 1.0, per_minute / minute),
+    )
+
     class TimedEmulator(MoEngageEmulator):
         """Notes when each Data API request arrives (the partner's windows count them)."""
 
@@ -207,20 +262,34 @@ async def run(*, seconds: float = 40.0, per_second: int = 40, per_minute: int = 
                 self.arrivals.append(time.monotonic())
             await super().__call__(scope, receive, send)
 
-    emu = TimedEmulator(WS, KEY, limits=MoEngageLimits(
-        requests_per_second=per_second, requests_per_minute=per_minute, minute=minute,
-        bulk_users_per_minute=None, bulk_events_per_minute=None, events_per_minute=None,
-        users_per_minute=None, devices_per_minute=None))
+    emu = TimedEmulator(
+        WS,
+        KEY,
+        limits=MoEngageLimits(
+            requests_per_second=per_second,
+            requests_per_minute=per_minute,
+            minute=minute,
+            bulk_users_per_minute=None,
+            bulk_events_per_minute=None,
+            events_per_minute=None,
+            users_per_minute=None,
+            devices_per_minute=None,
+        ),
+    )
     emu.arrivals = []
     broker = f"nats://127.0.0.1:{nats_port}"
     try:
         with serve(emu) as url:
-            bundle = load_bundle(BUNDLE, [f"destination.endpoint={url}",
-                                          f"destination.requests_per_second={per_second}",
-                                          f"destination.requests_per_minute={per_minute}",
-                                          "destination.max_request_bytes=1024"],
-                                 env={"MOENGAGE_WORKSPACE_ID": WS,
-                                      "MOENGAGE_DATA_API_KEY": KEY})
+            bundle = load_bundle(
+                BUNDLE,
+                [
+                    f"destination.endpoint={url}",
+                    f"destination.requests_per_second={per_second}",
+                    f"destination.requests_per_minute={per_minute}",
+                    "destination.max_request_bytes=1024",
+                ],
+                env={"MOENGAGE_WORKSPACE_ID": WS, "MOENGAGE_DATA_API_KEY": KEY},
+            )
             # enough payloads to keep the binding limit busy for the whole run
             lines = int(figures.binding_rate * seconds * 4) + 50
             async with JetStreamSpool(broker) as ingress:
@@ -232,13 +301,21 @@ async def run(*, seconds: float = 40.0, per_second: int = 40, per_minute: int = 
             figures.expected = len(expected)
 
             def limits(sink: Sink) -> SharedRateLimiter:
-                scaled = [replace(limit, per_seconds=minute) if limit.per_seconds == 60.0
-                          else limit for limit in sink.rate_limits()]
-                return SharedRateLimiter(connect(f"redis://127.0.0.1:{redis_port}"),
-                                         workspace_scope(sink), scaled)
+                scaled = [
+                    replace(limit, per_seconds=minute) if limit.per_seconds == 60.0 else limit
+                    for limit in sink.rate_limits()
+                ]
+                return SharedRateLimiter(
+                    connect(f"redis://127.0.0.1:{redis_port}"), workspace_scope(sink), scaled
+                )
 
-            options = DeliveryOptions(handle_signals=False, backoff_base=0.05,
-                                      backoff_cap=0.5, drain_timeout=5.0, max_attempts=20)
+            options = DeliveryOptions(
+                handle_signals=False,
+                backoff_base=0.05,
+                backoff_cap=0.5,
+                drain_timeout=5.0,
+                max_attempts=20,
+            )
             scopes: list[anyio.CancelScope] = []
             started = time.monotonic()
 
@@ -246,12 +323,14 @@ async def run(*, seconds: float = 40.0, per_second: int = 40, per_minute: int = 
                 with anyio.CancelScope() as scope:
                     scopes.append(scope)
                     async with JetStreamSpool(broker, ack_wait=3.0, refresh=0.5) as spool:
-                        await Worker([(BUNDLE, bundle)], spool, options, tmp / f"w{n}",
-                                     limits).run(handle_signals=False)
+                        await Worker([(BUNDLE, bundle)], spool, options, tmp / f"w{n}", limits).run(
+                            handle_signals=False
+                        )
 
             def accepted() -> Counter[str]:
-                return Counter(i for r in emu.received if r.status == 200
-                               for i in _item_ids(r.body))
+                return Counter(
+                    i for r in emu.received if r.status == 200 for i in _item_ids(r.body)
+                )
 
             async def chaos() -> None:
                 for what, at in sorted(faults, key=lambda f: f[1]):
@@ -305,15 +384,24 @@ def _busiest(arrivals: Sequence[float], window: float) -> int:
     return most
 
 
-def _rates(arrivals: Sequence[float], faults: Sequence[tuple[str, float]],
-           seconds: float, minute: float) -> list[tuple[float, float]]:
+def _rates(
+    arrivals: Sequence[float], faults: Sequence[tuple[str, float]], seconds: float, minute: float
+) -> list[tuple[float, float]]:
     """Requests/s in 5 s windows from 2 s in to the last arrival, leaving out windows that
     touch a fault or the seconds of recovery after it."""
     if not arrivals:
         return []
     end = min(arrivals[-1], seconds * 3)
-    blocked = [(at, at + RECOVERY[what] + (1.0 if what != "worker" else 0.0)
-                + (minute * 1.03 if what == "redis" else 0.0)) for what, at in faults]
+    blocked = [
+        (
+            at,
+            at
+            + RECOVERY[what]
+            + (1.0 if what != "worker" else 0.0)
+            + (minute * 1.03 if what == "redis" else 0.0),
+        )
+        for what, at in faults
+    ]
     out = []
     start = 2.0
     while start + 5.0 <= end:
@@ -334,8 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-minute", type=int, default=150)
     parser.add_argument("--minute", type=float, default=5.0)
     args = parser.parse_args(argv)
-    figures = asyncio.run(run(seconds=args.seconds, per_second=args.per_second,
-                              per_minute=args.per_minute, minute=args.minute))
+    figures = asyncio.run(
+        run(
+            seconds=args.seconds,
+            per_second=args.per_second,
+            per_minute=args.per_minute,
+            minute=args.minute,
+        )
+    )
     print(figures.show())
     problems = figures.check()
     for problem in problems:

@@ -80,19 +80,31 @@ def bare_server(port: int, state_dir: Path) -> None:
     async def ingest(request: Request) -> Response:
         body = await request.body()
         stored = await spool.put("bare", body)
-        return Response(orjson.dumps({"status": "accepted", "id": stored}), status_code=202,
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"status": "accepted", "id": stored}),
+            status_code=202,
+            media_type="application/json",
+        )
 
     async def healthz(request: Request) -> Response:
         return Response(b"{}", media_type="application/json")
 
     async def main() -> None:
         spool.open()
-        app = Starlette(routes=[Route("/ingest/bare", ingest, methods=["POST"]),
-                                Route("/healthz", healthz)])
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               lifespan="off", log_config=None,
-                                               access_log=False, ws="none"))
+        app = Starlette(
+            routes=[Route("/ingest/bare", ingest, methods=["POST"]), Route("/healthz", healthz)]
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                ws="none",
+            )
+        )
         await server.serve()
         await spool.close()
 
@@ -100,8 +112,15 @@ def bare_server(port: int, state_dir: Path) -> None:
 
 
 # -- the load generator ----------------------------------------------------------------------
-async def _load(port: int, path: str, authorization: str, bodies: list[bytes], seconds: float,
-                warmup: float, connections: int) -> dict[str, Any]:
+async def _load(
+    port: int,
+    path: str,
+    authorization: str,
+    bodies: list[bytes],
+    seconds: float,
+    warmup: float,
+    connections: int,
+) -> dict[str, Any]:
     start = time.perf_counter()
     measure_from = start + warmup
     deadline = measure_from + seconds
@@ -115,9 +134,12 @@ async def _load(port: int, path: str, authorization: str, bodies: list[bytes], s
             while (now := time.perf_counter()) < deadline:
                 body = bodies[i % len(bodies)]
                 i += connections
-                writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                             % (path.encode(), authorization.encode(), len(body)) + body)
+                writer.write(
+                    b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                    % (path.encode(), authorization.encode(), len(body))
+                    + body
+                )
                 sent = now
                 status = int((await reader.readline()).split()[1])
                 length = 0
@@ -144,29 +166,56 @@ async def _load(port: int, path: str, authorization: str, bodies: list[bytes], s
     accepted = statuses.get(202, 0)
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 \
-            if latencies else 0.0
+        return (
+            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
+        )
 
-    return {"accepted": accepted, "per_second": accepted / seconds, "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99), "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+    return {
+        "accepted": accepted,
+        "per_second": accepted / seconds,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
 
 
-def load(port: int, path: str, authorization: str, payload_file: Path, seconds: float,
-         warmup: float, connections: int) -> None:
+def load(
+    port: int,
+    path: str,
+    authorization: str,
+    payload_file: Path,
+    seconds: float,
+    warmup: float,
+    connections: int,
+) -> None:
     bodies = payload_file.read_bytes().splitlines()
-    result = asyncio.run(_load(port, path, authorization, bodies, seconds, warmup,
-                               connections))
+    result = asyncio.run(_load(port, path, authorization, bodies, seconds, warmup, connections))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 
-def _run_load(port: int, path: str, authorization: str, payload_file: Path,
-              args: argparse.Namespace) -> dict[str, Any]:
+def _run_load(
+    port: int, path: str, authorization: str, payload_file: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """The load generator in a second process (it must not share this one's CPU time)."""
     out = subprocess.run(
-        [sys.executable, "-m", "moerules.benchmarks.service_load", "--load", str(port), path,
-         authorization, str(payload_file), str(args.seconds), str(args.warmup),
-         str(args.connections)], capture_output=True, text=True, check=True,
-        timeout=args.seconds + args.warmup + 120)
+        [
+            sys.executable,
+            "-m",
+            "moerules.benchmarks.service_load",
+            "--load",
+            str(port),
+            path,
+            authorization,
+            str(payload_file),
+            str(args.seconds),
+            str(args.warmup),
+            str(args.connections),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=args.seconds + args.warmup + 120,
+    )
     result: dict[str, Any] = orjson.loads(out.stdout)
     return result
 
@@ -192,50 +241,90 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         payload_file = work / "payloads.jsonl"
-        payload_file.write_bytes(b"".join(orjson.dumps(b) + b"\n"
-                                          for b in batches(args.payloads, seed=7)))
+        payload_file.write_bytes(
+            b"".join(orjson.dumps(b) + b"\n" for b in batches(args.payloads, seed=7))
+        )
         sizes = [len(line) for line in payload_file.read_bytes().splitlines()]
         emu_port, bare_port, serve_port = _free_port(), _free_port(), _free_port()
-        emulator = subprocess.Popen([*_moerules(), "emulate", "moengage", "--port",
-                                     str(emu_port), "-o", "workspace_id=BENCH_WS", "-o",
-                                     "data_api_key=bench-data-api-key", "-o",
-                                     "max_received=1000"],
-                                    env=env, stdout=subprocess.DEVNULL)
+        emulator = subprocess.Popen(
+            [
+                *_moerules(),
+                "emulate",
+                "moengage",
+                "--port",
+                str(emu_port),
+                "-o",
+                "workspace_id=BENCH_WS",
+                "-o",
+                "data_api_key=bench-data-api-key",
+                "-o",
+                "max_received=1000",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         results: dict[str, dict[str, Any]] = {}
         try:
             _wait_http(emu_port, "/_emulator/stats")
-            bare = subprocess.Popen([sys.executable, "-m", "moerules.benchmarks.service_load",
-                                     "--bare", str(bare_port), str(work / "bare")], env=env)
+            bare = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "moerules.benchmarks.service_load",
+                    "--bare",
+                    str(bare_port),
+                    str(work / "bare"),
+                ],
+                env=env,
+            )
             try:
                 _wait_http(bare_port, "/healthz")
                 results["bare starlette + spool"] = _run_load(
-                    bare_port, "/ingest/bare", "none", payload_file, args)
+                    bare_port, "/ingest/bare", "none", payload_file, args
+                )
             finally:
                 _stop(bare)
             log = (work / "serve.log").open("wb")
             service = subprocess.Popen(
-                [*_moerules(), "serve", BUNDLE, "--port", str(serve_port), "--state-dir",
-                 str(work / "serve"), "--set",
-                 f"destination.endpoint=http://127.0.0.1:{emu_port}", "--log-format", "json"],
-                env=env, stderr=log)
+                [
+                    *_moerules(),
+                    "serve",
+                    BUNDLE,
+                    "--port",
+                    str(serve_port),
+                    "--state-dir",
+                    str(work / "serve"),
+                    "--set",
+                    f"destination.endpoint=http://127.0.0.1:{emu_port}",
+                    "--log-format",
+                    "json",
+                ],
+                env=env,
+                stderr=log,
+            )
             try:
                 _wait_http(serve_port, "/readyz")
                 basic = base64.b64encode(f"bench:{PASSWORD}".encode()).decode()
-                results["moerules serve"] = _run_load(serve_port, f"/ingest/{BUNDLE}",
-                                                      f"Basic {basic}", payload_file, args)
+                results["moerules serve"] = _run_load(
+                    serve_port, f"/ingest/{BUNDLE}", f"Basic {basic}", payload_file, args
+                )
             finally:
                 _stop(service)
                 log.close()
         finally:
             _stop(emulator)
-    print(f"service load: {args.connections} connections, {args.seconds:g} s measured after "
-          f"{args.warmup:g} s warm-up, {args.payloads} mParticle batches "
-          f"({min(sizes)}-{max(sizes)} bytes, mean {sum(sizes) // len(sizes)}), "
-          f"{os.cpu_count()} CPUs, loopback")
+    print(
+        f"service load: {args.connections} connections, {args.seconds:g} s measured after "
+        f"{args.warmup:g} s warm-up, {args.payloads} mParticle batches "
+        f"({min(sizes)}-{max(sizes)} bytes, mean {sum(sizes) // len(sizes)}), "
+        f"{os.cpu_count()} CPUs, loopback"
+    )
     print(f"{'endpoint':<26}{'payloads/s':>12}{'p50 ms':>10}{'p99 ms':>10}  statuses")
     for name, r in results.items():
-        print(f"{name:<26}{r['per_second']:>12.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}  "
-              f"{r['statuses']}")
+        print(
+            f"{name:<26}{r['per_second']:>12.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}  "
+            f"{r['statuses']}"
+        )
     bare_rate = results["bare starlette + spool"]["per_second"]
     serve_rate = results["moerules serve"]["per_second"]
     if bare_rate:
@@ -250,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "--load":
         port, path, auth, file, seconds, warmup, connections = argv[1:8]
-        load(int(port), path, auth, Path(file), float(seconds), float(warmup),
-             int(connections))
+        load(int(port), path, auth, Path(file), float(seconds), float(warmup), int(connections))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m moerules.benchmarks.service_load",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="python -m moerules.benchmarks.service_load",
+        description=__doc__.split("\n\n")[0] if __doc__ else "",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured start")
     parser.add_argument("--connections", type=int, default=16, help="concurrent posters")

@@ -22,5 +22,6 @@ def _http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, AfterValidator(_http_url), WithJsonSchema({
-    "type": "string", "pattern": "^https?://"})]
+HttpUrl = Annotated[
+    str, AfterValidator(_http_url), WithJsonSchema({"type": "string", "pattern": "^https?://"})
+]

@@ -53,14 +53,26 @@ def resolve_bundle(ref: str) -> Path:
         from moerules.engine.rules.overlay import shipped_bundles
 
         hint = did_you_mean(ref, shipped_bundles())
-        raise RuleError([Problem(Position(ref), f"no bundle file or shipped bundle named "
-                                 f"{ref!r}{hint}; `moerules bundles` lists the shipped ones")])
+        raise RuleError(
+            [
+                Problem(
+                    Position(ref),
+                    f"no bundle file or shipped bundle named "
+                    f"{ref!r}{hint}; `moerules bundles` lists the shipped ones",
+                )
+            ]
+        )
     return path
 
 
-def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = False,
-                env: Mapping[str, str] | None = None, text: str | None = None
-                ) -> CompiledBundle:
+def load_bundle(
+    ref: str | Path,
+    sets: Iterable[str] = (),
+    *,
+    trace: bool = False,
+    env: Mapping[str, str] | None = None,
+    text: str | None = None,
+) -> CompiledBundle:
     """Load, overlay, override and compile a bundle; RuleError lists every problem.
 
     ``text`` stands for the bundle file's content (an unsaved edit). A problem never shows a
@@ -78,9 +90,15 @@ def load_bundle(ref: str | Path, sets: Iterable[str] = (), *, trace: bool = Fals
         scrub = scrubber(_secrets_given(doc, sets, os.environ if env is None else env))
         if not scrub:
             raise
-        raise RuleError([Problem(Position(scrub(p.position.path), p.position.line,
-                                          p.position.col), scrub(p.message))
-                         for p in exc.problems]) from None
+        raise RuleError(
+            [
+                Problem(
+                    Position(scrub(p.position.path), p.position.line, p.position.col),
+                    scrub(p.message),
+                )
+                for p in exc.problems
+            ]
+        ) from None
 
 
 def _secret_setting_names(connector: Any) -> frozenset[str]:
@@ -139,8 +157,7 @@ def collect_rule_files(paths: Iterable[str]) -> tuple[list[Path], list[Path], li
             if shipped is not None:
                 files = [shipped, *sorted((shipped.parent / "tests").glob("*.y*ml"))]
             else:
-                problems.append(Problem(Position(ref), "no such file, directory or shipped "
-                                                       "bundle"))
+                problems.append(Problem(Position(ref), "no such file, directory or shipped bundle"))
                 continue
         for file in files:
             try:
@@ -177,8 +194,7 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def validate_paths(paths: Iterable[str], *, warnings: bool = False
-                   ) -> tuple[int, list[Problem]]:
+def validate_paths(paths: Iterable[str], *, warnings: bool = False) -> tuple[int, list[Problem]]:
     """Validate every bundle and test file under ``paths``; (files checked, problems).
 
     With ``warnings``, the problems also hold warnings (``severity == "warning"``): rule paths
@@ -209,8 +225,11 @@ def validate_paths(paths: Iterable[str], *, warnings: bool = False
 _READ = 1 << 20  # bytes a read asks for: lines are cut from blocks, not read one by one
 
 
-def iter_lines(source: str | IO[bytes], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-               ) -> Iterator[tuple[int, bytes | LongLine]]:
+def iter_lines(
+    source: str | IO[bytes],
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[tuple[int, bytes | LongLine]]:
     """(line number, line) for every non-blank line of a file, of stdin for ``-``, or of an
     open binary stream.
 
@@ -249,14 +268,22 @@ def iter_lines(source: str | IO[bytes], *, max_line_bytes: int = DEFAULT_MAX_LIN
             stream.close()
 
 
-def request_json(request: WireRequest, secret_headers: frozenset[str],
-                 secrets: frozenset[str] | Scrubber = frozenset()) -> bytes:
+def request_json(
+    request: WireRequest,
+    secret_headers: frozenset[str],
+    secrets: frozenset[str] | Scrubber = frozenset(),
+) -> bytes:
     """One dry-run output line: method, url, redacted headers and the body, as JSON.
 
     Every form of a secret (``secrets``, or their scrubber) anywhere in the line is ``***``.
     """
-    head = orjson.dumps({"method": request.method, "url": request.url,
-                         "headers": request.redacted_headers(secret_headers)})
+    head = orjson.dumps(
+        {
+            "method": request.method,
+            "url": request.url,
+            "headers": request.redacted_headers(secret_headers),
+        }
+    )
     line = head[:-1] + b',"body":' + request.body + b"}\n"
     scrub = secrets if isinstance(secrets, Scrubber) else scrubber(secrets)
     return scrub.bytes(line)
@@ -265,9 +292,14 @@ def request_json(request: WireRequest, secret_headers: frozenset[str],
 _GC_YOUNG = 20_000  # allocations between young-generation collections during a dry run
 
 
-def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes | LongLine]],
-            out: IO[bytes], *, dead_letter: Path | None = None,
-            report: RunReport | None = None) -> RunReport:
+def dry_run(
+    compiled: CompiledBundle,
+    lines: Iterable[tuple[int, bytes | LongLine]],
+    out: IO[bytes],
+    *,
+    dead_letter: Path | None = None,
+    report: RunReport | None = None,
+) -> RunReport:
     """Map every line and write the requests that would be sent; nothing goes on the wire.
 
     ``dead_letter`` receives this run's dead letters only: a file left by an earlier dry run
@@ -300,13 +332,13 @@ def dry_run(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes | LongLin
             pipeline.close()
         report.elapsed_seconds = time.perf_counter() - started
     if compiled.missing_env:
-        report.warnings.append("not set, shown as placeholders: " + ", ".join(
-            compiled.missing_env))
+        report.warnings.append("not set, shown as placeholders: " + ", ".join(compiled.missing_env))
     return report
 
 
-def _until_read_fails(lines: Iterable[tuple[int, bytes | LongLine]],
-                      report: RunReport) -> Iterator[tuple[int, bytes | LongLine]]:
+def _until_read_fails(
+    lines: Iterable[tuple[int, bytes | LongLine]], report: RunReport
+) -> Iterator[tuple[int, bytes | LongLine]]:
     try:
         yield from lines
     except InputError as exc:
@@ -318,6 +350,12 @@ def load_document(path: Path) -> Any:
     """A YAML file as LDict/LList data (test files, overlays)."""
     doc = load_yaml(path)
     if not isinstance(doc, LDict):
-        raise RuleError([Problem(getattr(doc, "pos", Position(str(path))),
-                                 "expected a mapping at the top of the file")])
+        raise RuleError(
+            [
+                Problem(
+                    getattr(doc, "pos", Position(str(path))),
+                    "expected a mapping at the top of the file",
+                )
+            ]
+        )
     return doc

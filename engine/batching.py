@@ -73,8 +73,9 @@ class WireRequest:
         return self.body
 
     def redacted_headers(self, secret_headers: frozenset[str]) -> dict[str, str]:
-        return {k: ("***" if k.lower() in secret_headers else v)
-                for k, v in self.wire_headers().items()}
+        return {
+            k: ("***" if k.lower() in secret_headers else v) for k, v in self.wire_headers().items()
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +195,16 @@ class JsonArrayEncoder(SinkEncoder):
     ``request(key, body, items)`` builds the request. Limits come from ``policy``.
     """
 
-    def __init__(self, policy: BatchPolicy, *, element: Callable[[Item], Any],
-                 request: Callable[[Any, bytes, list[Item]], WireRequest],
-                 key: Callable[[Item], Hashable] | None = None,
-                 envelope: Callable[[Any], tuple[bytes, bytes]] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        *,
+        element: Callable[[Item], Any],
+        request: Callable[[Any, bytes, list[Item]], WireRequest],
+        key: Callable[[Item], Hashable] | None = None,
+        envelope: Callable[[Any], tuple[bytes, bytes]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
         self.element = element
         self.request = request
@@ -213,12 +219,13 @@ class JsonArrayEncoder(SinkEncoder):
         key = self.key(item) if self.key is not None else None
         head, tail = self.envelope(key)
         if policy.max_item_bytes is not None and len(piece) > policy.max_item_bytes:
-            raise ItemTooLarge(f"{len(piece)} bytes encoded; the destination takes at most "
-                               f"{policy.max_item_bytes} per item")
+            raise ItemTooLarge(
+                f"{len(piece)} bytes encoded; the destination takes at most "
+                f"{policy.max_item_bytes} per item"
+            )
         limit = policy.max_request_bytes
         if limit is not None and len(head) + len(piece) + len(tail) > limit:
-            raise ItemTooLarge(f"{len(piece)} bytes encoded; a request holds at most {limit} "
-                               "bytes")
+            raise ItemTooLarge(f"{len(piece)} bytes encoded; a request holds at most {limit} bytes")
         out: list[WireRequest] = []
         batch = self.batches.get(key)
         if batch is not None and limit is not None and batch.size + 1 + len(piece) > limit:

@@ -103,8 +103,9 @@ class CohortSourceSettings(ConnectorSettings):
     """
 
     segment_name: str = Field(
-        "{{ cohort_name }}", description="the segment name in the destination: a template "
-                                         "of cohort_name and cohort_id")
+        "{{ cohort_name }}",
+        description="the segment name in the destination: a template of cohort_name and cohort_id",
+    )
 
     @field_validator("segment_name")
     @classmethod
@@ -159,34 +160,60 @@ class CohortSink(Sink):
         names); InvalidCohortName saying what is wrong, naming the character."""
 
 
-def cohort_problems(bundle: Bundle, source: Source | None, sink: Sink | None
-                    ) -> list[tuple[tuple[str | int, ...], str]]:
+def cohort_problems(
+    bundle: Bundle, source: Source | None, sink: Sink | None
+) -> list[tuple[tuple[str | int, ...], str]]:
     """What a bundle with a cohort source (or a cohort sink) gets wrong, as (where in the
     bundle, message): the compiler reports them at their ``file:line:col``."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     cohort_source = isinstance(source, CohortSource)
-    if source is not None and cohort_source and sink is not None \
-            and COHORT_MEMBERSHIP not in sink.accepts:
-        problems.append((("destination", "connector"),
-                         f"source {source.name!r} gives cohort memberships; destination "
-                         f"{sink.name!r} cannot take them (it accepts: "
-                         f"{', '.join(sorted(sink.accepts))})"))
+    if (
+        source is not None
+        and cohort_source
+        and sink is not None
+        and COHORT_MEMBERSHIP not in sink.accepts
+    ):
+        problems.append(
+            (
+                ("destination", "connector"),
+                f"source {source.name!r} gives cohort memberships; destination "
+                f"{sink.name!r} cannot take them (it accepts: "
+                f"{', '.join(sorted(sink.accepts))})",
+            )
+        )
     if cohort_source and bundle.events:
-        problems.append((("events",), "a cohort bundle has no event rules: each member's "
-                                      "user id comes from `identity`"))
+        problems.append(
+            (
+                ("events",),
+                "a cohort bundle has no event rules: each member's user id comes from `identity`",
+            )
+        )
     if cohort_source and bundle.user is not None:
-        problems.append((("user",), "a cohort bundle has no `user` section: each member's "
-                                    "user id comes from `identity`"))
+        problems.append(
+            (
+                ("user",),
+                "a cohort bundle has no `user` section: each member's "
+                "user id comes from `identity`",
+            )
+        )
     if cohort_source and bundle.identity is None:
-        problems.append((("source",), "a cohort bundle needs `identity`: the candidates for "
-                                      "each member's user id (paths start with `event.`)"))
+        problems.append(
+            (
+                ("source",),
+                "a cohort bundle needs `identity`: the candidates for "
+                "each member's user id (paths start with `event.`)",
+            )
+        )
     if isinstance(source, CohortSource) and isinstance(sink, CohortSink):
         # the template's own text must pass the destination's rules whatever the cohort is
         sample = source.segment_name("Cohort", "1")
         try:
             sink.segment_name(sample)
         except InvalidCohortName as exc:
-            problems.append((("source", "settings", "segment_name"),
-                             f"the segment name template gives names the destination "
-                             f"refuses: {exc}"))
+            problems.append(
+                (
+                    ("source", "settings", "segment_name"),
+                    f"the segment name template gives names the destination refuses: {exc}",
+                )
+            )
     return problems

@@ -221,11 +221,13 @@ class Sink(ABC):
     def check_settings(self) -> list[tuple[str, str]]:
         problems = [
             (k, f"unknown setting {k!r} for destination {self.name!r}")
-            for k in self.settings if k not in self.settings_doc
+            for k in self.settings
+            if k not in self.settings_doc
         ]
         problems += [
             (k, f"destination {self.name!r} needs setting {k!r}")
-            for k in sorted(self.required_settings) if k not in self.settings
+            for k in sorted(self.required_settings)
+            if k not in self.settings
         ]
         return problems
 
@@ -246,8 +248,10 @@ def kind_problem(sink: type[Sink] | Sink, kind: str) -> str | None:
     if kind in sink.accepts:
         return None
     what = KINDS.get(kind, kind)
-    return (f"destination {sink.name!r} cannot take {kind!r} items ({what}); it accepts: "
-            f"{', '.join(sorted(sink.accepts))}")
+    return (
+        f"destination {sink.name!r} cannot take {kind!r} items ({what}); it accepts: "
+        f"{', '.join(sorted(sink.accepts))}"
+    )
 
 
 CONNECTOR_GROUP = "moerules.connectors"
@@ -274,8 +278,9 @@ def packaged_schema(package: str, name: str) -> Mapping[str, Any]:
     import json
     from importlib import resources
 
-    schema: Mapping[str, Any] = json.loads(resources.files(package).joinpath(name).read_text(
-        encoding="utf-8"))
+    schema: Mapping[str, Any] = json.loads(
+        resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    )
     return schema
 
 

@@ -128,7 +128,10 @@ class ThrottledError(RetryableError):
     """HTTP 429; ``retry_after`` seconds when the partner said so."""
 
     def __init__(
-        self, message: str, status: int | None = 429, excerpt: str = "",
+        self,
+        message: str,
+        status: int | None = 429,
+        excerpt: str = "",
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message, status, excerpt)

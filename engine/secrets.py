@@ -67,8 +67,9 @@ def derived_forms(secret: str) -> tuple[set[str], set[str]]:
     """(literal forms, base64 cores) of one secret; every one of them is a secret too."""
     # upper and lower case too: a setting that normalises its value (a data center, a
     # region) echoes it in its error message changed so
-    literals = {secret, secret.upper(), secret.lower()} | _url_encoded(secret) | _json_escaped(
-        secret)
+    literals = (
+        {secret, secret.upper(), secret.lower()} | _url_encoded(secret) | _json_escaped(secret)
+    )
     for form in list(literals):
         literals |= _json_escaped(form)  # a URL (with the key in it) quoted in JSON
     return literals, _base64_cores(secret)
@@ -96,10 +97,13 @@ class Scrubber:
         self._literals = ordered
         self._literals_b = [f.encode() for f in ordered]
         # a token is the whole run of base64 characters around the core (and its padding)
-        self._cores = [(c, re.compile(_B64_RUN + re.escape(c) + _B64_RUN + "=*"))
-                       for c in sorted(cores)]
-        self._cores_b = [(c.encode(), re.compile((_B64_RUN + re.escape(c) + _B64_RUN
-                                                  + "=*").encode())) for c in sorted(cores)]
+        self._cores = [
+            (c, re.compile(_B64_RUN + re.escape(c) + _B64_RUN + "=*")) for c in sorted(cores)
+        ]
+        self._cores_b = [
+            (c.encode(), re.compile((_B64_RUN + re.escape(c) + _B64_RUN + "=*").encode()))
+            for c in sorted(cores)
+        ]
 
     def __bool__(self) -> bool:
         return bool(self._literals)

@@ -49,8 +49,17 @@ from typing import Any, Literal
 
 import orjson
 
-__all__ = ["Delivered", "Fatal", "Hold", "Partial", "Reject", "Response", "Retry", "Split",
-           "Verdict"]
+__all__ = [
+    "Delivered",
+    "Fatal",
+    "Hold",
+    "Partial",
+    "Reject",
+    "Response",
+    "Retry",
+    "Split",
+    "Verdict",
+]
 
 Hold = Literal["credential", "items"]
 """What a verdict's wait holds back: every request of the credential, or only its items."""

@@ -36,8 +36,9 @@ class Result:
 def cli() -> Callable[..., Result]:
     """Run ``moerules ARGS`` in-process with click's runner; stdout and stderr apart."""
 
-    def invoke(*args: str, input: bytes | str | None = None,
-               env: dict[str, str] | None = None) -> Result:
+    def invoke(
+        *args: str, input: bytes | str | None = None, env: dict[str, str] | None = None
+    ) -> Result:
         runner = CliRunner()
         result = runner.invoke(main, list(args), input=input, env=env, catch_exceptions=False)
         return Result(result.exit_code, result.stdout, result.stderr)
@@ -54,12 +55,24 @@ def _script() -> str:
 def moerules() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the installed ``moerules`` console script as a subprocess."""
 
-    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MOENGAGE_")}
         full_env.update(env or {})
-        return subprocess.run([_script(), *args], cwd=cwd, env=full_env, input=input,
-                              capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [_script(), *args],
+            cwd=cwd,
+            env=full_env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     return run
 

@@ -30,18 +30,40 @@ def _event(product_action: dict[str, Any] | None, **data: Any) -> dict[str, Any]
 BATCH = {"device_info": {"platform": "iOS"}, "application_info": {"application_version": "4.2.0"}}
 EDGE_CASES: list[Pair] = [
     # string price, int price, missing price, missing quantity, missing category, blank category
-    (BATCH, _event({"action": "purchase", "transaction_id": "T-1", "total_amount": "41.50",
-                    "tax_amount": 3, "products": [
-                        {"id": "a", "name": "A", "price": "8.00", "quantity": 2},
-                        {"id": "b", "price": 5, "category": ""},
-                        {"id": "c", "brand": "Peak", "category": "Outdoor"}]},
-                   currency_code="EUR",
-                   custom_attributes={"moe_project_name": "Brand A", "channel": None})),
+    (
+        BATCH,
+        _event(
+            {
+                "action": "purchase",
+                "transaction_id": "T-1",
+                "total_amount": "41.50",
+                "tax_amount": 3,
+                "products": [
+                    {"id": "a", "name": "A", "price": "8.00", "quantity": 2},
+                    {"id": "b", "price": 5, "category": ""},
+                    {"id": "c", "brand": "Peak", "category": "Outdoor"},
+                ],
+            },
+            currency_code="EUR",
+            custom_attributes={"moe_project_name": "Brand A", "channel": None},
+        ),
+    ),
     # unknown, blank and missing project; no currency; no custom attributes at all
-    (BATCH, _event({"action": "add_to_cart", "products": []},
-                   custom_attributes={"moe_project_name": "Brand C"})),
-    (BATCH, _event({"action": "view_detail"}, custom_attributes={"moe_project_name": "  "},
-                   currency_code="")),
+    (
+        BATCH,
+        _event(
+            {"action": "add_to_cart", "products": []},
+            custom_attributes={"moe_project_name": "Brand C"},
+        ),
+    ),
+    (
+        BATCH,
+        _event(
+            {"action": "view_detail"},
+            custom_attributes={"moe_project_name": "  "},
+            currency_code="",
+        ),
+    ),
     (BATCH, _event({"action": "checkout", "products": [{}]})),
     # no product action, not a commerce event: nothing mapped
     (BATCH, _event(None, custom_attributes={"channel": "app"})),
@@ -95,13 +117,16 @@ def test_generator_is_seeded() -> None:
 def _malformed(batch: dict[str, Any], event: dict[str, Any]) -> list[Pair]:
     """The same event with objects where strings, numbers or lists should be, and back."""
     out: list[Pair] = []
-    for where, value in [(("data",), "x"), (("data", "product_action", "products"), [1, "a"]),
-                         (("data", "product_action", "products"), {"a": 1}),
-                         (("data", "custom_attributes"), ["moe_project_name"]),
-                         (("data", "custom_attributes"), 5),
-                         (("data", "product_action", "total_amount"), "abc"),
-                         (("data", "product_action", "total_amount"), "nan"),
-                         (("data", "currency_code"), 7)]:
+    for where, value in [
+        (("data",), "x"),
+        (("data", "product_action", "products"), [1, "a"]),
+        (("data", "product_action", "products"), {"a": 1}),
+        (("data", "custom_attributes"), ["moe_project_name"]),
+        (("data", "custom_attributes"), 5),
+        (("data", "product_action", "total_amount"), "abc"),
+        (("data", "product_action", "total_amount"), "nan"),
+        (("data", "currency_code"), 7),
+    ]:
         changed = copy.deepcopy(event)
         node: Any = changed
         for key in where[:-1]:

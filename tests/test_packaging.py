@@ -27,5 +27,5 @@ def test_no_global_import_names() -> None:
 
     assert moerules.engine.__name__ == "moerules.engine"
     for line in (ROOT / "pyproject.toml").read_text().splitlines():
-        if "= \"" in line and ":" in line and "moerules." not in line and "engine" in line:
+        if '= "' in line and ":" in line and "moerules." not in line and "engine" in line:
             raise AssertionError(f"entry point outside the namespace: {line}")

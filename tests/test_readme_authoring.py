@@ -24,10 +24,14 @@ def test_the_readme_has_the_examples() -> None:
     assert commands == ["diff", "coverage"]
 
 
-@pytest.mark.parametrize(("command", "shown"), _examples(), ids=lambda v: v.split()[1]
-                         if v.startswith("moerules") else "")
-def test_example_output(command: str, shown: str, cli: Callable[..., Result],
-                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    _examples(),
+    ids=lambda v: v.split()[1] if v.startswith("moerules") else "",
+)
+def test_example_output(
+    command: str, shown: str, cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     for name in ("MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY"):  # shown as placeholders
         monkeypatch.delenv(name, raising=False)

@@ -44,7 +44,8 @@ class AmplitudeCohortSettings(CohortSourceSettings):
     segment_name: str = Field(
         "[Amplitude][{{ cohort_name }}]",
         description="the segment name in MoEngage: a template of cohort_name and cohort_id "
-                    "(Amplitude's convention: [Amplitude][Cohort Name])")
+        "(Amplitude's convention: [Amplitude][Cohort Name])",
+    )
 
 
 def json_object(line: bytes) -> dict[str, Any]:
@@ -79,8 +80,7 @@ def epoch_ms(value: Any, what: str) -> int:
             except ValueError:
                 raise RecordError(f"{what} is not a time", f"got {value!r}") from None
             if parsed.tzinfo is None:
-                raise RecordError(f"{what} is not a time",
-                                  f"{value!r} has no time zone") from None
+                raise RecordError(f"{what} is not a time", f"{value!r} has no time zone") from None
             return int(parsed.timestamp() * 1000)
     if not isinstance(value, int | float) or value < 0 or value != value:
         raise RecordError(f"{what} is not a time", f"got {value!r}")
@@ -91,8 +91,10 @@ def text_id(record: Mapping[str, Any], key: str, what: str) -> str:
     """A required id: a non-empty string, or a number (as its text)."""
     value = record.get(key)
     if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
-        raise RecordError(f"{what} is missing", f"`{key}` must be a non-empty string, got "
-                                               f"{orjson.dumps(value).decode()[:60]}")
+        raise RecordError(
+            f"{what} is missing",
+            f"`{key}` must be a non-empty string, got {orjson.dumps(value).decode()[:60]}",
+        )
     return str(value).strip()
 
 
@@ -105,7 +107,8 @@ class AmplitudeCohortSource(CohortSource):
     events_key: ClassVar[str | None] = "users"  # rules read each user as ``event``
     settings_model: ClassVar[type[AmplitudeCohortSettings]] = AmplitudeCohortSettings
     record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(
-        __package__ or "", "cohort-webhook.schema.json")
+        __package__ or "", "cohort-webhook.schema.json"
+    )
 
     @classmethod
     def from_settings(cls, settings: AmplitudeCohortSettings) -> AmplitudeCohortSource:
@@ -125,9 +128,11 @@ class AmplitudeCohortSource(CohortSource):
             raise RecordError("cohort_name is missing", "`cohort_name` must be a string")
         entering = record.get("in_cohort")
         if not isinstance(entering, bool):
-            raise RecordError("in_cohort is not true or false",
-                              "`in_cohort` says whether the users enter (true) or leave "
-                              f"(false) the cohort; got {orjson.dumps(entering).decode()[:60]}")
+            raise RecordError(
+                "in_cohort is not true or false",
+                "`in_cohort` says whether the users enter (true) or leave "
+                f"(false) the cohort; got {orjson.dumps(entering).decode()[:60]}",
+            )
         users = record.get("users")
         if not isinstance(users, list):
             raise RecordError("users is not a list", "`users` must be a list of objects")
@@ -137,7 +142,13 @@ class AmplitudeCohortSource(CohortSource):
         computed = record.get("computed_time")
         at = 0 if computed is None else epoch_ms(computed, "computed_time")
         return CohortMessage(
-            partner=self.partner, cohort_id=cohort_id, name=name, description=None,
-            action=ENTERED if entering else LEFT, members=users,
-            key=message_id or content_key(record), segment=self.segment_name(name, cohort_id),
-            at=at)
+            partner=self.partner,
+            cohort_id=cohort_id,
+            name=name,
+            description=None,
+            action=ENTERED if entering else LEFT,
+            members=users,
+            key=message_id or content_key(record),
+            segment=self.segment_name(name, cohort_id),
+            at=at,
+        )

@@ -27,22 +27,45 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 # [A1] "Invalid IDs": these result in a 400.
-PLACEHOLDER_IDS = frozenset({"anonymous", "nil", "none", "null", "n/a", "na", "undefined",
-                             "unknown", '""', "00000000-0000-0000-0000-000000000000", "{}",
-                             "lmy47d", "0", "-1"})
+PLACEHOLDER_IDS = frozenset(
+    {
+        "anonymous",
+        "nil",
+        "none",
+        "null",
+        "n/a",
+        "na",
+        "undefined",
+        "unknown",
+        '""',
+        "00000000-0000-0000-0000-000000000000",
+        "{}",
+        "lmy47d",
+        "0",
+        "-1",
+    }
+)
 # [A1] event_type: "The following event names are reserved for Amplitude use".
-RESERVED_EVENT_TYPES = frozenset({
-    "[Amplitude] Start Session", "[Amplitude] End Session", "[Amplitude] Revenue",
-    "[Amplitude] Revenue (Verified)", "[Amplitude] Revenue (Unverified)",
-    "[Amplitude] Merged User"})
+RESERVED_EVENT_TYPES = frozenset(
+    {
+        "[Amplitude] Start Session",
+        "[Amplitude] End Session",
+        "[Amplitude] Revenue",
+        "[Amplitude] Revenue (Verified)",
+        "[Amplitude] Revenue (Unverified)",
+        "[Amplitude] Merged User",
+    }
+)
 DEFAULT_MIN_ID_LENGTH = 5  # [A1] "Device IDs and User IDs minimum length"
 MAX_DEPTH = 40  # [A1] "Object depth may not exceed 40 layers"
 HTTPAPI_MAX_BYTES = 1_000_000  # [A1] "under 1 MB ... you get a 413 error"
 BATCH_MAX_BYTES = 20_000_000  # [A2] 20 MB
 MAX_EVENTS = 2000  # [A1][A2] events per request
 # §3 hosts: an API key belongs to one region; the other region's host does not know it.
-REGION_HOSTS = {"us": frozenset({"api2.amplitude.com", "api.amplitude.com"}),
-                "eu": frozenset({"api.eu.amplitude.com"})}
+REGION_HOSTS = {
+    "us": frozenset({"api2.amplitude.com", "api.amplitude.com"}),
+    "eu": frozenset({"api.eu.amplitude.com"}),
+}
 INSERT_ID_WINDOW = 7 * 86_400.0  # [A1] insert_id de-duplicates within 7 days
 MAX_TRACKED_IDS = 1_000_000  # ids counted for the daily quota; beyond, new ids are not
 
@@ -93,9 +116,11 @@ class _EventProblems:
         else:
             error = "Invalid id length for user_id or device_id"
         out: dict[str, Any] = {"code": 400, "error": error}
-        for key, found in (("events_with_missing_fields", self.missing),
-                           ("events_with_invalid_fields", self.invalid),
-                           ("events_with_invalid_id_lengths", self.id_lengths)):
+        for key, found in (
+            ("events_with_missing_fields", self.missing),
+            ("events_with_invalid_fields", self.invalid),
+            ("events_with_invalid_id_lengths", self.id_lengths),
+        ):
             if found:
                 out[key] = dict(found)
         return out
@@ -111,25 +136,35 @@ class AmplitudeEmulator(Emulator):
     name = "amplitude"
     fault_reads_body = True  # an injected 429 names the request's users, like the real one
 
-    def __init__(self, api_key: str = "test-amplitude-key", *,
-                 region: str = "us",
-                 max_body_bytes: int = HTTPAPI_MAX_BYTES,
-                 batch_max_body_bytes: int = BATCH_MAX_BYTES,
-                 max_events: int = MAX_EVENTS,
-                 limits: AmplitudeLimits | Mapping[str, Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 faults: FaultPlan | Mapping[str, Any] | None = None,
-                 max_received: int = 100_000) -> None:
+    def __init__(
+        self,
+        api_key: str = "test-amplitude-key",
+        *,
+        region: str = "us",
+        max_body_bytes: int = HTTPAPI_MAX_BYTES,
+        batch_max_body_bytes: int = BATCH_MAX_BYTES,
+        max_events: int = MAX_EVENTS,
+        limits: AmplitudeLimits | Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultPlan | Mapping[str, Any] | None = None,
+        max_received: int = 100_000,
+    ) -> None:
         if region not in REGION_HOSTS:
             raise ValueError(f"region must be one of {sorted(REGION_HOSTS)}")
         self.api_key = api_key
         self.region = region
         self.max_body_bytes = bounded_int("max_body_bytes", max_body_bytes, 1, 256 * 2**20)
-        self.batch_max_body_bytes = bounded_int("batch_max_body_bytes", batch_max_body_bytes, 1,
-                                                256 * 2**20)
+        self.batch_max_body_bytes = bounded_int(
+            "batch_max_body_bytes", batch_max_body_bytes, 1, 256 * 2**20
+        )
         self.max_events = bounded_int("max_events", max_events, 1, 100_000)
-        self.limits = (AmplitudeLimits(**limits) if isinstance(limits, Mapping)
-                       else limits if limits is not None else AmplitudeLimits())
+        self.limits = (
+            AmplitudeLimits(**limits)
+            if isinstance(limits, Mapping)
+            else limits
+            if limits is not None
+            else AmplitudeLimits()
+        )
         if not isinstance(self.limits, AmplitudeLimits):
             raise TypeError("limits must be a AmplitudeLimits or an object of its fields")
         if not callable(clock):
@@ -144,8 +179,10 @@ class AmplitudeEmulator(Emulator):
         self.reset_state()
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/2/httpapi", self._httpapi, methods=["POST"]),
-                Route("/batch", self._batch, methods=["POST"])]
+        return [
+            Route("/2/httpapi", self._httpapi, methods=["POST"]),
+            Route("/batch", self._batch, methods=["POST"]),
+        ]
 
     def credentials(self) -> dict[str, str]:
         return {"api_key": self.api_key, "region": self.region}
@@ -163,11 +200,14 @@ class AmplitudeEmulator(Emulator):
         with self._usage_lock:
             limits = self.limits
             self._windows = {}
-            for path, threshold in (("/2/httpapi", limits.eps_threshold),
-                                    ("/batch", limits.batch_eps_threshold)):
+            for path, threshold in (
+                ("/2/httpapi", limits.eps_threshold),
+                ("/batch", limits.batch_eps_threshold),
+            ):
                 if threshold is not None:
                     self._windows[path] = PerKeyWindows(
-                        max(1, math.floor(threshold * limits.window)), limits.window)
+                        max(1, math.floor(threshold * limits.window)), limits.window
+                    )
             self._daily = Counter()
             self._day_index = 0
             self._seen.clear()
@@ -183,8 +223,11 @@ class AmplitudeEmulator(Emulator):
         # [A1] "Validation on Content-type header (must be set to application/json)"; the
         # error text is the emulator's own.
         if media_type(request) != "application/json":
-            return self.respond(request, 400, {
-                "code": 400, "error": "Invalid request: Content-Type must be application/json"})
+            return self.respond(
+                request,
+                400,
+                {"code": 400, "error": "Invalid request: Content-Type must be application/json"},
+            )
         try:
             raw = await self.read_body(request, self.body_limit(path))
         except BodyTooLarge:
@@ -196,15 +239,15 @@ class AmplitudeEmulator(Emulator):
         except orjson.JSONDecodeError:
             return self.respond(request, 400, {"code": 400, "error": "Invalid JSON request body"})
         if not isinstance(payload, dict):
-            return self.respond(request, 400, {"code": 400, "error": "Invalid JSON request body"},
-                                body=payload)
+            return self.respond(
+                request, 400, {"code": 400, "error": "Invalid JSON request body"}, body=payload
+            )
         problem = self._check_request(request, payload)
         if problem is not None:
             status, error = problem
             return self.respond(request, status, error, body=payload)
         events: list[dict[str, Any]] = payload["events"]
-        min_length = int((payload.get("options") or {}).get("min_id_length",
-                                                            DEFAULT_MIN_ID_LENGTH))
+        min_length = int((payload.get("options") or {}).get("min_id_length", DEFAULT_MIN_ID_LENGTH))
         problems = validate_events(events, min_length)
         fault, failing = self.failing_records(request, len(events))
         if fault is not None and failing:
@@ -220,18 +263,32 @@ class AmplitudeEmulator(Emulator):
                 self._stats.rate_limited += 1
             return self.respond(request, 429, throttled, body=payload)
         records, duplicates = self._deduplicate(events)
-        return self.respond(request, 200, {
-            "code": 200, "events_ingested": len(events), "payload_size_bytes": len(raw),
-            "server_upload_time": int(time.time() * 1000)}, body=payload, records=records,
-            rejected=sorted(duplicates), reasons=duplicates)
+        return self.respond(
+            request,
+            200,
+            {
+                "code": 200,
+                "events_ingested": len(events),
+                "payload_size_bytes": len(raw),
+                "server_upload_time": int(time.time() * 1000),
+            },
+            body=payload,
+            records=records,
+            rejected=sorted(duplicates),
+            reasons=duplicates,
+        )
 
-    def _check_request(self, request: Request,
-                       payload: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    def _check_request(
+        self, request: Request, payload: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]] | None:
         key = payload.get("api_key")
         if not key:
             return _bad_request("Request missing required field", missing_field="api_key")
-        wrong_region = any(host_name(request) in hosts for region, hosts in REGION_HOSTS.items()
-                           if region != self.region)
+        wrong_region = any(
+            host_name(request) in hosts
+            for region, hosts in REGION_HOSTS.items()
+            if region != self.region
+        )
         if key != self.api_key or wrong_region:
             # The SDK recognises this answer by its prefix ([A4] processor.py); the key is
             # echoed back, as Amplitude does: a client must not log it unscrubbed.
@@ -246,8 +303,10 @@ class AmplitudeEmulator(Emulator):
         options = payload.get("options")
         if options is not None:
             length = options.get("min_id_length") if isinstance(options, dict) else None
-            if not isinstance(options, dict) or (length is not None and (
-                    isinstance(length, bool) or not isinstance(length, int) or length < 1)):
+            if not isinstance(options, dict) or (
+                length is not None
+                and (isinstance(length, bool) or not isinstance(length, int) or length < 1)
+            ):
                 return _bad_request("Invalid options: min_id_length must be a positive integer")
         return None
 
@@ -257,8 +316,10 @@ class AmplitudeEmulator(Emulator):
         not throttled at once ([A4] processor.py)."""
         users = Counter(str(e["user_id"]) for e in events if e.get("user_id"))
         devices = Counter(str(e["device_id"]) for e in events if e.get("device_id"))
-        usage = {**{f"user:{k}": v for k, v in users.items()},
-                 **{f"device:{k}": v for k, v in devices.items()}}
+        usage = {
+            **{f"user:{k}": v for k, v in users.items()},
+            **{f"device:{k}": v for k, v in devices.items()},
+        }
         with self._usage_lock:
             now = self._clock()
             window = self._windows.get(path)
@@ -270,20 +331,25 @@ class AmplitudeEmulator(Emulator):
                 self._count_daily(usage)
                 return None
         eps = {k: math.ceil(v / self.limits.window) for k, v in over_rate.items()}
-        threshold = (self.limits.eps_threshold if path == "/2/httpapi"
-                     else self.limits.batch_eps_threshold)
+        threshold = (
+            self.limits.eps_threshold if path == "/2/httpapi" else self.limits.batch_eps_threshold
+        )
         body: dict[str, Any] = {
-            "code": 429, "error": "Too many requests for some devices and users",
+            "code": 429,
+            "error": "Too many requests for some devices and users",
             "eps_threshold": threshold,
             "throttled_devices": _unprefixed(eps, "device:"),
-            "throttled_users": _unprefixed(eps, "user:")}
+            "throttled_users": _unprefixed(eps, "user:"),
+        }
         if over_day:
             body["exceeded_daily_quota_users"] = _unprefixed(over_day, "user:")
             body["exceeded_daily_quota_devices"] = _unprefixed(over_day, "device:")
         hit = set(over_rate) | set(over_day)
         body["throttled_events"] = [
-            i for i, e in enumerate(events)
-            if f"user:{e.get('user_id')}" in hit or f"device:{e.get('device_id')}" in hit]
+            i
+            for i, e in enumerate(events)
+            if f"user:{e.get('user_id')}" in hit or f"device:{e.get('device_id')}" in hit
+        ]
         return body
 
     def _over_daily_quota(self, usage: dict[str, int], now: float) -> dict[str, int]:
@@ -311,8 +377,11 @@ class AmplitudeEmulator(Emulator):
             now = self._clock()
             for i, event in enumerate(events):
                 insert_id = event.get("insert_id")
-                if isinstance(insert_id, str) and insert_id and not self._seen.first_time(
-                        insert_id, now):
+                if (
+                    isinstance(insert_id, str)
+                    and insert_id
+                    and not self._seen.first_time(insert_id, now)
+                ):
                     duplicates[i] = f"duplicate insert_id {insert_id[:100]!r}: ignored"
                 else:
                     records.append(event)
@@ -343,8 +412,9 @@ def validate_events(events: list[dict[str, Any]], min_id_length: int) -> _EventP
         event_type = event.get("event_type")
         if event_type is None:
             problems.missing["event_type"].append(i)
-        elif (not isinstance(event_type, str) or not event_type
-              or event_type in RESERVED_EVENT_TYPES):
+        elif (
+            not isinstance(event_type, str) or not event_type or event_type in RESERVED_EVENT_TYPES
+        ):
             problems.invalid["event_type"].append(i)
         ids = {k: event[k] for k in ("user_id", "device_id") if event.get(k) not in (None, "")}
         if not ids:
@@ -357,8 +427,9 @@ def validate_events(events: list[dict[str, Any]], min_id_length: int) -> _EventP
                 # Amplitude rejecting the request even when the other id is fine.
                 problems.id_lengths[key].append(i)
         stamp = event.get("time")
-        if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int)
-                                  or stamp < 0):
+        if stamp is not None and (
+            isinstance(stamp, bool) or not isinstance(stamp, int) or stamp < 0
+        ):
             problems.invalid["time"].append(i)  # [A1]: milliseconds; anything else is a 400
         for key in ("event_properties", "user_properties"):
             if key in event and (not isinstance(event[key], dict) or _too_deep(event[key])):
@@ -375,6 +446,11 @@ def throttled_body(raw: bytes, threshold: int) -> dict[str, Any]:
         events = []
     users = Counter(str(e["user_id"]) for e in events if e.get("user_id") is not None)
     devices = Counter(str(e["device_id"]) for e in events if e.get("device_id") is not None)
-    return {"code": 429, "error": "Too many requests for some devices and users",
-            "eps_threshold": threshold, "throttled_devices": dict(devices),
-            "throttled_users": dict(users), "throttled_events": list(range(len(events)))}
+    return {
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "eps_threshold": threshold,
+        "throttled_devices": dict(devices),
+        "throttled_users": dict(users),
+        "throttled_events": list(range(len(events))),
+    }

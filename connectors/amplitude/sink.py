@@ -65,13 +65,32 @@ __all__ = ["AmplitudeSink"]
 
 # Ids Amplitude answers 400 for (reference §3, its HTTP V2 page), compared trimmed and
 # ignoring case.
-INVALID_IDS = frozenset({"anonymous", "nil", "none", "null", "n/a", "na", "undefined",
-                         "unknown", '""', "00000000-0000-0000-0000-000000000000", "{}",
-                         "lmy47d", "0", "-1"})
+INVALID_IDS = frozenset(
+    {
+        "anonymous",
+        "nil",
+        "none",
+        "null",
+        "n/a",
+        "na",
+        "undefined",
+        "unknown",
+        '""',
+        "00000000-0000-0000-0000-000000000000",
+        "{}",
+        "lmy47d",
+        "0",
+        "-1",
+    }
+)
 SHORT_ID = "user_id shorter than min_id_length"
 # The index maps of a 400 answer (the HTTP V2 page spells the missing-fields one both ways).
-INDEX_MAPS = ("events_with_invalid_fields", "events_with_missing_fields",
-              "events_missing_required_fields", "events_with_invalid_id_lengths")
+INDEX_MAPS = (
+    "events_with_invalid_fields",
+    "events_with_missing_fields",
+    "events_missing_required_fields",
+    "events_with_invalid_id_lengths",
+)
 
 # The event keys of Amplitude's HTTP V2 API besides user_id, event_type and
 # event_properties; the first ones lead, in the order of Amplitude's example request.
@@ -81,15 +100,33 @@ EVENT_FIELDS: dict[str, str] = {
     "user_properties": "user properties object ($set when no operation is given)",
     "groups": "groups object (Accounts add-on)",
     "insert_id": "unique event id; Amplitude de-duplicates on it for 7 days",
-    "app_version": "app version", "platform": "platform", "os_name": "OS name",
-    "os_version": "OS version", "device_brand": "device brand",
-    "device_manufacturer": "device manufacturer", "device_model": "device model",
-    "carrier": "carrier", "country": "country", "region": "region", "city": "city",
-    "dma": "designated market area", "language": "language", "price": "price",
-    "quantity": "quantity", "revenue": "revenue", "productId": "product id",
-    "revenueType": "revenue type", "location_lat": "latitude", "location_lng": "longitude",
-    "ip": "IP address", "idfa": "iOS IDFA", "idfv": "iOS IDFV", "adid": "Android ad id",
-    "android_id": "Android id", "event_id": "event counter", "session_id": "session start, ms",
+    "app_version": "app version",
+    "platform": "platform",
+    "os_name": "OS name",
+    "os_version": "OS version",
+    "device_brand": "device brand",
+    "device_manufacturer": "device manufacturer",
+    "device_model": "device model",
+    "carrier": "carrier",
+    "country": "country",
+    "region": "region",
+    "city": "city",
+    "dma": "designated market area",
+    "language": "language",
+    "price": "price",
+    "quantity": "quantity",
+    "revenue": "revenue",
+    "productId": "product id",
+    "revenueType": "revenue type",
+    "location_lat": "latitude",
+    "location_lng": "longitude",
+    "ip": "IP address",
+    "idfa": "iOS IDFA",
+    "idfv": "iOS IDFV",
+    "adid": "Android ad id",
+    "android_id": "Android id",
+    "event_id": "event counter",
+    "session_id": "session start, ms",
 }
 _AFTER_PROPERTIES = ("user_properties", "groups", "insert_id")
 
@@ -103,31 +140,56 @@ class AmplitudeSink(Sink):
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
     example_settings: ClassVar[dict[str, Any]] = {"api_key": "amplitude-example-api-key"}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
-        (200, b'{"code":200,"events_ingested":50,"payload_size_bytes":50,'
-              b'"server_upload_time":1396381378123}', Delivered),
-        (400, b'{"code":400,"error":"Request missing required field",'
-              b'"events_with_invalid_fields":{"time":[0]},'
-              b'"events_with_missing_fields":{"event_type":[0]}}', Partial),
+        (
+            200,
+            b'{"code":200,"events_ingested":50,"payload_size_bytes":50,'
+            b'"server_upload_time":1396381378123}',
+            Delivered,
+        ),
+        (
+            400,
+            b'{"code":400,"error":"Request missing required field",'
+            b'"events_with_invalid_fields":{"time":[0]},'
+            b'"events_with_missing_fields":{"event_type":[0]}}',
+            Partial,
+        ),
         (400, b'{"code":400,"error":"Invalid API key: abc"}', Fatal),
-        (400, b'{"code":400,"error":"Request missing required field",'
-              b'"missing_field":"api_key"}', Fatal),
+        (
+            400,
+            b'{"code":400,"error":"Request missing required field","missing_field":"api_key"}',
+            Fatal,
+        ),
         (400, b'{"code":400,"error":"Invalid JSON request body"}', Reject),
         (413, b'{"code":413,"error":"Payload too large"}', Split),
-        (429, b'{"code":429,"error":"Too many requests for some devices and users",'
-              b'"eps_threshold":10,"throttled_devices":{"C8F9E604":11},'
-              b'"throttled_users":{"datamonster@amplitude.com":12},'
-              b'"throttled_events":[0]}', Partial),
-        (429, b'{"code":429,"error":"Too many requests for some devices and users",'
-              b'"throttled_users":{"user-00000":12},"throttled_events":[0],'
-              b'"exceeded_daily_quota_users":{"user-00000":500001}}', Partial),
-        (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
+        (
+            429,
+            b'{"code":429,"error":"Too many requests for some devices and users",'
+            b'"eps_threshold":10,"throttled_devices":{"C8F9E604":11},'
+            b'"throttled_users":{"datamonster@amplitude.com":12},'
+            b'"throttled_events":[0]}',
+            Partial,
+        ),
+        (
+            429,
+            b'{"code":429,"error":"Too many requests for some devices and users",'
+            b'"throttled_users":{"user-00000":12},"throttled_events":[0],'
+            b'"exceeded_daily_quota_users":{"user-00000":500001}}',
+            Partial,
+        ),
+        (500, b"", Retry),
+        (502, b"", Retry),
+        (503, b"", Retry),
+        (504, b"", Retry),
     )
 
     def __init__(self, settings: AmplitudeSettings | Mapping[str, Any]) -> None:
         """From checked settings, or a mapping checked here by the same model (pydantic's
         ValidationError when it is wrong)."""
-        config = settings if isinstance(settings, AmplitudeSettings) else (
-            AmplitudeSettings.model_validate(settings))
+        config = (
+            settings
+            if isinstance(settings, AmplitudeSettings)
+            else (AmplitudeSettings.model_validate(settings))
+        )
         super().__init__(config.model_dump())
         self.config = config
         self.url = f"{config.base_url}/2/httpapi"
@@ -137,9 +199,11 @@ class AmplitudeSink(Sink):
         if config.min_id_length is not None:
             tail = b'],"options":' + orjson.dumps({"min_id_length": config.min_id_length}) + b"}"
         self._envelope = (head, tail)
-        self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
-                                        max_request_bytes=config.max_request_bytes,
-                                        max_age=config.max_wait_seconds)
+        self.batch_policy = BatchPolicy(
+            max_items=config.max_events_per_request,
+            max_request_bytes=config.max_request_bytes,
+            max_age=config.max_wait_seconds,
+        )
 
     @classmethod
     def from_settings(cls, settings: AmplitudeSettings) -> AmplitudeSink:
@@ -154,12 +218,16 @@ class AmplitudeSink(Sink):
             raise Unencodable(
                 f"user_id {item.identity!r} is shorter than min_id_length {min_length}: "
                 "Amplitude would refuse it; lower destination.min_id_length to send it",
-                SHORT_ID)
+                SHORT_ID,
+            )
         event: dict[str, Any] = {"user_id": item.identity}
         fields = item.fields
         device = fields.get("device_id")
-        if isinstance(device, str) and len(device) >= min_length and \
-                device.strip().lower() not in INVALID_IDS:
+        if (
+            isinstance(device, str)
+            and len(device) >= min_length
+            and device.strip().lower() not in INVALID_IDS
+        ):
             event["device_id"] = device
         event["event_type"] = item.name
         if "time" in fields:
@@ -174,17 +242,24 @@ class AmplitudeSink(Sink):
         return event
 
     def request(self, _key: Any, body: bytes, items: list[Item]) -> WireRequest:
-        return WireRequest("POST", self.url, dict(self.headers), body, list(items),
-                           limit_key="httpapi")
+        return WireRequest(
+            "POST", self.url, dict(self.headers), body, list(items), limit_key="httpapi"
+        )
 
     def encoder(self) -> SinkEncoder:
-        return JsonArrayEncoder(self.batch_policy, element=self.element, request=self.request,
-                                envelope=lambda _key: self._envelope)
+        return JsonArrayEncoder(
+            self.batch_policy,
+            element=self.element,
+            request=self.request,
+            envelope=lambda _key: self._envelope,
+        )
 
     def rate_limits(self) -> list[RateLimit]:
         config = self.config
-        return [RateLimit(config.requests_per_second, 1.0),
-                RateLimit(config.events_per_second, 1.0, counts=ITEMS)]
+        return [
+            RateLimit(config.requests_per_second, 1.0),
+            RateLimit(config.events_per_second, 1.0, counts=ITEMS),
+        ]
 
     # -- answers -----------------------------------------------------------------------------
     def classify(self, request: WireRequest, response: Response) -> Verdict:
@@ -207,8 +282,9 @@ class AmplitudeSink(Sink):
             return Fatal(reason)
         return Reject(reason)
 
-    def _invalid(self, request: WireRequest, body: dict[str, Any], error: str,
-                 reason: str) -> Verdict:
+    def _invalid(
+        self, request: WireRequest, body: dict[str, Any], error: str, reason: str
+    ) -> Verdict:
         """400: a wrong key stops the run; named events are rejected, the rest sent again."""
         if error.startswith("Invalid API key") or body.get("missing_field") == "api_key":
             return Fatal(reason)
@@ -229,8 +305,9 @@ class AmplitudeSink(Sink):
         again = frozenset(range(len(request.items))) - rejected.keys()
         return Partial(rejected, again, reason=reason)
 
-    def _throttled(self, request: WireRequest, response: Response, body: dict[str, Any],
-                   reason: str) -> Verdict:
+    def _throttled(
+        self, request: WireRequest, response: Response, body: dict[str, Any], reason: str
+    ) -> Verdict:
         """429: events over a daily quota rejected; events of throttled users and devices
         held back ``throttle_pause_seconds`` on their own; every other event sent again now.
 
@@ -259,14 +336,24 @@ class AmplitudeSink(Sink):
                 rejected[index] = f"user {item.identity!r} exceeded its daily quota"
             elif isinstance(device, str) and device in quota_devices:
                 rejected[index] = f"device {device!r} exceeded its daily quota"
-            elif index in named or item.identity in users or (
-                    isinstance(device, str) and device in devices):
+            elif (
+                index in named
+                or item.identity in users
+                or (isinstance(device, str) and device in devices)
+            ):
                 later.add(index)
         if not rejected and not later:  # the answer names no one: the request waits whole
             return Retry(reason, after=pause, throttled=True, holds=holds)
         now = frozenset(range(len(request.items))) - rejected.keys() - later
-        return Partial(rejected, frozenset(later), reason=reason, after=pause, throttled=True,
-                       holds=holds, resend=now)
+        return Partial(
+            rejected,
+            frozenset(later),
+            reason=reason,
+            after=pause,
+            throttled=True,
+            holds=holds,
+            resend=now,
+        )
 
 
 def _indices(value: Any, count: int) -> list[int]:

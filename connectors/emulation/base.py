@@ -42,8 +42,15 @@ _T0_KEY = "moerules.emulator.t0"
 _FAULT_KEY = "moerules.emulator.fault"
 CLIENT_CLOSED = 499  # nginx's code for "the client went away"; only ever seen in stats
 
-__all__ = ["BasicAuth", "BodyTooLarge", "Emulator", "Received", "json_response", "media_type",
-           "parse_basic_auth"]
+__all__ = [
+    "BasicAuth",
+    "BodyTooLarge",
+    "Emulator",
+    "Received",
+    "json_response",
+    "media_type",
+    "parse_basic_auth",
+]
 
 
 class InjectedConnectionReset(Exception):
@@ -61,10 +68,15 @@ class _DropInjectedResets(logging.Filter):
 _RESET_FILTER = _DropInjectedResets()
 
 
-def json_response(payload: Any, status: int = 200,
-                  headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, headers=dict(headers or {}),
-                    media_type="application/json")
+def json_response(
+    payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(payload),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type="application/json",
+    )
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,18 @@ class Received:
         return 200 <= self.status < 300 or bool(self.records)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "query": self.query,
-                "headers": self.headers, "body": self.body, "status": self.status,
-                "at": self.at, "records": list(self.records), "rejected": list(self.rejected),
-                "reasons": {str(i): r for i, r in sorted(self.reasons.items())}}
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": self.headers,
+            "body": self.body,
+            "status": self.status,
+            "at": self.at,
+            "records": list(self.records),
+            "rejected": list(self.rejected),
+            "reasons": {str(i): r for i, r in sorted(self.reasons.items())},
+        }
 
 
 @dataclass
@@ -119,8 +139,12 @@ class Emulator:
     # Amplitude's 429 does to name the throttled users.
     fault_reads_body: ClassVar[bool] = False
 
-    def __init__(self, *, faults: FaultPlan | Mapping[str, Any] | None = None,
-                 max_received: int = DEFAULT_MAX_RECEIVED) -> None:
+    def __init__(
+        self,
+        *,
+        faults: FaultPlan | Mapping[str, Any] | None = None,
+        max_received: int = DEFAULT_MAX_RECEIVED,
+    ) -> None:
         if isinstance(faults, Mapping):  # a JSON plan, as `moerules emulate -o faults=...`
             plan = FaultPlan()
             plan.configure(faults)
@@ -130,7 +154,8 @@ class Emulator:
         self.faults = faults if faults is not None else FaultPlan()
         self._lock = threading.Lock()
         self._received: deque[Received] = deque(
-            maxlen=bounded_int("max_received", max_received, 1, 10_000_000))
+            maxlen=bounded_int("max_received", max_received, 1, 10_000_000)
+        )
         self._stats = _Stats()
         uvicorn_log = logging.getLogger("uvicorn.error")
         if _RESET_FILTER not in uvicorn_log.filters:
@@ -142,8 +167,9 @@ class Emulator:
             Route(f"{CONTROL_PREFIX}/stats", self._get_stats, methods=["GET"]),
             *self.control_routes(),
         ]
-        self.app = Starlette(routes=[*control, *self.routes()],
-                             exception_handlers={ClientDisconnect: _client_closed})
+        self.app = Starlette(
+            routes=[*control, *self.routes()], exception_handlers={ClientDisconnect: _client_closed}
+        )
 
     # -- subclass hooks --------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -181,11 +207,11 @@ class Emulator:
 
     def records(self, path_prefix: str = "") -> list[Any]:
         """Every record the partner accepted (events, users…), in arrival order."""
-        return [rec for r in self.received if r.path.startswith(path_prefix)
-                for rec in r.records]
+        return [rec for r in self.received if r.path.startswith(path_prefix) for rec in r.records]
 
-    def wait_for_records(self, count: int, path_prefix: str = "",
-                         timeout: float = 5.0) -> list[Any]:
+    def wait_for_records(
+        self, count: int, path_prefix: str = "", timeout: float = 5.0
+    ) -> list[Any]:
         """Poll until `count` records arrived or `timeout` passed; returns what arrived."""
         deadline = time.monotonic() + timeout
         while True:
@@ -221,18 +247,32 @@ class Emulator:
         """The body as a stream capped at `limit` bytes; BodyTooLarge beyond (unread rest)."""
         return await read_body(request, limit)
 
-    def respond(self, request: Request, status: int, payload: Any, *, body: Any = None,
-                records: Sequence[Any] = (), rejected: Sequence[int] = (),
-                reasons: Mapping[int, str] | None = None,
-                headers: Mapping[str, str] | None = None) -> Response:
+    def respond(
+        self,
+        request: Request,
+        status: int,
+        payload: Any,
+        *,
+        body: Any = None,
+        records: Sequence[Any] = (),
+        rejected: Sequence[int] = (),
+        reasons: Mapping[int, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
         """Store the request as processed, then answer `payload` as JSON."""
-        self.store(request, status, body=body, records=records, rejected=rejected,
-                   reasons=reasons)
+        self.store(request, status, body=body, records=records, rejected=rejected, reasons=reasons)
         return json_response(payload, status, headers)
 
-    def store(self, request: Request, status: int, *, body: Any = None,
-              records: Sequence[Any] = (), rejected: Sequence[int] = (),
-              reasons: Mapping[int, str] | None = None) -> None:
+    def store(
+        self,
+        request: Request,
+        status: int,
+        *,
+        body: Any = None,
+        records: Sequence[Any] = (),
+        rejected: Sequence[int] = (),
+        reasons: Mapping[int, str] | None = None,
+    ) -> None:
         entry = Received(
             method=request.method,
             path=request.url.path,
@@ -289,8 +329,11 @@ class Emulator:
                 raw = b""
                 if self.fault_reads_body:
                     raw = await _peek_body(scope, receive, self.body_limit(path))
-                response = (_echo(scope, raw, status) if fault.kind == "echo"
-                            else self._fault_response(fault, status, raw))
+                response = (
+                    _echo(scope, raw, status)
+                    if fault.kind == "echo"
+                    else self._fault_response(fault, status, raw)
+                )
                 await response(scope, receive, self._count(send))
                 return
             scope[_FAULT_KEY] = fault
@@ -403,11 +446,16 @@ def _echo(scope: Scope, raw: bytes, status: int) -> Response:
     for key, value in scope.get("headers", []):
         headers[key.decode("latin-1")] = value.decode("latin-1")
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    echo = {"headers": dict(sorted(headers.items())), "method": scope.get("method"),
-            "path": scope.get("path"), "query": query,
-            "body": raw[:1024].decode("utf-8", "replace")}
-    return json_response({"error": f"request refused: {HTTPStatus(status).phrase}",
-                          "request": echo}, status)
+    echo = {
+        "headers": dict(sorted(headers.items())),
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "query": query,
+        "body": raw[:1024].decode("utf-8", "replace"),
+    }
+    return json_response(
+        {"error": f"request refused: {HTTPStatus(status).phrase}", "request": echo}, status
+    )
 
 
 def _http_date(epoch: float) -> str:

@@ -31,11 +31,16 @@ FaultKind = Literal[
     "reset",  # close the connection without any HTTP response
     "record_400",  # reject some records of the request (per-record failure)
     "echo",  # answer `status` (default 400) with the request echoed, headers included, as a
-             # careless partner or proxy does: secrets must not reach any output from there
+    # careless partner or proxy does: secrets must not reach any output from there
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
-STATUS_OF_KIND: dict[str, int] = {"429": 429, "429_date": 429, "429_bare": 429, "500": 500,
-                                  "503": 503}
+STATUS_OF_KIND: dict[str, int] = {
+    "429": 429,
+    "429_date": 429,
+    "429_bare": 429,
+    "500": 500,
+    "503": 503,
+}
 
 # Bounds of every configurable number. Generous for any test, small enough that no
 # configuration can exhaust memory or push a value past what HTTP headers and JSON carry.
@@ -50,8 +55,21 @@ MAX_INDEX = 1_000_000
 MAX_TEXT = 1_000  # characters of a path, field or message
 MAX_RATE = 100_000  # requests per second or per minute of the plan's rate limiter
 
-_FAULT_KEYS = frozenset({"kind", "retry_after", "delay", "indices", "record_probability", "field",
-                         "message", "path", "count", "probability", "status"})
+_FAULT_KEYS = frozenset(
+    {
+        "kind",
+        "retry_after",
+        "delay",
+        "indices",
+        "record_probability",
+        "field",
+        "message",
+        "path",
+        "count",
+        "probability",
+        "status",
+    }
+)
 _LIMIT_KEYS = frozenset({"per_second", "per_minute", "retry_after_header", "path"})
 _PLAN_KEYS = frozenset({"seed", "append", "script", "random", "rate_limit"})
 
@@ -81,8 +99,7 @@ class Fault:
             raise ValueError(f"indices holds at most {MAX_INDICES} entries")
         for index in self.indices:
             bounded_int("each index", index, 0, MAX_INDEX)
-        for name, text in (("path", self.path), ("field", self.field),
-                           ("message", self.message)):
+        for name, text in (("path", self.path), ("field", self.field), ("message", self.message)):
             if text is not None and len(text) > MAX_TEXT:
                 raise ValueError(f"{name} is longer than {MAX_TEXT} characters")
 
@@ -106,15 +123,15 @@ class Fault:
         if not isinstance(raw_indices, list) or len(raw_indices) > MAX_INDICES:
             raise ValueError(f"indices must be a list of at most {MAX_INDICES} integers")
         indices = tuple(bounded_int("each index", i, 0, MAX_INDEX) for i in raw_indices)
-        record_probability = bounded_float("record_probability",
-                                           data.get("record_probability", 0.0), 0.0, 1.0)
+        record_probability = bounded_float(
+            "record_probability", data.get("record_probability", 0.0), 0.0, 1.0
+        )
         if kind == "record_400" and not indices and record_probability == 0.0:
             indices = (0,)
         default_delay = 1.0 if kind == "slow" else 0.0
         return cls(
             kind=cast(FaultKind, kind),
-            retry_after=bounded_int("retry_after", data.get("retry_after", 1), 0,
-                                    MAX_RETRY_AFTER),
+            retry_after=bounded_int("retry_after", data.get("retry_after", 1), 0, MAX_RETRY_AFTER),
             delay=bounded_float("delay", data.get("delay", default_delay), 0.0, MAX_DELAY),
             indices=indices,
             record_probability=record_probability,
@@ -125,11 +142,19 @@ class Fault:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "retry_after": self.retry_after,
-                               "delay": self.delay, "path": self.path}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "retry_after": self.retry_after,
+            "delay": self.delay,
+            "path": self.path,
+        }
         if self.kind == "record_400":
-            out.update(indices=list(self.indices), record_probability=self.record_probability,
-                       field=self.field, message=self.message)
+            out.update(
+                indices=list(self.indices),
+                record_probability=self.record_probability,
+                field=self.field,
+                message=self.message,
+            )
         if self.kind == "echo":
             out["status"] = self.echo_status
         return out
@@ -163,17 +188,23 @@ class RateLimit:
         if not isinstance(header, bool):
             raise ValueError("retry_after_header must be true or false")
         return cls(
-            per_second=None if per_second is None else bounded_int("per_second", per_second, 1,
-                                                                   MAX_RATE),
-            per_minute=None if per_minute is None else bounded_int("per_minute", per_minute, 1,
-                                                                   MAX_RATE),
+            per_second=None
+            if per_second is None
+            else bounded_int("per_second", per_second, 1, MAX_RATE),
+            per_minute=None
+            if per_minute is None
+            else bounded_int("per_minute", per_minute, 1, MAX_RATE),
             retry_after_header=header,
             path=_opt_text("path", data.get("path", "")) or "",
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"per_second": self.per_second, "per_minute": self.per_minute,
-                "retry_after_header": self.retry_after_header, "path": self.path}
+        return {
+            "per_second": self.per_second,
+            "per_minute": self.per_minute,
+            "retry_after_header": self.retry_after_header,
+            "path": self.path,
+        }
 
 
 class Decision(NamedTuple):
@@ -243,8 +274,12 @@ class _State:
         self.random.append((fault, probability))
 
     def copy(self) -> _State:
-        return _State(self.seed, [_Entry(e.fault, e.remaining) for e in self.script],
-                      list(self.random), self.limit)
+        return _State(
+            self.seed,
+            [_Entry(e.fault, e.remaining) for e in self.script],
+            list(self.random),
+            self.limit,
+        )
 
 
 class FaultPlan:
@@ -321,10 +356,14 @@ class FaultPlan:
         append = config.get("append", False)
         if not isinstance(append, bool):
             raise ValueError("append must be true or false")
-        script = [(Fault.from_dict(e), _count(e))
-                  for e in _dicts(config.get("script", []), MAX_SCRIPT_ENTRIES)]
-        randoms = [(Fault.from_dict(e), _probability(e))
-                   for e in _dicts(config.get("random", []), MAX_RANDOM_ENTRIES)]
+        script = [
+            (Fault.from_dict(e), _count(e))
+            for e in _dicts(config.get("script", []), MAX_SCRIPT_ENTRIES)
+        ]
+        randoms = [
+            (Fault.from_dict(e), _probability(e))
+            for e in _dicts(config.get("random", []), MAX_RANDOM_ENTRIES)
+        ]
         raw_limit = config.get("rate_limit")
         if raw_limit is not None and not isinstance(raw_limit, Mapping):
             raise ValueError("rate_limit must be an object or null")
@@ -372,8 +411,7 @@ class FaultPlan:
                 wait = self._window.retry_after(limit, now)
                 if wait is not None:
                     kind: FaultKind = "429" if limit.retry_after_header else "429_bare"
-                    return Decision(Fault(kind, retry_after=max(1, math.ceil(wait))),
-                                    "rate_limit")
+                    return Decision(Fault(kind, retry_after=max(1, math.ceil(wait))), "rate_limit")
                 self._window.admit(now)
             candidates = [(f, p) for f, p in self._state.random if f.matches(path)]
             if not candidates:
@@ -390,8 +428,9 @@ class FaultPlan:
         chosen = {i for i in fault.indices if 0 <= i < count}
         if fault.record_probability > 0.0:
             with self._lock:
-                chosen.update(i for i in range(count)
-                              if self._rng.random() < fault.record_probability)
+                chosen.update(
+                    i for i in range(count) if self._rng.random() < fault.record_probability
+                )
         return sorted(chosen)
 
 
@@ -402,8 +441,7 @@ def bounded_int(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
     if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
-        raise ValueError(f"{name} must be an integer within [{low}, {high}], got "
-                         f"{_show(value)}")
+        raise ValueError(f"{name} must be an integer within [{low}, {high}], got {_show(value)}")
     return number
 
 

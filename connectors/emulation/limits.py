@@ -77,25 +77,27 @@ class Breach:
 class Quotas:
     """A named set of sliding windows checked and charged together, all or nothing."""
 
-    def __init__(self, limits: Mapping[str, tuple[int, float]],
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, limits: Mapping[str, tuple[int, float]], clock: Callable[[], float]) -> None:
         if not callable(clock):
             raise TypeError("clock must be a function returning seconds")
         self._specs = dict(limits)
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows = {name: SlidingWindow(limit, window)
-                         for name, (limit, window) in self._specs.items()}
+        self._windows = {
+            name: SlidingWindow(limit, window) for name, (limit, window) in self._specs.items()
+        }
 
     def charge(self, usage: Mapping[str, int]) -> Breach | None:
         """Take `usage` (units per limit name) if every window has room; else change
         nothing and return the breach that frees up last."""
         with self._lock:
             now = self._clock()
-            breaches = [Breach(name, w.limit, w.window, wait)
-                        for name, units in usage.items()
-                        if (w := self._windows.get(name)) is not None
-                        and (wait := w.wait(units, now)) is not None]
+            breaches = [
+                Breach(name, w.limit, w.window, wait)
+                for name, units in usage.items()
+                if (w := self._windows.get(name)) is not None
+                and (wait := w.wait(units, now)) is not None
+            ]
             if breaches:
                 return max(breaches, key=lambda b: b.retry_after)
             for name, units in usage.items():
@@ -116,8 +118,9 @@ class Quotas:
 
     def reset(self) -> None:
         with self._lock:
-            self._windows = {name: SlidingWindow(limit, window)
-                             for name, (limit, window) in self._specs.items()}
+            self._windows = {
+                name: SlidingWindow(limit, window) for name, (limit, window) in self._specs.items()
+            }
 
 
 class PerKeyWindows:

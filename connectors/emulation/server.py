@@ -34,15 +34,22 @@ def _config(emulator: Emulator, host: str, port: int, access_log: bool) -> uvico
 
 
 @contextmanager
-def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *,
-          access_log: bool = False, startup_timeout: float = 10.0) -> Iterator[str]:
+def serve(
+    emulator: Emulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    access_log: bool = False,
+    startup_timeout: float = 10.0,
+) -> Iterator[str]:
     """Serve `emulator` in a background thread; yields its base URL, e.g. http://127.0.0.1:5123.
 
     With port=0 the OS picks a free port. On exit the server stops and the thread is joined.
     """
     server = uvicorn.Server(_config(emulator, host, port, access_log))
-    thread = threading.Thread(target=_run, args=(server,), name=f"emulator-{emulator.name}",
-                              daemon=True)
+    thread = threading.Thread(
+        target=_run, args=(server,), name=f"emulator-{emulator.name}", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
@@ -52,8 +59,9 @@ def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0, *,
         if time.monotonic() > deadline:
             server.should_exit = True
             thread.join(timeout=5)
-            raise RuntimeError(f"the {emulator.name} emulator did not start within "
-                               f"{startup_timeout} s")
+            raise RuntimeError(
+                f"the {emulator.name} emulator did not start within {startup_timeout} s"
+            )
         time.sleep(0.005)
     bound_port = server.servers[0].sockets[0].getsockname()[1]
     try:
@@ -106,8 +114,15 @@ def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
     return options
 
 
-def run_forever(emulator: Emulator | str, host: str = "127.0.0.1", port: int = 8080, *,
-                access_log: bool = False, out: TextIO | None = None, **options: Any) -> None:
+def run_forever(
+    emulator: Emulator | str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    access_log: bool = False,
+    out: TextIO | None = None,
+    **options: Any,
+) -> None:
     """Serve an emulator (or the one registered under that name, built with `options`)
     until Ctrl-C, after printing its URL and expected credentials."""
     stream = out if out is not None else sys.stdout

@@ -53,7 +53,8 @@ class MixpanelCohortSettings(CohortSourceSettings):
     segment_name: str = Field(
         "{{ cohort_name }}",
         description="the segment name in MoEngage: a template of cohort_name and cohort_id "
-                    "(Mixpanel's: the cohort's name)")
+        "(Mixpanel's: the cohort's name)",
+    )
 
 
 def _page_info(parameters: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -62,17 +63,22 @@ def _page_info(parameters: Mapping[str, Any]) -> tuple[int | None, int | None]:
     if info is None:
         return None, None
     if not isinstance(info, dict):
-        raise RecordError("page_info is not an object", "`page_info` holds total_pages and "
-                                                        "page_count")
+        raise RecordError(
+            "page_info is not an object", "`page_info` holds total_pages and page_count"
+        )
     total, page = info.get("total_pages"), info.get("page_count")
     for key, value in (("total_pages", total), ("page_count", page)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 0):
-            raise RecordError(f"page_info.{key} is not a page number",
-                              f"got {orjson.dumps(value).decode()[:60]}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise RecordError(
+                f"page_info.{key} is not a page number", f"got {orjson.dumps(value).decode()[:60]}"
+            )
     if total is not None and total < 1:
-        raise RecordError("page_info.total_pages is not a page number",
-                          f"an export has at least one page; got {total}")
+        raise RecordError(
+            "page_info.total_pages is not a page number",
+            f"an export has at least one page; got {total}",
+        )
     return page, total
 
 
@@ -87,7 +93,8 @@ class MixpanelCohortSource(CohortSource):
     events_key: ClassVar[str | None] = None
     settings_model: ClassVar[type[MixpanelCohortSettings]] = MixpanelCohortSettings
     record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(
-        __package__ or "", "cohort-webhook.schema.json")
+        __package__ or "", "cohort-webhook.schema.json"
+    )
 
     @classmethod
     def from_settings(cls, settings: MixpanelCohortSettings) -> MixpanelCohortSource:
@@ -103,43 +110,62 @@ class MixpanelCohortSource(CohortSource):
     def message(self, record: dict[str, Any]) -> CohortMessage:
         action = record.get("action")
         if action not in ACTIONS:
-            raise RecordError("unknown action", "`action` is members, add_members or "
-                                                f"remove_members; got "
-                                                f"{orjson.dumps(action).decode()[:60]}")
+            raise RecordError(
+                "unknown action",
+                "`action` is members, add_members or "
+                f"remove_members; got "
+                f"{orjson.dumps(action).decode()[:60]}",
+            )
         parameters = record.get("parameters")
         if not isinstance(parameters, dict):
-            raise RecordError("parameters is not an object", "`parameters` holds the cohort "
-                                                             "and its members")
+            raise RecordError(
+                "parameters is not an object", "`parameters` holds the cohort and its members"
+            )
         cohort_id = text_id(parameters, "mixpanel_cohort_id", "mixpanel_cohort_id")
         name = parameters.get("mixpanel_cohort_name")
         if not isinstance(name, str):
-            raise RecordError("mixpanel_cohort_name is missing",
-                              "`mixpanel_cohort_name` must be a string")
+            raise RecordError(
+                "mixpanel_cohort_name is missing", "`mixpanel_cohort_name` must be a string"
+            )
         description = parameters.get("mixpanel_cohort_description")
         if description is not None and not isinstance(description, str):
-            raise RecordError("mixpanel_cohort_description is not a string",
-                              f"got {orjson.dumps(description).decode()[:60]}")
+            raise RecordError(
+                "mixpanel_cohort_description is not a string",
+                f"got {orjson.dumps(description).decode()[:60]}",
+            )
         members = parameters.get("members")
         if not isinstance(members, list):
-            raise RecordError("members is not a list", "`parameters.members` must be a list "
-                                                       "of objects")
+            raise RecordError(
+                "members is not a list", "`parameters.members` must be a list of objects"
+            )
         session = parameters.get("mixpanel_session_id")
         if session is not None and (not isinstance(session, str) or not session):
-            raise RecordError("mixpanel_session_id is not a string",
-                              "`mixpanel_session_id` must be a non-empty string")
+            raise RecordError(
+                "mixpanel_session_id is not a string",
+                "`mixpanel_session_id` must be a non-empty string",
+            )
         page, pages = _page_info(parameters)
         kind = ACTIONS[action]
         if kind == FULL and (pages or 1) > 1 and (session is None or page is None):
-            raise RecordError("paged export without its session",
-                              "an export of several pages needs mixpanel_session_id and "
-                              "page_info.page_count to be put together")
+            raise RecordError(
+                "paged export without its session",
+                "an export of several pages needs mixpanel_session_id and "
+                "page_info.page_count to be put together",
+            )
         # the pages of an export share its session; a diff's key names its action too, so
         # that it is never taken for a repeat of the export of the same session
         key = session or content_key(record)
         if kind != FULL:
             key = f"{action} {key}"
         return CohortMessage(
-            partner=self.partner, cohort_id=cohort_id, name=name,
-            description=description or None, action=kind, members=members,
-            key=key, segment=self.segment_name(name, cohort_id),
-            page=page if kind == FULL else None, pages=pages if kind == FULL else None)
+            partner=self.partner,
+            cohort_id=cohort_id,
+            name=name,
+            description=description or None,
+            action=kind,
+            members=members,
+            key=key,
+            segment=self.segment_name(name, cohort_id),
+            page=page if kind == FULL else None,
+            pages=pages if kind == FULL else None,
+        )

@@ -68,7 +68,7 @@ TOO_MANY_PROPERTIES = "too many properties for Mixpanel"
 EVENT_FIELDS: dict[str, str] = {
     "time": "event time, epoch seconds or milliseconds (required)",
     "insert_id": "$insert_id: at most 36 letters, digits or '-'; Mixpanel de-duplicates on it "
-                 "(required)",
+    "(required)",
 }
 
 
@@ -81,28 +81,45 @@ class MixpanelSink(Sink):
     event_fields: ClassVar[dict[str, str]] = EVENT_FIELDS
     example_settings: ClassVar[dict[str, Any]] = {"project_token": "mixpanel-example-token"}
     example_fields: ClassVar[dict[str, dict[str, Any]]] = {
-        EVENT: {"time": 1_700_000_000, "insert_id": "conformance-0001"}}
+        EVENT: {"time": 1_700_000_000, "insert_id": "conformance-0001"}
+    }
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
         (200, b'{"code":200,"num_records_imported":2,"status":"OK"}', Delivered),
-        (400, b'{"code":400,"error":"some data points in the request failed validation",'
-              b'"num_records_imported":0,"status":"Bad Request","failed_records":[{"index":0,'
-              b'"insert_id":"x","field":"properties.time","message":"\'properties.time\' is '
-              b'invalid"}]}', Partial),
-        (400, b'{"code":400,"error":"could not parse the body as JSON","status":"Bad Request"}',
-         Reject),
+        (
+            400,
+            b'{"code":400,"error":"some data points in the request failed validation",'
+            b'"num_records_imported":0,"status":"Bad Request","failed_records":[{"index":0,'
+            b'"insert_id":"x","field":"properties.time","message":"\'properties.time\' is '
+            b'invalid"}]}',
+            Partial,
+        ),
+        (
+            400,
+            b'{"code":400,"error":"could not parse the body as JSON","status":"Bad Request"}',
+            Reject,
+        ),
         (401, b'{"code":401,"error":"Invalid credentials","status":"Unauthorized"}', Fatal),
-        (413, b'{"code":413,"error":"request body too large","status":"Payload Too Large"}',
-         Split),
-        (429, b'{"code":429,"error":"Project exceeded rate limits. Please retry the request '
-              b'with exponential backoff.","status":"Too Many Requests"}', Retry),
-        (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
+        (413, b'{"code":413,"error":"request body too large","status":"Payload Too Large"}', Split),
+        (
+            429,
+            b'{"code":429,"error":"Project exceeded rate limits. Please retry the request '
+            b'with exponential backoff.","status":"Too Many Requests"}',
+            Retry,
+        ),
+        (500, b"", Retry),
+        (502, b"", Retry),
+        (503, b"", Retry),
+        (504, b"", Retry),
     )
 
     def __init__(self, settings: MixpanelSettings | Mapping[str, Any]) -> None:
         """From checked settings, or a mapping checked here by the same model (pydantic's
         ValidationError when it is wrong)."""
-        config = settings if isinstance(settings, MixpanelSettings) else (
-            MixpanelSettings.model_validate(settings))
+        config = (
+            settings
+            if isinstance(settings, MixpanelSettings)
+            else (MixpanelSettings.model_validate(settings))
+        )
         super().__init__(config.model_dump())
         self.config = config
         self.url = f"{config.base_url}/import?strict=1"
@@ -120,10 +137,12 @@ class MixpanelSink(Sink):
         # max_request_bytes measures the body before compression: "2000 events and 10MB
         # uncompressed per request" (Mixpanel's /import page, reference §5.1: "gzip does not
         # raise this limit")
-        self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
-                                        max_request_bytes=config.max_request_bytes,
-                                        max_item_bytes=MAX_RECORD_BYTES,
-                                        max_age=config.max_wait_seconds)
+        self.batch_policy = BatchPolicy(
+            max_items=config.max_events_per_request,
+            max_request_bytes=config.max_request_bytes,
+            max_item_bytes=MAX_RECORD_BYTES,
+            max_age=config.max_wait_seconds,
+        )
 
     @classmethod
     def from_settings(cls, settings: MixpanelSettings) -> MixpanelSink:
@@ -140,27 +159,41 @@ class MixpanelSink(Sink):
             if isinstance(stamp, int | float) and not isinstance(stamp, bool):
                 seconds = stamp / 1000 if stamp > 1e11 else stamp
                 if seconds > time.time() + FUTURE_SLACK:
-                    raise Unencodable(f"time {stamp} is more than an hour ahead of now "
-                                      "(Mixpanel refuses it)", FUTURE_TIME)
+                    raise Unencodable(
+                        f"time {stamp} is more than an hour ahead of now (Mixpanel refuses it)",
+                        FUTURE_TIME,
+                    )
             properties["time"] = stamp
         properties["distinct_id"] = item.identity
         if "insert_id" in fields:
             insert_id = fields["insert_id"]
             if not isinstance(insert_id, str) or not INSERT_ID.fullmatch(insert_id):
-                raise Unencodable(f"$insert_id {insert_id!r} is not 1-36 letters, digits or "
-                                  "'-' (Mixpanel refuses it; hash longer ids with "
-                                  "{hash: md5})", BAD_INSERT_ID)
+                raise Unencodable(
+                    f"$insert_id {insert_id!r} is not 1-36 letters, digits or "
+                    "'-' (Mixpanel refuses it; hash longer ids with "
+                    "{hash: md5})",
+                    BAD_INSERT_ID,
+                )
             properties["$insert_id"] = insert_id
         for key, value in item.attributes.items():
             properties.setdefault(key, value)
         if len(properties) >= MAX_PROPERTIES:
-            raise Unencodable(f"{len(properties)} properties; Mixpanel takes fewer than "
-                              f"{MAX_PROPERTIES}", TOO_MANY_PROPERTIES)
+            raise Unencodable(
+                f"{len(properties)} properties; Mixpanel takes fewer than {MAX_PROPERTIES}",
+                TOO_MANY_PROPERTIES,
+            )
         return {"event": item.name, "properties": properties}
 
     def request(self, _key: Any, body: bytes, items: list[Item]) -> WireRequest:
-        return WireRequest("POST", self.url, dict(self.headers), body, list(items),
-                           limit_key="import", content_encoding=self._encoding)
+        return WireRequest(
+            "POST",
+            self.url,
+            dict(self.headers),
+            body,
+            list(items),
+            limit_key="import",
+            content_encoding=self._encoding,
+        )
 
     def encoder(self) -> SinkEncoder:
         return JsonArrayEncoder(self.batch_policy, element=self.element, request=self.request)
@@ -184,8 +217,9 @@ class MixpanelSink(Sink):
         if status == 413:
             return Split(reason)
         if status == 429:
-            return Retry(reason, after=retry_after_seconds(response.header("retry-after")),
-                         throttled=True)
+            return Retry(
+                reason, after=retry_after_seconds(response.header("retry-after")), throttled=True
+            )
         if status >= 500:
             return Retry(reason, after=retry_after_seconds(response.header("retry-after")))
         if status in (401, 403):

@@ -67,9 +67,13 @@ PATH = "/v1/integrations/cohortsync"
 def _replacement(value: str) -> str:
     bad = [c for c in value if c in FORBIDDEN]
     if bad or value.startswith("."):
-        raise PydanticCustomError("replacement", "the replacement must itself be allowed in a "
-                                                 "cohort name (not . at the start, none of "
-                                                 "{forbidden})", {"forbidden": _listed()})
+        raise PydanticCustomError(
+            "replacement",
+            "the replacement must itself be allowed in a "
+            "cohort name (not . at the start, none of "
+            "{forbidden})",
+            {"forbidden": _listed()},
+        )
     return value
 
 
@@ -77,36 +81,54 @@ class CohortSyncSettings(ConnectorSettings):
     """``destination: {connector: moengage-cohort-sync, settings: {...}}``."""
 
     workspace_id: str = Field(
-        min_length=1, description="Workspace ID (formerly App ID): the Basic-auth user and "
-                                  "MOE-APPKEY")
+        min_length=1,
+        description="Workspace ID (formerly App ID): the Basic-auth user and MOE-APPKEY",
+    )
     data_api_key: Secret = Field(
-        description="Data API key: the Basic-auth password (secret; use ${ENV_VAR})")
+        description="Data API key: the Basic-auth password (secret; use ${ENV_VAR})"
+    )
     data_center: DataCenter = Field(
-        "01", description="01-06 or 101, from dashboard-0X.moengage.com: picks "
-                          "https://api-{dc}.moengage.com")
+        "01",
+        description="01-06 or 101, from dashboard-0X.moengage.com: picks "
+        "https://api-{dc}.moengage.com",
+    )
     endpoint: HttpUrl | None = Field(
-        None, description="base URL that replaces the data center's host (proxies, the local "
-                          "emulator)")
+        None,
+        description="base URL that replaces the data center's host (proxies, the local emulator)",
+    )
     partner: str = Field(
-        min_length=1, description="the request's `partner`: whose cohorts these are")
+        min_length=1, description="the request's `partner`: whose cohorts these are"
+    )
     cohort_names: Literal["check", "clean"] = Field(
-        "check", description="check: a cohort name MoEngage refuses (a leading period, a "
-                             "restricted character) is an error naming the character; clean: "
-                             "leading periods are dropped and each restricted character is "
-                             "replaced by name_replacement")
+        "check",
+        description="check: a cohort name MoEngage refuses (a leading period, a "
+        "restricted character) is an error naming the character; clean: "
+        "leading periods are dropped and each restricted character is "
+        "replaced by name_replacement",
+    )
     name_replacement: Annotated[str, AfterValidator(_replacement)] = Field(
-        "_", max_length=8, description="what replaces a refused character when "
-                                       "cohort_names is clean (may be empty)")
+        "_",
+        max_length=8,
+        description="what replaces a refused character when cohort_names is clean (may be empty)",
+    )
     state: str = Field(
-        DEFAULT_STATE, min_length=1,
+        DEFAULT_STATE,
+        min_length=1,
         description="the membership state file (SQLite): what each partner asked and what "
-                    "MoEngage acknowledged; :memory: keeps nothing between runs")
+        "MoEngage acknowledged; :memory: keeps nothing between runs",
+    )
     max_request_bytes: int = Field(
-        MAX_REQUEST_BYTES, ge=1024, le=MAX_REQUEST_BYTES,
-        description="largest request body, in bytes (the API refuses more than 128 KB)")
+        MAX_REQUEST_BYTES,
+        ge=1024,
+        le=MAX_REQUEST_BYTES,
+        description="largest request body, in bytes (the API refuses more than 128 KB)",
+    )
     requests_per_minute: int = Field(
-        REQUESTS_PER_MINUTE, ge=1, le=100_000,
-        description="requests sent per minute at most (the API allows 300)")
+        REQUESTS_PER_MINUTE,
+        ge=1,
+        le=100_000,
+        description="requests sent per minute at most (the API allows 300)",
+    )
 
 
 def _listed() -> str:
@@ -145,8 +167,10 @@ class _Encoder(SinkEncoder):
         if item.kind != COHORT_MEMBERSHIP:
             raise Unencodable(f"destination {sink.name!r} does not take {item.kind!r} items")
         if item.attributes:  # never dropped silently: nothing in the request could carry them
-            raise Unencodable("a Cohort Sync member is a uid alone; this change carries "
-                              f"attributes ({', '.join(sorted(item.attributes))[:200]})")
+            raise Unencodable(
+                "a Cohort Sync member is a uid alone; this change carries "
+                f"attributes ({', '.join(sorted(item.attributes))[:200]})"
+            )
         fields = item.fields
         cohort_id = str(fields.get("cohort_id") or item.name)
         member = bool(fields.get("member", True))
@@ -156,8 +180,10 @@ class _Encoder(SinkEncoder):
         head = sink.head(member, item.name, cohort_id, label[1])
         limit = sink.max_bytes
         if len(head) + len(piece) + len(_TAIL) > limit:
-            raise ItemTooLarge(f"{len(head) + len(piece) + len(_TAIL)} bytes encoded; a "
-                               f"request to Cohort Sync holds at most {limit} bytes")
+            raise ItemTooLarge(
+                f"{len(head) + len(piece) + len(_TAIL)} bytes encoded; a "
+                f"request to Cohort Sync holds at most {limit} bytes"
+            )
         out: list[WireRequest] = []
         other = self.batches.get((cohort_id, not member))
         if other is not None and item.identity in other.uids:
@@ -170,8 +196,7 @@ class _Encoder(SinkEncoder):
             grown = batch.size - len(batch.head) + len(head)
             if grown + 1 + len(piece) <= limit:
                 batch.head, batch.label, batch.size = head, label, grown
-        if batch is not None and (batch.label != label
-                                  or batch.size + 1 + len(piece) > limit):
+        if batch is not None and (batch.label != label or batch.size + 1 + len(piece) > limit):
             out.append(self._close(key))
             batch = None
         if batch is None:
@@ -206,40 +231,80 @@ class CohortSyncSink(CohortSink):
     name: ClassVar[str] = "moengage-cohort-sync"
     settings_model: ClassVar[type[CohortSyncSettings]] = CohortSyncSettings
     example_settings: ClassVar[dict[str, Any]] = {
-        "workspace_id": "WS_EXAMPLE", "data_api_key": "moengage-example-data-api-key",
-        "partner": "example", "state": ":memory:"}
+        "workspace_id": "WS_EXAMPLE",
+        "data_api_key": "moengage-example-data-api-key",
+        "partner": "example",
+        "state": ":memory:",
+    }
     # a change as engine/runtime/cohorts.py makes it: the cohort, and in (or out)
     example_fields: ClassVar[dict[str, dict[str, Any]]] = {
-        COHORT_MEMBERSHIP: {"cohort_id": "c1", "member": True, "description": None}}
+        COHORT_MEMBERSHIP: {"cohort_id": "c1", "member": True, "description": None}
+    }
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
-        (200, b'{"status":"success","message":"Your request has been accepted and will be '
-              b'processed soon."}', Delivered),
+        (
+            200,
+            b'{"status":"success","message":"Your request has been accepted and will be '
+            b'processed soon."}',
+            Delivered,
+        ),
         (200, b'{"status":"fail","error":{"type":"InvalidAttributeError"}}', Reject),
-        (400, b'{"status":"fail","error":{"attribute":"action","message":"action is not found '
-              b'in the payload","type":"MissingAttributeError","request_id":"sYsoPuzf"}}',
-         Reject),
-        (401, b'{"status":"fail","error":{"message":"App Secret key mismatch. Please login to '
-              b'the dashboard to verify key","type":"Authentication required",'
-              b'"request_id":"skSFWvtW"}}', Fatal),
-        (403, b'{"status":"fail","error":{"message":"Your account is suspended. Please contact '
-              b'MoEngage team.","type":"Account Suspended","request_id":"gqJvCNYu"}}', Fatal),
+        (
+            400,
+            b'{"status":"fail","error":{"attribute":"action","message":"action is not found '
+            b'in the payload","type":"MissingAttributeError","request_id":"sYsoPuzf"}}',
+            Reject,
+        ),
+        (
+            401,
+            b'{"status":"fail","error":{"message":"App Secret key mismatch. Please login to '
+            b'the dashboard to verify key","type":"Authentication required",'
+            b'"request_id":"skSFWvtW"}}',
+            Fatal,
+        ),
+        (
+            403,
+            b'{"status":"fail","error":{"message":"Your account is suspended. Please contact '
+            b'MoEngage team.","type":"Account Suspended","request_id":"gqJvCNYu"}}',
+            Fatal,
+        ),
         (408, b"", Retry),
-        (413, b'{"status":"fail","error":{"message":"Payload can not exceed 128KB","type":'
-              b'"Payload too large","request_id":"VFzDwhwt"}}', Split),
-        (415, b'{"status":"fail","error":{"message":"Content type is not supported","type":'
-              b'"Unsupported media type","request_id":"SgBQfKJh"}}', Reject),
-        (429, b'{"status":"fail","error":{"message":"Rate limits for customers exceeded. '
-              b'Please Try After Some Time","type":"Rate Limits Exceeded","request_id":'
-              b'"onqucLYL"}}', Retry),
-        (500, b'{"status":"fail","error":{"message":"An unexpected error was encountered while '
-              b'processing this request. Please contact MoEngage Team","type":"Server Error",'
-              b'"request_id":"KovrwJiF"}}', Retry),
-        (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
+        (
+            413,
+            b'{"status":"fail","error":{"message":"Payload can not exceed 128KB","type":'
+            b'"Payload too large","request_id":"VFzDwhwt"}}',
+            Split,
+        ),
+        (
+            415,
+            b'{"status":"fail","error":{"message":"Content type is not supported","type":'
+            b'"Unsupported media type","request_id":"SgBQfKJh"}}',
+            Reject,
+        ),
+        (
+            429,
+            b'{"status":"fail","error":{"message":"Rate limits for customers exceeded. '
+            b'Please Try After Some Time","type":"Rate Limits Exceeded","request_id":'
+            b'"onqucLYL"}}',
+            Retry,
+        ),
+        (
+            500,
+            b'{"status":"fail","error":{"message":"An unexpected error was encountered while '
+            b'processing this request. Please contact MoEngage Team","type":"Server Error",'
+            b'"request_id":"KovrwJiF"}}',
+            Retry,
+        ),
+        (502, b"", Retry),
+        (503, b"", Retry),
+        (504, b"", Retry),
     )
 
     def __init__(self, settings: CohortSyncSettings | Mapping[str, Any]) -> None:
-        config = settings if isinstance(settings, CohortSyncSettings) else (
-            CohortSyncSettings.model_validate(settings))
+        config = (
+            settings
+            if isinstance(settings, CohortSyncSettings)
+            else (CohortSyncSettings.model_validate(settings))
+        )
         super().__init__(config.model_dump())
         self.config = config
         self.workspace_id = config.workspace_id
@@ -247,10 +312,10 @@ class CohortSyncSink(CohortSink):
         self.url = self.host + PATH
         self.max_bytes = config.max_request_bytes
         self.state = config.state
-        self.batch_policy = BatchPolicy(max_request_bytes=self.max_bytes,
-                                        max_age=DEFAULT_MAX_AGE)
+        self.batch_policy = BatchPolicy(max_request_bytes=self.max_bytes, max_age=DEFAULT_MAX_AGE)
         token = base64.b64encode(
-            f"{self.workspace_id}:{config.data_api_key.get_secret_value()}".encode()).decode()
+            f"{self.workspace_id}:{config.data_api_key.get_secret_value()}".encode()
+        ).decode()
         self.headers = {
             "Authorization": f"Basic {token}",
             "Content-Type": "application/json",
@@ -279,8 +344,9 @@ class CohortSyncSink(CohortSink):
             for char in bad:
                 cleaned = cleaned.replace(char, self.config.name_replacement)
             if not cleaned.strip() or cleaned.startswith("."):
-                raise InvalidCohortName(f"cohort name {name!r} leaves no usable name once "
-                                        "cleaned (cohort_names: clean)")
+                raise InvalidCohortName(
+                    f"cohort name {name!r} leaves no usable name once cleaned (cohort_names: clean)"
+                )
             return cleaned
         what = []
         if leading:
@@ -291,21 +357,30 @@ class CohortSyncSink(CohortSink):
             f"cohort name {name!r} {' and '.join(what)}: MoEngage refuses a segment name that "
             f"starts with '.' or contains any of {_listed()}. Rename the cohort at the "
             "partner, or set the destination setting `cohort_names: clean` to replace such "
-            f"characters with {self.config.name_replacement!r}")
+            f"characters with {self.config.name_replacement!r}"
+        )
 
     def head(self, member: bool, name: str, cohort_id: str, description: str | None) -> bytes:
         """A request body up to its first member."""
         action = b'{"action":"add_members"' if member else b'{"action":"remove_members"'
-        parts = [action, b',"partner":', self._partner, b',"parameters":{"cohort_name":',
-                 orjson.dumps(name), b',"cohort_id":', orjson.dumps(cohort_id)]
+        parts = [
+            action,
+            b',"partner":',
+            self._partner,
+            b',"parameters":{"cohort_name":',
+            orjson.dumps(name),
+            b',"cohort_id":',
+            orjson.dumps(cohort_id),
+        ]
         if description is not None:
             parts += [b',"cohort_description":', orjson.dumps(description)]
         parts.append(b',"members":[')
         return b"".join(parts)
 
     def request(self, body: bytes, items: list[Item]) -> WireRequest:
-        return WireRequest("POST", self.url, dict(self.headers), body, list(items),
-                           limit_key="cohortsync")
+        return WireRequest(
+            "POST", self.url, dict(self.headers), body, list(items), limit_key="cohortsync"
+        )
 
     def encoder(self) -> SinkEncoder:
         return _Encoder(self)
@@ -325,6 +400,9 @@ class CohortSyncSink(CohortSink):
         if status in (401, 403):
             return Fatal(f"HTTP {status}")
         if status == 429 or status == 408 or status >= 500:
-            return Retry(f"HTTP {status}", after=retry_after_seconds(
-                response.header("retry-after")), throttled=status == 429)
+            return Retry(
+                f"HTTP {status}",
+                after=retry_after_seconds(response.header("retry-after")),
+                throttled=status == 429,
+            )
         return Reject(f"HTTP {status}")

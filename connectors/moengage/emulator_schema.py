@@ -16,14 +16,35 @@ from typing import Any, NamedTuple
 MISSING = "MissingAttributeError"
 INVALID = "InvalidAttributeError"  # the emulator's own type where the spec shows none
 MALFORMED = "Malformed JSON"
-MALFORMED_MESSAGE = ("Could not decode the request body. The JSON was incorrect or not encoded "
-                     "as UTF-8.")
+MALFORMED_MESSAGE = (
+    "Could not decode the request body. The JSON was incorrect or not encoded as UTF-8."
+)
 # partner-apis.md §1.4 [M3]: values customer_id must not take.
-REJECTED_CUSTOMER_IDS = frozenset({
-    "unknown", "guest", "null", "0", "1", "2", "-1", "-2", "true", "false", "id", "uid",
-    "user_id", "userid", "customer_id", "none", "na", "n/a", "(empty)", "dummy_seller_code",
-    "user_attribute_unique_id",
-})
+REJECTED_CUSTOMER_IDS = frozenset(
+    {
+        "unknown",
+        "guest",
+        "null",
+        "0",
+        "1",
+        "2",
+        "-1",
+        "-2",
+        "true",
+        "false",
+        "id",
+        "uid",
+        "user_id",
+        "userid",
+        "customer_id",
+        "none",
+        "na",
+        "n/a",
+        "(empty)",
+        "dummy_seller_code",
+        "user_attribute_unique_id",
+    }
+)
 # §1.4 [M2]: ANDROID, iOS, web, TV, unknown; the spec's own examples write "Android", so
 # the check ignores case.
 PLATFORMS = frozenset({"android", "ios", "web", "tv", "unknown"})
@@ -64,8 +85,9 @@ def _check_type(payload: Mapping[str, Any], expected: str) -> Problem | None:
     if "type" not in payload:
         return _missing("type")
     if payload["type"] != expected:
-        return _invalid("type", f"type must be '{expected}' (lowercase), got "
-                                f"{str(payload['type'])[:100]!r}")
+        return _invalid(
+            "type", f"type must be '{expected}' (lowercase), got {str(payload['type'])[:100]!r}"
+        )
     return None
 
 
@@ -85,8 +107,9 @@ def check_customer_id(payload: Mapping[str, Any], quoted: bool = False) -> Probl
     return None
 
 
-def _check_object(payload: Mapping[str, Any], key: str, required: bool = False,
-                  quoted: bool = False) -> Problem | None:
+def _check_object(
+    payload: Mapping[str, Any], key: str, required: bool = False, quoted: bool = False
+) -> Problem | None:
     if key not in payload:
         if not required:
             return None
@@ -99,8 +122,11 @@ def _check_object(payload: Mapping[str, Any], key: str, required: bool = False,
 def validate_customer(payload: Mapping[str, Any]) -> Problem | None:
     def existing_only() -> Problem | None:
         flag = payload.get("update_existing_only", False)
-        return None if isinstance(flag, bool) else _invalid(
-            "update_existing_only", "update_existing_only must be a boolean")
+        return (
+            None
+            if isinstance(flag, bool)
+            else _invalid("update_existing_only", "update_existing_only must be a boolean")
+        )
 
     def array_fields() -> Problem | None:
         attributes = payload.get("attributes") or {}
@@ -109,16 +135,20 @@ def validate_customer(payload: Mapping[str, Any]) -> Problem | None:
         if isinstance(added, dict) and isinstance(removed, dict):
             for key in added:
                 if key in removed:
-                    return Problem("ArrayFieldError",
-                                   f"Cannot add and remove '{key}' at the same time",
-                                   "addValueToArrayField")
+                    return Problem(
+                        "ArrayFieldError",
+                        f"Cannot add and remove '{key}' at the same time",
+                        "addValueToArrayField",
+                    )
         return None
 
-    return _first(lambda: _check_type(payload, "customer"),
-                  lambda: check_customer_id(payload),
-                  lambda: _check_object(payload, "attributes"),
-                  existing_only,
-                  array_fields)
+    return _first(
+        lambda: _check_type(payload, "customer"),
+        lambda: check_customer_id(payload),
+        lambda: _check_object(payload, "attributes"),
+        existing_only,
+        array_fields,
+    )
 
 
 def _check_action(action: Any) -> Problem | None:
@@ -132,10 +162,14 @@ def _check_action(action: Any) -> Problem | None:
     if not name.strip():
         return _missing("action", "action cannot be empty Unicode string")
     offset = action.get("user_timezone_offset")
-    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)
-                               or not -TIMEZONE_OFFSET_LIMIT <= offset <= TIMEZONE_OFFSET_LIMIT):
-        return _invalid("user_timezone_offset",
-                        "user_timezone_offset must be seconds between -54000 and 54000")
+    if offset is not None and (
+        isinstance(offset, bool)
+        or not isinstance(offset, int)
+        or not -TIMEZONE_OFFSET_LIMIT <= offset <= TIMEZONE_OFFSET_LIMIT
+    ):
+        return _invalid(
+            "user_timezone_offset", "user_timezone_offset must be seconds between -54000 and 54000"
+        )
     for key in ("current_time", "user_time"):
         value = action.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
@@ -158,9 +192,9 @@ def validate_event(payload: Mapping[str, Any]) -> Problem | None:
                 return problem
         return None
 
-    return _first(lambda: _check_type(payload, "event"),
-                  lambda: check_customer_id(payload),
-                  actions)
+    return _first(
+        lambda: _check_type(payload, "event"), lambda: check_customer_id(payload), actions
+    )
 
 
 def validate_device(payload: Mapping[str, Any]) -> Problem | None:
@@ -185,14 +219,18 @@ def validate_device(payload: Mapping[str, Any]) -> Problem | None:
             return _missing("push_id", "'push_id' is not found in payload")
         return None
 
-    return _first(lambda: _check_type(payload, "device"),
-                  lambda: check_customer_id(payload, quoted=True),
-                  device_id,
-                  attributes)
+    return _first(
+        lambda: _check_type(payload, "device"),
+        lambda: check_customer_id(payload, quoted=True),
+        device_id,
+        attributes,
+    )
 
 
 ELEMENT_VALIDATORS: dict[str, Check] = {
-    "customer": validate_customer, "event": validate_event, "device": validate_device,
+    "customer": validate_customer,
+    "event": validate_event,
+    "device": validate_device,
 }
 
 
@@ -212,8 +250,9 @@ def validate_transition(payload: Mapping[str, Any]) -> Problem | None:
             return Problem(MALFORMED, MALFORMED_MESSAGE)
         validator = ELEMENT_VALIDATORS.get(str(element.get("type")))
         if validator is None:
-            return Problem("AttributeError", "type in elements should be customer/event/device",
-                           "type")
+            return Problem(
+                "AttributeError", "type in elements should be customer/event/device", "type"
+            )
         problem = validator(element)
         if problem is not None:
             if problem.message == "customer_id is not found in the payload":
@@ -248,8 +287,11 @@ def _check_cohort_parameters(params: Mapping[str, Any]) -> Problem | None:
             return _invalid(key, f"{key} must be a non-empty string")
     name: str = params["cohort_name"]
     if name.startswith(".") or any(c in COHORT_NAME_FORBIDDEN for c in name):
-        return _invalid("cohort_name", "cohort_name must not start with '.' or contain any of "
-                                       + " ".join(COHORT_NAME_FORBIDDEN))
+        return _invalid(
+            "cohort_name",
+            "cohort_name must not start with '.' or contain any of "
+            + " ".join(COHORT_NAME_FORBIDDEN),
+        )
     description = params.get("cohort_description")
     if description is not None and not isinstance(description, str):
         return _invalid("cohort_description", "cohort_description must be a string")
@@ -266,7 +308,9 @@ def _check_cohort_parameters(params: Mapping[str, Any]) -> Problem | None:
 
 
 VALIDATORS: dict[str, Check] = {
-    **ELEMENT_VALIDATORS, "transition": validate_transition, "cohortsync": validate_cohort_sync,
+    **ELEMENT_VALIDATORS,
+    "transition": validate_transition,
+    "cohortsync": validate_cohort_sync,
 }
 
 
@@ -293,8 +337,9 @@ def event_time(value: Any) -> float | None:
     return None
 
 
-def ingestible_actions(element: Mapping[str, Any], tolerance: float,
-                       now: float | None = None) -> tuple[list[Any], list[str]]:
+def ingestible_actions(
+    element: Mapping[str, Any], tolerance: float, now: float | None = None
+) -> tuple[list[Any], list[str]]:
     """Split an event element's actions into those MoEngage ingests and the reasons for the
     ones it drops: "MoEngage does not accept any future dated events" (§1.4 [M2])."""
     limit = (time.time() if now is None else now) + tolerance
@@ -303,8 +348,10 @@ def ingestible_actions(element: Mapping[str, Any], tolerance: float,
     for i, action in enumerate(element.get("actions") or []):
         stamp = event_time(action.get("current_time"))
         if stamp is not None and stamp > limit:
-            dropped.append(f"actions[{i}] is future-dated (current_time "
-                           f"{str(action.get('current_time'))[:40]})")
+            dropped.append(
+                f"actions[{i}] is future-dated (current_time "
+                f"{str(action.get('current_time'))[:40]})"
+            )
         else:
             kept.append(action)
     return kept, dropped

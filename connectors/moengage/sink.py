@@ -63,8 +63,10 @@ DEFAULT_MAX_AGE = 5.0
 # documented limits by endpoint and what they count (§1.3): (endpoint, item kind, how many,
 # per seconds); the request-rate limits of the partner feed come on top (settings)
 ENDPOINT_LIMITS: tuple[tuple[str, str, int, float], ...] = (
-    ("transition", USER, 60_000, 60.0), ("transition", EVENT, 60_000, 60.0),
-    ("event", EVENT, 30_000, 60.0), ("customer", USER, 10_000, 60.0),
+    ("transition", USER, 60_000, 60.0),
+    ("transition", EVENT, 60_000, 60.0),
+    ("event", EVENT, 30_000, 60.0),
+    ("customer", USER, 10_000, 60.0),
 )
 
 
@@ -115,7 +117,7 @@ class _Encoder(SinkEncoder):
         self._bulk = sink.bulk
         self._room = sink.max_bytes - (len(_TRANSITION_HEAD) + 2 if sink.bulk else 0)
         self._identity: str | None = None  # the last event's identity, its JSON, and
-        self._customer = b""                # the head of an event element for it
+        self._customer = b""  # the head of an event element for it
         self._head = b""
 
     def add(self, item: Item) -> list[WireRequest]:
@@ -130,8 +132,9 @@ class _Encoder(SinkEncoder):
         sink = self.sink
         if item.kind != USER:
             raise Unencodable(f"destination 'moengage' does not take {item.kind!r} items")
-        piece = orjson.dumps({"type": "customer", "customer_id": item.identity,
-                              "attributes": item.attributes})
+        piece = orjson.dumps(
+            {"type": "customer", "customer_id": item.identity, "attributes": item.attributes}
+        )
         if len(piece) + 1 > self._room:
             raise ItemTooLarge(_too_large(len(piece), sink.max_bytes))
         if sink.bulk:
@@ -157,8 +160,10 @@ class _Encoder(SinkEncoder):
             fields = item.fields
             try:
                 piece = dumps(
-                    {"action": item.name, "attributes": item.attributes, **fields} if fields
-                    else {"action": item.name, "attributes": item.attributes})
+                    {"action": item.name, "attributes": item.attributes, **fields}
+                    if fields
+                    else {"action": item.name, "attributes": item.attributes}
+                )
             except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits...
                 refused.append(Refused(item, _CANNOT, str(exc)))
                 continue
@@ -168,8 +173,9 @@ class _Encoder(SinkEncoder):
                 head = self._head = _EVENT_HEAD + customer + _ACTIONS
             alone = _EVENT_GROW + len(customer) + len(piece)
             if alone > room:  # not even in a request of its own
-                refused.append(Refused(item, ItemTooLarge.reason,
-                                       _too_large(alone, self.sink.max_bytes)))
+                refused.append(
+                    Refused(item, ItemTooLarge.reason, _too_large(alone, self.sink.max_bytes))
+                )
                 continue
             pending = pending_by_project.get(item.route)
             if pending is None:
@@ -243,7 +249,9 @@ class MoEngageDataSink(Sink):
     accepts: ClassVar[frozenset[str]] = frozenset({EVENT, USER})
     supports_routing: ClassVar[bool] = True
     example_settings: ClassVar[dict[str, Any]] = {
-        "workspace_id": "WS_EXAMPLE", "data_api_key": "moengage-example-data-api-key"}
+        "workspace_id": "WS_EXAMPLE",
+        "data_api_key": "moengage-example-data-api-key",
+    }
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
         (200, b'{"status":"success","message":"accepted","request_id":"r"}', Delivered),
         (200, b'{"status":"fail","error":{"type":"InvalidAttributeError"}}', Reject),
@@ -255,7 +263,10 @@ class MoEngageDataSink(Sink):
         (413, b'{"status":"fail","error":{"type":"PayloadTooLarge"}}', Split),
         (415, b'{"status":"fail","error":{"type":"MediaTypeError"}}', Reject),
         (429, b'{"title":"Rate Limits Exceeded"}', Retry),
-        (500, b"", Retry), (502, b"", Retry), (503, b"", Retry), (504, b"", Retry),
+        (500, b"", Retry),
+        (502, b"", Retry),
+        (503, b"", Retry),
+        (504, b"", Retry),
     )
     settings_model: ClassVar[type[MoEngageDataSettings]] = MoEngageDataSettings
     event_fields: ClassVar[dict[str, str]] = {
@@ -277,8 +288,11 @@ class MoEngageDataSink(Sink):
         ``required_settings`` are no longer read by the engine and can go with the base
         class's ``__init__(Mapping)`` once every connector declares ``settings_model``.
         """
-        config = settings if isinstance(settings, MoEngageDataSettings) else (
-            MoEngageDataSettings.model_validate(settings))
+        config = (
+            settings
+            if isinstance(settings, MoEngageDataSettings)
+            else (MoEngageDataSettings.model_validate(settings))
+        )
         super().__init__(config.model_dump())
         self.config = config
         self.workspace_id = config.workspace_id
@@ -286,8 +300,7 @@ class MoEngageDataSink(Sink):
         self.host = (config.endpoint or DATA_CENTERS[config.data_center]).rstrip("/")
         self.bulk = config.mode == "bulk"
         self.max_bytes = config.max_request_bytes
-        self.batch_policy = BatchPolicy(max_request_bytes=self.max_bytes,
-                                        max_age=DEFAULT_MAX_AGE)
+        self.batch_policy = BatchPolicy(max_request_bytes=self.max_bytes, max_age=DEFAULT_MAX_AGE)
         token = base64.b64encode(f"{self.workspace_id}:{self.api_key}".encode()).decode()
         self.headers = {
             "Authorization": f"Basic {token}",
@@ -307,10 +320,17 @@ class MoEngageDataSink(Sink):
             url += f"&project_code={quote(project, safe='${}')}"
         return url
 
-    def request(self, endpoint: str, project: str | None, body: bytes,
-                items: list[Item]) -> WireRequest:
-        return WireRequest("POST", self.url(endpoint, project), dict(self.headers), body,
-                           list(items), limit_key=endpoint)
+    def request(
+        self, endpoint: str, project: str | None, body: bytes, items: list[Item]
+    ) -> WireRequest:
+        return WireRequest(
+            "POST",
+            self.url(endpoint, project),
+            dict(self.headers),
+            body,
+            list(items),
+            limit_key=endpoint,
+        )
 
     def encoder(self) -> SinkEncoder:
         return _Encoder(self)
@@ -320,8 +340,10 @@ class MoEngageDataSink(Sink):
             RateLimit(self.config.requests_per_second, 1.0),
             RateLimit(self.config.requests_per_minute, 60.0),
         ]
-        limits += [RateLimit(amount, seconds, endpoint, counts=ITEMS, kind=kind)
-                   for endpoint, kind, amount, seconds in ENDPOINT_LIMITS]
+        limits += [
+            RateLimit(amount, seconds, endpoint, counts=ITEMS, kind=kind)
+            for endpoint, kind, amount, seconds in ENDPOINT_LIMITS
+        ]
         return limits
 
     def classify(self, request: WireRequest, response: Response) -> Verdict:
@@ -336,6 +358,9 @@ class MoEngageDataSink(Sink):
         if status in (401, 403):
             return Fatal(f"HTTP {status}")
         if status == 429 or status == 408 or status >= 500:
-            return Retry(f"HTTP {status}", after=retry_after_seconds(
-                response.header("retry-after")), throttled=status == 429)
+            return Retry(
+                f"HTTP {status}",
+                after=retry_after_seconds(response.header("retry-after")),
+                throttled=status == 429,
+            )
         return Reject(f"HTTP {status}")

@@ -43,7 +43,8 @@ class MoEngageStreamsSource(Source):
     settings_model: ClassVar[type[NoSettings]] = NoSettings
     # the payload's documented fields (reference §2), for validate's path warnings
     record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(
-        __package__ or "", "streams.schema.json")
+        __package__ or "", "streams.schema.json"
+    )
 
     @classmethod
     def from_settings(cls, settings: NoSettings) -> MoEngageStreamsSource:
@@ -59,8 +60,11 @@ class MoEngageStreamsSource(Source):
             raise RecordError(NOT_AN_OBJECT, f"got a JSON {_json_type(payload)}")
         events = payload.get("events")
         if events is None:
-            raise RecordError(NO_EVENTS, "a Streams payload carries its events in `events`; "
-                                         f"keys here: {', '.join(sorted(payload)) or 'none'}")
+            raise RecordError(
+                NO_EVENTS,
+                "a Streams payload carries its events in `events`; "
+                f"keys here: {', '.join(sorted(payload)) or 'none'}",
+            )
         if not isinstance(events, list):
             raise RecordError(EVENTS_NOT_A_LIST, f"got a JSON {_json_type(events)}")
         if not events:

@@ -28,8 +28,9 @@ class MParticleSource(Source):
     projectable: ClassVar[bool] = True
     settings_model: ClassVar[type[MParticleSettings]] = MParticleSettings
     # mParticle's published batch schema, amended to the current JSON reference (its $comment)
-    record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(__package__ or "",
-                                                                         "batch.schema.json")
+    record_schema: ClassVar[Mapping[str, Any] | None] = packaged_schema(
+        __package__ or "", "batch.schema.json"
+    )
 
     @classmethod
     def from_settings(cls, settings: MParticleSettings) -> MParticleSource:
@@ -42,8 +43,7 @@ class MParticleSource(Source):
         except orjson.JSONDecodeError as exc:
             raise RecordError("malformed JSON", str(exc)) from None
         if not isinstance(batch, dict):
-            raise RecordError("payload is not a JSON object",
-                              f"got a JSON {type(batch).__name__}")
+            raise RecordError("payload is not a JSON object", f"got a JSON {type(batch).__name__}")
         events = batch.get("events")
         if events is not None and not isinstance(events, list):
             raise RecordError("batch.events is not a list", f"got {type(events).__name__}")

@@ -40,8 +40,10 @@ CALLS = ("track", "identify", "page", "screen", "group", "alias")
 REQUIRED_FIELD = {"track": "event", "group": "groupId", "alias": "previousId"}
 # §4 [G2]: EU workspaces must use the EU host; "data sent to the US host silently
 # disappears" (and the other way round).
-REGION_HOSTS = {"us": frozenset({"api.segment.io"}),
-                "eu": frozenset({"events.eu1.segmentapis.com"})}
+REGION_HOSTS = {
+    "us": frozenset({"api.segment.io"}),
+    "eu": frozenset({"events.eu1.segmentapis.com"}),
+}
 MESSAGE_MAX_BYTES = 32 * 1024  # [G1]: 32 KB per call or per event in a batch
 BATCH_MAX_BYTES = 500 * 1024  # [G1]: 500 KB per batch request
 BATCH_MAX_MESSAGES = 2500  # [G1]: more is answered 200 and dropped
@@ -57,30 +59,41 @@ class SegmentEmulator(Emulator):
 
     name = "segment"
 
-    def __init__(self, write_key: str = "test-segment-write-key", *,
-                 region: str = "us",
-                 max_message_bytes: int = MESSAGE_MAX_BYTES,
-                 max_batch_bytes: int = BATCH_MAX_BYTES,
-                 max_batch_messages: int = BATCH_MAX_MESSAGES,
-                 requests_per_second: int | None = 1000,
-                 second: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 faults: FaultPlan | Mapping[str, Any] | None = None,
-                 max_received: int = 100_000) -> None:
+    def __init__(
+        self,
+        write_key: str = "test-segment-write-key",
+        *,
+        region: str = "us",
+        max_message_bytes: int = MESSAGE_MAX_BYTES,
+        max_batch_bytes: int = BATCH_MAX_BYTES,
+        max_batch_messages: int = BATCH_MAX_MESSAGES,
+        requests_per_second: int | None = 1000,
+        second: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultPlan | Mapping[str, Any] | None = None,
+        max_received: int = 100_000,
+    ) -> None:
         if region not in REGION_HOSTS:
             raise ValueError(f"region must be one of {sorted(REGION_HOSTS)}")
         self.write_key = write_key
         self.region = region
-        self.max_message_bytes = bounded_int("max_message_bytes", max_message_bytes, 1,
-                                             64 * 2**20)
+        self.max_message_bytes = bounded_int("max_message_bytes", max_message_bytes, 1, 64 * 2**20)
         self.max_batch_bytes = bounded_int("max_batch_bytes", max_batch_bytes, 1, 64 * 2**20)
-        self.max_batch_messages = bounded_int("max_batch_messages", max_batch_messages, 1,
-                                              1_000_000)
+        self.max_batch_messages = bounded_int(
+            "max_batch_messages", max_batch_messages, 1, 1_000_000
+        )
         # §4: "Stay below 1,000 req/s per workspace"; a 429 carries Retry-After and
         # X-RateLimit-Reset.
-        limits = {} if requests_per_second is None else {
-            "requests": (bounded_int("requests_per_second", requests_per_second, 1, 10**7),
-                         bounded_float("second", second, 0.001, 3600.0))}
+        limits = (
+            {}
+            if requests_per_second is None
+            else {
+                "requests": (
+                    bounded_int("requests_per_second", requests_per_second, 1, 10**7),
+                    bounded_float("second", second, 0.001, 3600.0),
+                )
+            }
+        )
         self._quotas = Quotas(limits, clock)
         self._clock = clock
         self._seen_lock = threading.Lock()
@@ -91,8 +104,10 @@ class SegmentEmulator(Emulator):
         return [Route("/v1/{call}", self._call, methods=["POST"])]
 
     def credentials(self) -> dict[str, str]:
-        return {"auth": f"Basic {self.write_key}: (empty password) or writeKey in the body",
-                "region": self.region}
+        return {
+            "auth": f"Basic {self.write_key}: (empty password) or writeKey in the body",
+            "region": self.region,
+        }
 
     def body_limit(self, path: str) -> int:
         return self.max_batch_bytes if path == "/v1/batch" else self.max_message_bytes
@@ -100,8 +115,9 @@ class SegmentEmulator(Emulator):
     def error_body(self, status: int, raw: bytes) -> Any:
         if status == 429:
             return error("rate_limited", "Too Many Requests")
-        return error("server_error", "Internal Server Error" if status == 500
-                     else "Service Unavailable")
+        return error(
+            "server_error", "Internal Server Error" if status == 500 else "Service Unavailable"
+        )
 
     def fault_headers(self, status: int, retry_after: int) -> dict[str, str]:
         if status != 429:
@@ -122,16 +138,28 @@ class SegmentEmulator(Emulator):
             with self._lock:
                 self._stats.rate_limited += 1
             wait = max(1, -int(-breach.retry_after // 1))
-            return self.respond(request, 429, error("rate_limited", "Too Many Requests"),
-                                headers={"Retry-After": str(wait),
-                                         "X-RateLimit-Reset": str(int(time.time()) + wait)})
+            return self.respond(
+                request,
+                429,
+                error("rate_limited", "Too Many Requests"),
+                headers={
+                    "Retry-After": str(wait),
+                    "X-RateLimit-Reset": str(int(time.time()) + wait),
+                },
+            )
         if media_type(request) != "application/json":  # [G1]: required; the answer is ours
-            return self.respond(request, 400, error("invalid_content_type",
-                                                    "Content-Type must be application/json"))
+            return self.respond(
+                request, 400, error("invalid_content_type", "Content-Type must be application/json")
+            )
         encoding = content_encoding(request)
         if encoding not in ("", "gzip"):  # [G3]: the library may gzip its batches
-            return self.respond(request, 400, error(
-                "invalid_content_encoding", f"unsupported Content-Encoding {encoding[:40]!r}"))
+            return self.respond(
+                request,
+                400,
+                error(
+                    "invalid_content_encoding", f"unsupported Content-Encoding {encoding[:40]!r}"
+                ),
+            )
         limit = self.body_limit(request.url.path)
         too_large = error("max_request_size_exceeded", f"request body exceeds {limit} bytes")
         try:
@@ -148,19 +176,28 @@ class SegmentEmulator(Emulator):
         except orjson.JSONDecodeError:
             return self.respond(request, 400, error("invalid_json", "invalid JSON body"))
         if not isinstance(payload, dict):
-            return self.respond(request, 400, error("invalid_json", "body must be an object"),
-                                body=payload)
+            return self.respond(
+                request, 400, error("invalid_json", "body must be an object"), body=payload
+            )
         key = self._write_key(request, payload)
         if not key:  # an empty key is refused at the edge (segmentio/analytics-go#205)
-            return self.respond(request, 400, error("missing_write_key", "no write key"),
-                                body=payload)
+            return self.respond(
+                request, 400, error("missing_write_key", "no write key"), body=payload
+            )
         messages, problem = self._messages(call, payload)
         if problem is not None:
             return self.respond(request, 400, problem, body=payload)
         reasons = self._discards(request, key, messages)
         records = [m for i, m in enumerate(messages) if i not in reasons]
-        return self.respond(request, 200, {"success": True}, body=payload, records=records,
-                            rejected=sorted(reasons), reasons=reasons)
+        return self.respond(
+            request,
+            200,
+            {"success": True},
+            body=payload,
+            records=records,
+            rejected=sorted(reasons),
+            reasons=reasons,
+        )
 
     def _write_key(self, request: Request, payload: dict[str, Any]) -> str:
         auth = parse_basic_auth(request.headers.get("authorization"))
@@ -169,8 +206,9 @@ class SegmentEmulator(Emulator):
         key = payload.get("writeKey")
         return key if isinstance(key, str) else ""
 
-    def _messages(self, call: str,
-                  payload: dict[str, Any]) -> tuple[list[Any], dict[str, Any] | None]:
+    def _messages(
+        self, call: str, payload: dict[str, Any]
+    ) -> tuple[list[Any], dict[str, Any] | None]:
         """The messages of the request, or the 400 that refuses it whole."""
         if call != "batch":
             message = {k: v for k, v in payload.items() if k != "writeKey"}
@@ -182,18 +220,24 @@ class SegmentEmulator(Emulator):
         for i, item in enumerate(batch):
             # [G1]: "a limit of 32KB per event in the batch ... Segment returns a 400"
             if len(orjson.dumps(item)) > self.max_message_bytes:
-                return [], error("max_message_size_exceeded",
-                                 f"batch[{i}] exceeds {self.max_message_bytes} bytes")
-        return [merge_batch_fields(payload, item) if isinstance(item, dict) else item
-                for item in batch], None
+                return [], error(
+                    "max_message_size_exceeded",
+                    f"batch[{i}] exceeds {self.max_message_bytes} bytes",
+                )
+        return [
+            merge_batch_fields(payload, item) if isinstance(item, dict) else item for item in batch
+        ], None
 
     def _discards(self, request: Request, key: str, messages: list[Any]) -> dict[int, str]:
         """Index -> Delivery Overview discard reason, for what Segment drops after its 200."""
         everything = range(len(messages))
         if key != self.write_key:
             return dict.fromkeys(everything, "project_not_found")
-        if any(host_name(request) in hosts for region, hosts in REGION_HOSTS.items()
-               if region != self.region):
+        if any(
+            host_name(request) in hosts
+            for region, hosts in REGION_HOSTS.items()
+            if region != self.region
+        ):
             return dict.fromkeys(everything, "wrong_region")
         if len(messages) > self.max_batch_messages:  # §4: 200, but the events are dropped
             return dict.fromkeys(everything, "too_many_messages")
@@ -203,8 +247,12 @@ class SegmentEmulator(Emulator):
             for i, message in enumerate(messages):
                 reason = discard_reason(message)
                 message_id = message.get("messageId") if isinstance(message, dict) else None
-                if (reason is None and isinstance(message_id, str) and message_id
-                        and not self._seen.first_time(message_id, now)):
+                if (
+                    reason is None
+                    and isinstance(message_id, str)
+                    and message_id
+                    and not self._seen.first_time(message_id, now)
+                ):
                     reason = "duplicate_message_id"
                 if reason is not None:
                     reasons[i] = reason
@@ -228,12 +276,14 @@ def discard_reason(message: Any) -> str | None:
         return "properties_not_object"
     if "traits" in message and not isinstance(message["traits"], dict):
         return "traits_not_object"
-    if kind in ("page", "screen") and "name" in message and (
-            not isinstance(message["name"], str) or not message["name"].strip()):
+    if (
+        kind in ("page", "screen")
+        and "name" in message
+        and (not isinstance(message["name"], str) or not message["name"].strip())
+    ):
         return "name_not_string"
     required = REQUIRED_FIELD.get(kind)
-    if kind in ("group", "alias") and required is not None and not _present(
-            message.get(required)):
+    if kind in ("group", "alias") and required is not None and not _present(message.get(required)):
         return f"missing_{required}"
     return None
 

@@ -24,27 +24,44 @@ class SegmentSettings(ConnectorSettings):
     """``destination: {connector: segment, settings: {...}}``."""
 
     write_key: SecretStr = Field(
-        min_length=1, description="the source's write key: Basic-auth user and writeKey in "
-                                  "the body, as Segment's libraries send it (secret)")
+        min_length=1,
+        description="the source's write key: Basic-auth user and writeKey in "
+        "the body, as Segment's libraries send it (secret)",
+    )
     region: Annotated[Literal["US", "EU"], BeforeValidator(upper)] = Field(
-        "US", description="the Segment workspace's region: US (api.segment.io) or EU "
-                          "(events.eu1.segmentapis.com)")
+        "US",
+        description="the Segment workspace's region: US (api.segment.io) or EU "
+        "(events.eu1.segmentapis.com)",
+    )
     endpoint: HttpUrl | None = Field(
-        None, description="base URL that replaces the region's host (proxies, the local "
-                          "emulator); never another region's Segment host")
+        None,
+        description="base URL that replaces the region's host (proxies, the local "
+        "emulator); never another region's Segment host",
+    )
     max_events_per_request: int = Field(
-        2500, ge=1, le=2500, description="messages per batch (Segment drops more than 2,500)")
+        2500, ge=1, le=2500, description="messages per batch (Segment drops more than 2,500)"
+    )
     max_request_bytes: int = Field(
-        500_000, ge=1024, le=500_000,
-        description="largest batch body, in bytes (Segment refuses more than 500 KB)")
+        500_000,
+        ge=1024,
+        le=500_000,
+        description="largest batch body, in bytes (Segment refuses more than 500 KB)",
+    )
     max_message_bytes: int = Field(
-        32_000, ge=256, le=32_000,
-        description="largest message, in bytes (Segment refuses more than 32 KB)")
+        32_000,
+        ge=256,
+        le=32_000,
+        description="largest message, in bytes (Segment refuses more than 32 KB)",
+    )
     max_wait_seconds: float = Field(
-        5.0, ge=0, le=3600, description="longest an event waits for its batch to fill up")
+        5.0, ge=0, le=3600, description="longest an event waits for its batch to fill up"
+    )
     requests_per_second: int = Field(
-        1000, ge=1, le=100_000, description="requests sent per second at most (Segment asks "
-                                            "for under 1,000 per workspace)")
+        1000,
+        ge=1,
+        le=100_000,
+        description="requests sent per second at most (Segment asks for under 1,000 per workspace)",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -55,12 +72,14 @@ class SegmentSettings(ConnectorSettings):
         host = urlsplit(value).hostname or ""
         configured = info.data.get("region")
         for region, url in HOSTS.items():
-            if configured is not None and region != configured and \
-                    host == urlsplit(url).hostname:
+            if configured is not None and region != configured and host == urlsplit(url).hostname:
                 raise PydanticCustomError(
-                    "cross_region", "{url} is Segment's {region} host but region is "
+                    "cross_region",
+                    "{url} is Segment's {region} host but region is "
                     "{configured}: Segment drops events sent to another region than the "
-                    "workspace's", {"url": value, "region": region, "configured": configured})
+                    "workspace's",
+                    {"url": value, "region": region, "configured": configured},
+                )
         return value
 
     @property

@@ -67,19 +67,23 @@ class SegmentSink(Sink):
     example_settings: ClassVar[dict[str, Any]] = {"write_key": "segment-example-write-key"}
     documented_answers: ClassVar[tuple[tuple[int, bytes, type[Any]], ...]] = (
         (200, b'{"success":true}', Delivered),
-        (400, b'{"success":false,"code":"invalid_json","message":"invalid JSON body"}',
-         Reject),
-        (401, b'{"success":false,"code":"invalid_write_key","message":"invalid write key"}',
-         Fatal),
+        (400, b'{"success":false,"code":"invalid_json","message":"invalid JSON body"}', Reject),
+        (401, b'{"success":false,"code":"invalid_write_key","message":"invalid write key"}', Fatal),
         (413, b"", Split),
-        (429, b"", Retry), (500, b"", Retry), (502, b"", Retry), (503, b"", Retry),
+        (429, b"", Retry),
+        (500, b"", Retry),
+        (502, b"", Retry),
+        (503, b"", Retry),
     )
 
     def __init__(self, settings: SegmentSettings | Mapping[str, Any]) -> None:
         """From checked settings, or a mapping checked here by the same model (pydantic's
         ValidationError when it is wrong)."""
-        config = settings if isinstance(settings, SegmentSettings) else (
-            SegmentSettings.model_validate(settings))
+        config = (
+            settings
+            if isinstance(settings, SegmentSettings)
+            else (SegmentSettings.model_validate(settings))
+        )
         super().__init__(config.model_dump())
         self.config = config
         key = config.write_key.get_secret_value()
@@ -87,10 +91,12 @@ class SegmentSink(Sink):
         token = base64.b64encode(f"{key}:".encode()).decode()
         self.headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
         self._envelope = (b'{"batch":[', b'],"writeKey":' + orjson.dumps(key) + b"}")
-        self.batch_policy = BatchPolicy(max_items=config.max_events_per_request,
-                                        max_request_bytes=config.max_request_bytes,
-                                        max_item_bytes=config.max_message_bytes,
-                                        max_age=config.max_wait_seconds)
+        self.batch_policy = BatchPolicy(
+            max_items=config.max_events_per_request,
+            max_request_bytes=config.max_request_bytes,
+            max_item_bytes=config.max_message_bytes,
+            max_age=config.max_wait_seconds,
+        )
 
     @classmethod
     def from_settings(cls, settings: SegmentSettings) -> SegmentSink:
@@ -99,18 +105,27 @@ class SegmentSink(Sink):
 
     def element(self, item: Item) -> dict[str, Any]:
         """One ``track`` message."""
-        message: dict[str, Any] = {"type": "track", "userId": item.identity, "event": item.name,
-                                   "properties": item.attributes}
+        message: dict[str, Any] = {
+            "type": "track",
+            "userId": item.identity,
+            "event": item.name,
+            "properties": item.attributes,
+        }
         message.update(item.fields)
         return message
 
     def request(self, _key: Any, body: bytes, items: list[Item]) -> WireRequest:
-        return WireRequest("POST", self.url, dict(self.headers), body, list(items),
-                           limit_key="batch")
+        return WireRequest(
+            "POST", self.url, dict(self.headers), body, list(items), limit_key="batch"
+        )
 
     def encoder(self) -> SinkEncoder:
-        return JsonArrayEncoder(self.batch_policy, element=self.element, request=self.request,
-                                envelope=lambda _key: self._envelope)
+        return JsonArrayEncoder(
+            self.batch_policy,
+            element=self.element,
+            request=self.request,
+            envelope=lambda _key: self._envelope,
+        )
 
     def rate_limits(self) -> list[RateLimit]:
         return [RateLimit(self.config.requests_per_second, 1.0)]

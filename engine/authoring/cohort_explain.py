@@ -41,8 +41,12 @@ def explain_cohort(traced: CompiledBundle, line: bytes) -> Explanation:
             head.extend(_message_steps(message, data["segment"]))
             return
         if step == "dead" and index < 0 and not head:  # the payload itself could not be read
-            head.extend([{"step": "section", "title": "payload"},
-                         {"step": "outcome", "outcome": f"dead-lettered: {data}"}])
+            head.extend(
+                [
+                    {"step": "section", "title": "payload"},
+                    {"step": "outcome", "outcome": f"dead-lettered: {data}"},
+                ]
+            )
             return
         steps = members.setdefault(index, []) if 0 <= index < count else implied
         if step == "identity":
@@ -70,8 +74,9 @@ def explain_cohort(traced: CompiledBundle, line: bytes) -> Explanation:
         ex.steps += implied
     if not head and not implied:
         ex.steps.append({"step": "outcome", "outcome": "nothing decided"})
-    ex.requests = [orjson.loads(request_json(r, traced.sink.secret_headers, traced.secrets))
-                   for r in requests]
+    ex.requests = [
+        orjson.loads(request_json(r, traced.sink.secret_headers, traced.secrets)) for r in requests
+    ]
     report.requests = len(requests)
     report.request_bytes = sum(len(r.body) for r in requests)
     ex.report = report.to_dict()
@@ -83,13 +88,15 @@ def _message_steps(message: CohortMessage, segment: str) -> list[dict[str, Any]]
     page = ""
     if message.action == FULL and (message.pages or 1) > 1:
         page = f", page {message.page} of {message.pages}"
-    lines = [f"{message.partner} cohort {message.cohort_id} ({message.name!r}): {what}, "
-             f"{len(message.members)} members{page}",
-             f"message {message.key!r}" + (f", computed at {message.at} ms" if message.at
-                                           else ""),
-             f"segment name: {segment!r}"]
+    lines = [
+        f"{message.partner} cohort {message.cohort_id} ({message.name!r}): {what}, "
+        f"{len(message.members)} members{page}",
+        f"message {message.key!r}" + (f", computed at {message.at} ms" if message.at else ""),
+        f"segment name: {segment!r}",
+    ]
     return [{"step": "section", "title": "payload"}] + [
-        {"step": "outcome", "outcome": text} for text in lines]
+        {"step": "outcome", "outcome": text} for text in lines
+    ]
 
 
 def _decision(decision: Decision) -> str:

@@ -45,9 +45,14 @@ class RuleCount:
     set: Counter[str] = field(default_factory=Counter)  # attribute -> sent events holding it
 
     def to_dict(self, name: str) -> dict[str, Any]:
-        return {"rule": name, "events": self.events, "records": self.records,
-                "sent": self.sent, "dropped": self.dropped,
-                "dead_lettered": self.dead_lettered}
+        return {
+            "rule": name,
+            "events": self.events,
+            "records": self.records,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "dead_lettered": self.dead_lettered,
+        }
 
 
 @dataclass
@@ -87,29 +92,44 @@ class Coverage:
     def never_sent(self) -> list[str]:
         """Rules that matched events yet sent none: all their attributes were always dropped
         (the events dead-lettered, or dropped as user updates without attributes)."""
-        return [n for n in self.rule_names if n in self.declared
-                and self.rules[n].events and not self.rules[n].sent]
+        return [
+            n
+            for n in self.rule_names
+            if n in self.declared and self.rules[n].events and not self.rules[n].sent
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "bundle": self.bundle, "records": self.records, "events": self.events,
+            "bundle": self.bundle,
+            "records": self.records,
+            "events": self.events,
             "rules": [self.rules[n].to_dict(n) for n in self.rule_names],
             "no_rule_matched": self.unmatched,
             "failed_while_mapping": self.failed,
             "rules_never_fired": self.never_fired(),
             "rules_never_sent": self.never_sent(),
-            "attributes_never_set": [{"rule": r, "attribute": a, "sent_events": n}
-                                     for r, a, n in self.never_set()],
-            "tables": {name: {"rows": len(rows), "counted": name in self.tracked,
-                              "used": dict(self.table_hits[name].most_common()),
-                              "never_used": [r for r in rows if not self.table_hits[name][r]]
-                              if name in self.tracked else None}
-                       for name, rows in self.tables.items()},
-            "identities": {"precedence": self.precedence,
-                           "chosen": {k or "(none)": v for k, v in
-                                      self.identities.most_common()}},
-            "unmapped_fields": [{"path": p, "records": n} for p, n in
-                                sorted(self.unmapped.items(), key=lambda i: (-i[1], i[0]))],
+            "attributes_never_set": [
+                {"rule": r, "attribute": a, "sent_events": n} for r, a, n in self.never_set()
+            ],
+            "tables": {
+                name: {
+                    "rows": len(rows),
+                    "counted": name in self.tracked,
+                    "used": dict(self.table_hits[name].most_common()),
+                    "never_used": [r for r in rows if not self.table_hits[name][r]]
+                    if name in self.tracked
+                    else None,
+                }
+                for name, rows in self.tables.items()
+            },
+            "identities": {
+                "precedence": self.precedence,
+                "chosen": {k or "(none)": v for k, v in self.identities.most_common()},
+            },
+            "unmapped_fields": [
+                {"path": p, "records": n}
+                for p, n in sorted(self.unmapped.items(), key=lambda i: (-i[1], i[0]))
+            ],
             "undeclared_projects": dict(self.undeclared_projects.most_common()),
             "routing_fallback": dict(self.routing_fallback.most_common()),
         }
@@ -120,36 +140,54 @@ class Coverage:
         width = max((len(n) for n in self.rule_names), default=4) + 2
         for name in self.rule_names:
             c = self.rules[name]
-            fate = ", ".join(f"{n:,} {what}" for n, what in (
-                (c.sent, "sent"), (c.dropped, "dropped"), (c.dead_lettered, "dead-lettered"))
-                if n)
-            out.append(f"  {name:<{width}}{c.events:>8,} in {c.records:,} records"
-                       + (f"  ({fate})" if fate else ""))
+            fate = ", ".join(
+                f"{n:,} {what}"
+                for n, what in (
+                    (c.sent, "sent"),
+                    (c.dropped, "dropped"),
+                    (c.dead_lettered, "dead-lettered"),
+                )
+                if n
+            )
+            out.append(
+                f"  {name:<{width}}{c.events:>8,} in {c.records:,} records"
+                + (f"  ({fate})" if fate else "")
+            )
         if self.unmatched:
             out.append(f"  {'(no rule matched)':<{width}}{self.unmatched:>8,}")
         if self.failed:
-            out.append(f"  {'(failed while mapping)':<{width}}{self.failed:>8,}  "
-                       "(dead-lettered; `moerules explain` shows which rule)")
+            out.append(
+                f"  {'(failed while mapping)':<{width}}{self.failed:>8,}  "
+                "(dead-lettered; `moerules explain` shows which rule)"
+            )
         never = self.never_fired()
         out.append("never fired: " + (", ".join(never) if never else "none"))
         for name in self.never_sent():
             c = self.rules[name]
-            out.append(f"never sent: {name} matched {c.events:,} events and sent none: its "
-                       "attributes were always dropped")
+            out.append(
+                f"never sent: {name} matched {c.events:,} events and sent none: its "
+                "attributes were always dropped"
+            )
         unset = self.never_set()
         if unset:
             out.append("attributes a rule declares but never set")
-            out += [f"  {rule}: {name} (in {n:,} sent event{'s' if n != 1 else ''})"
-                    for rule, name, n in unset]
+            out += [
+                f"  {rule}: {name} (in {n:,} sent event{'s' if n != 1 else ''})"
+                for rule, name, n in unset
+            ]
         for name, rows in self.tables.items():
             if name not in self.tracked:
-                out.append(f"table {name}: not counted (used only in templates, or after "
-                           "transforms that change the value)")
+                out.append(
+                    f"table {name}: not counted (used only in templates, or after "
+                    "transforms that change the value)"
+                )
                 continue
             hits = self.table_hits[name]
             unused = [r for r in rows if not hits[r]]
-            out.append(f"table {name}: {len(rows) - len(unused)} of {len(rows)} rows used"
-                       + (f"; never: {', '.join(unused[:limit])}" if unused else ""))
+            out.append(
+                f"table {name}: {len(rows) - len(unused)} of {len(rows)} rows used"
+                + (f"; never: {', '.join(unused[:limit])}" if unused else "")
+            )
             if len(unused) > limit:
                 out[-1] += f" and {len(unused) - limit} more"
         if self.precedence:
@@ -158,29 +196,37 @@ class Coverage:
                 out.append(f"  {name or '(none usable)':<{width}}{n:>8,} records")
         if self.undeclared_projects or self.routing_fallback:
             out.append("routing")
-            out += [f"  undeclared project {name!r}: {n:,} events"
-                    for name, n in self.undeclared_projects.most_common()]
-            out += [f"  portfolio level, {why} project name: {n:,} events"
-                    for why, n in self.routing_fallback.most_common() if why != "unknown"]
+            out += [
+                f"  undeclared project {name!r}: {n:,} events"
+                for name, n in self.undeclared_projects.most_common()
+            ]
+            out += [
+                f"  portfolio level, {why} project name: {n:,} events"
+                for why, n in self.routing_fallback.most_common()
+                if why != "unknown"
+            ]
         paths = sorted(self.unmapped.items(), key=lambda i: (-i[1], i[0]))
-        out.append(f"unmapped input: {len(paths):,} fields no rule reads (by records holding "
-                   "them)")
+        out.append(f"unmapped input: {len(paths):,} fields no rule reads (by records holding them)")
         out += [f"  {path:<48}{n:>8,}" for path, n in paths[:limit]]
         if len(paths) > limit:
             out.append(f"  ... and {len(paths) - limit:,} more (--json lists them all)")
         return "\n".join(out)
 
 
-def measure(compiled: CompiledBundle,
-            lines: Iterable[tuple[int, bytes | LongLine]]) -> Coverage:
+def measure(compiled: CompiledBundle, lines: Iterable[tuple[int, bytes | LongLine]]) -> Coverage:
     """Run ``lines`` through the bundle and count what they exercise."""
     started = time.perf_counter()
     model = compiled.model
     coverage = Coverage(
-        model.bundle, list(compiled.rule_names),
-        {r.name: [*r.attributes, *r.fields] for r in model.events
-         if r.drop is None and (r.attributes or r.fields)},
-        {name: [str(k) for k in t.values] for name, t in model.tables.items()})
+        model.bundle,
+        list(compiled.rule_names),
+        {
+            r.name: [*r.attributes, *r.fields]
+            for r in model.events
+            if r.drop is None and (r.attributes or r.fields)
+        },
+        {name: [str(k) for k in t.values] for name, t in model.tables.items()},
+    )
     coverage.rules = {name: RuleCount() for name in compiled.rule_names}
     coverage.table_hits = {name: Counter() for name in model.tables}
     ident = model.identity
@@ -188,9 +234,11 @@ def measure(compiled: CompiledBundle,
     runner = RecordRunner(compiled)
     lookups = _table_uses(compiled)
     coverage.tracked = {use[0] for use in lookups}
-    drop_rules = {reason: name for name, reason in zip(compiled.rule_names,
-                                                        compiled.drop_reasons, strict=True)
-                  if reason is not None}
+    drop_rules = {
+        reason: name
+        for name, reason in zip(compiled.rule_names, compiled.drop_reasons, strict=True)
+        if reason is not None
+    }
     reads = compiled.reads
     events_key = compiled.source.events_key
     for line_no, line in lines:
@@ -232,8 +280,11 @@ def measure(compiled: CompiledBundle,
         _identity(coverage.identities, compiled, record, events)
         rows: set[tuple[str, str]] = set()  # a row counts once per record
         for table, expression, root, keys, fold in lookups:
-            for scope in ([{"batch": record}] if root == "batch" else
-                          [{"batch": record, "event": e} for e in events]):
+            for scope in (
+                [{"batch": record}]
+                if root == "batch"
+                else [{"batch": record, "event": e} for e in events]
+            ):
                 rows.update((table, row) for row in _rows(keys, fold, expression.search(scope)))
         for table, row in rows:
             coverage.table_hits[table][row] += 1
@@ -246,7 +297,7 @@ def measure(compiled: CompiledBundle,
 
 def _rows(keys: dict[str, str], fold: bool, value: Any) -> Iterator[str]:
     """The table rows ``value`` hits: through an object's keys, or the value itself."""
-    for key in (value if isinstance(value, dict) else [value]):
+    for key in value if isinstance(value, dict) else [value]:
         if key is None:
             continue
         text = key if isinstance(key, str) else lookup_key(key)
@@ -303,8 +354,12 @@ def _table_uses(compiled: CompiledBundle) -> list[tuple[str, Any, str, dict[str,
     return out
 
 
-def _identity(counts: Counter[str], compiled: CompiledBundle, record: dict[str, Any],
-              events: list[dict[str, Any]]) -> None:
+def _identity(
+    counts: Counter[str],
+    compiled: CompiledBundle,
+    record: dict[str, Any],
+    events: list[dict[str, Any]],
+) -> None:
     if compiled.identity is None:
         return
     try:
@@ -319,8 +374,13 @@ def _identity(counts: Counter[str], compiled: CompiledBundle, record: dict[str, 
         counts[""] += 1
 
 
-def _unmapped(counts: Counter[str], reads: ReadSet, record: dict[str, Any],
-              events: list[dict[str, Any]], events_key: str | None) -> None:
+def _unmapped(
+    counts: Counter[str],
+    reads: ReadSet,
+    record: dict[str, Any],
+    events: list[dict[str, Any]],
+    events_key: str | None,
+) -> None:
     """Count, once per record, every leaf path of the record that no rule reads."""
     if reads.everything:
         return
@@ -333,8 +393,9 @@ def _unmapped(counts: Counter[str], reads: ReadSet, record: dict[str, Any],
             counts[path] += 1
 
 
-def _leaves(value: Any, path: str, read: dict[str, Any] | None, out: set[str],
-            skip: str | None = None) -> None:
+def _leaves(
+    value: Any, path: str, read: dict[str, Any] | None, out: set[str], skip: str | None = None
+) -> None:
     """The leaf paths under ``value`` that ``read`` (the rules' reads there: WHOLE, a tree of
     the fields read, or None for nothing) does not cover."""
     if read is WHOLE:

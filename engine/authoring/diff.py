@@ -44,8 +44,14 @@ from moerules.engine.runtime.report import RunReport
 __all__ = ["BundleDiff", "Change", "ChangeGroup", "diff_bundles", "diff_file", "diff_records"]
 
 _PORTFOLIO = "the portfolio level"
-_SINGULAR = {"are": "is", "go": "goes", "move": "moves", "lose": "loses", "gain": "gains",
-             "change": "changes"}
+_SINGULAR = {
+    "are": "is",
+    "go": "goes",
+    "move": "moves",
+    "lose": "loses",
+    "gain": "gains",
+    "change": "changes",
+}
 
 
 @dataclass(slots=True)
@@ -76,8 +82,13 @@ class ChangeGroup:
     nouns: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "subject": self.subject, "description": self.describe(),
-                "count": len(self.changes), "changes": [c.to_dict() for c in self.changes]}
+        return {
+            "kind": self.kind,
+            "subject": self.subject,
+            "description": self.describe(),
+            "count": len(self.changes),
+            "changes": [c.to_dict() for c in self.changes],
+        }
 
     def describe(self) -> str:
         n = len(self.changes)
@@ -96,8 +107,13 @@ class Totals:
     dead_lettered: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"records": self.records, "items": self.items, "sent": self.sent,
-                "dropped": self.dropped, "dead_lettered": self.dead_lettered}
+        return {
+            "records": self.records,
+            "items": self.items,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "dead_lettered": self.dead_lettered,
+        }
 
 
 @dataclass
@@ -125,10 +141,14 @@ class BundleDiff:
     def summary(self, groups: int = 6) -> str:
         """One sentence: how much changes, and the largest kinds of change."""
         if not self.changed:
-            return (f"no change: {_count(self.items)} items of {_count(self.records)} records "
-                    "come out the same")
-        head = (f"{_count(self.changed_items)} of {_count(self.items)} items change (in "
-                f"{_count(self.changed_records)} of {_count(self.records)} records)")
+            return (
+                f"no change: {_count(self.items)} items of {_count(self.records)} records "
+                "come out the same"
+            )
+        head = (
+            f"{_count(self.changed_items)} of {_count(self.items)} items change (in "
+            f"{_count(self.changed_records)} of {_count(self.records)} records)"
+        )
         ordered = self.ordered()
         parts = [g.describe() for g in ordered[:groups]]
         if len(ordered) > groups:
@@ -137,9 +157,13 @@ class BundleDiff:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "old": self.old, "new": self.new, "changed": self.changed,
-            "records": self.records, "changed_records": self.changed_records,
-            "items": self.items, "changed_items": self.changed_items,
+            "old": self.old,
+            "new": self.new,
+            "changed": self.changed,
+            "records": self.records,
+            "changed_records": self.changed_records,
+            "items": self.items,
+            "changed_items": self.changed_items,
             "totals": {"old": self.old_totals.to_dict(), "new": self.new_totals.to_dict()},
             "summary": self.summary(),
             "groups": [g.to_dict() for g in self.ordered()],
@@ -150,8 +174,11 @@ class BundleDiff:
         out = [f"diff {self.old} -> {self.new}", self.summary()]
         o, n = self.old_totals, self.new_totals
         out.append(f"  {'':<14}{'old':>10}{'new':>10}")
-        for label, a, b in (("sent", o.sent, n.sent), ("dropped", o.dropped, n.dropped),
-                            ("dead-lettered", o.dead_lettered, n.dead_lettered)):
+        for label, a, b in (
+            ("sent", o.sent, n.sent),
+            ("dropped", o.dropped, n.dropped),
+            ("dead-lettered", o.dead_lettered, n.dead_lettered),
+        ):
             mark = "" if a == b else f"  ({b - a:+,})"
             out.append(f"  {label:<14}{a:>10,}{b:>10,}{mark}")
         for group in self.ordered():
@@ -168,10 +195,14 @@ class BundleDiff:
         return "\n".join(out)
 
 
-def diff_bundles(old: CompiledBundle, new: CompiledBundle,
-                 lines: Iterable[tuple[int, bytes | LongLine]], *,
-                 old_label: str | None = None,
-                 new_label: str | None = None) -> BundleDiff:
+def diff_bundles(
+    old: CompiledBundle,
+    new: CompiledBundle,
+    lines: Iterable[tuple[int, bytes | LongLine]],
+    *,
+    old_label: str | None = None,
+    new_label: str | None = None,
+) -> BundleDiff:
     """Run ``lines`` through both bundles and compare them record by record."""
     started = time.perf_counter()
     old_runner, new_runner = RecordRunner(old), RecordRunner(new)
@@ -200,8 +231,15 @@ PARALLEL_MIN_BYTES = 4 << 20
 _FORKED: tuple[CompiledBundle, CompiledBundle, str, str] | None = None  # what children inherit
 
 
-def diff_file(old: CompiledBundle, new: CompiledBundle, path: str | Path, *, jobs: int = 1,
-              old_label: str | None = None, new_label: str | None = None) -> BundleDiff:
+def diff_file(
+    old: CompiledBundle,
+    new: CompiledBundle,
+    path: str | Path,
+    *,
+    jobs: int = 1,
+    old_label: str | None = None,
+    new_label: str | None = None,
+) -> BundleDiff:
     """``diff_bundles`` over a JSON Lines file, split into ``jobs`` parts compared in
     parallel (forked processes that inherit the compiled bundles), then merged in order."""
     global _FORKED
@@ -212,10 +250,14 @@ def diff_file(old: CompiledBundle, new: CompiledBundle, path: str | Path, *, job
     path = Path(path)
     labels = (old_label or old.model.bundle, new_label or new.model.bundle)
     size = path.stat().st_size
-    if (jobs <= 1 or size < PARALLEL_MIN_BYTES
-            or "fork" not in multiprocessing.get_all_start_methods()):
-        return diff_bundles(old, new, iter_lines(str(path)), old_label=labels[0],
-                            new_label=labels[1])
+    if (
+        jobs <= 1
+        or size < PARALLEL_MIN_BYTES
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
+        return diff_bundles(
+            old, new, iter_lines(str(path)), old_label=labels[0], new_label=labels[1]
+        )
     started = time.perf_counter()
     parts = _parts(path, jobs)
     context = multiprocessing.get_context("fork")
@@ -224,8 +266,9 @@ def diff_file(old: CompiledBundle, new: CompiledBundle, path: str | Path, *, job
     try:
         for start, end, first in parts:
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_diff_part, args=(send, path, start, end, first),
-                                      daemon=True)
+            process = context.Process(
+                target=_diff_part, args=(send, path, start, end, first), daemon=True
+            )
             process.start()
             send.close()
             workers.append((process, receive))
@@ -268,8 +311,9 @@ def _parts(path: Path, jobs: int) -> list[tuple[int, int, int]]:
                 lines += block.count(b"\n")
                 position += len(block)
             firsts.append(lines + 1)
-    return [(cuts[i], cuts[i + 1], firsts[i]) for i in range(len(cuts) - 1)
-            if cuts[i] < cuts[i + 1]]
+    return [
+        (cuts[i], cuts[i + 1], firsts[i]) for i in range(len(cuts) - 1) if cuts[i] < cuts[i + 1]
+    ]
 
 
 def _lines_between(path: Path, start: int, end: int, first: int) -> Iterator[tuple[int, bytes]]:
@@ -291,8 +335,13 @@ def _diff_part(send: Any, path: Path, start: int, end: int, first: int) -> None:
     try:
         assert _FORKED is not None
         old, new, old_label, new_label = _FORKED
-        result = diff_bundles(old, new, _lines_between(path, start, end, first),
-                              old_label=old_label, new_label=new_label)
+        result = diff_bundles(
+            old,
+            new,
+            _lines_between(path, start, end, first),
+            old_label=old_label,
+            new_label=new_label,
+        )
         send.send(("ok", result))
     except BaseException as exc:  # reported by the parent, which raises it
         send.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -307,8 +356,7 @@ def _merge(parts: list[BundleDiff], old_label: str, new_label: str) -> BundleDif
         out.changed_records += part.changed_records
         out.items += part.items
         out.changed_items += part.changed_items
-        for mine, theirs in ((out.old_totals, part.old_totals),
-                             (out.new_totals, part.new_totals)):
+        for mine, theirs in ((out.old_totals, part.old_totals), (out.new_totals, part.new_totals)):
             mine.records += theirs.records
             mine.items += theirs.items
             mine.sent += theirs.sent
@@ -317,8 +365,7 @@ def _merge(parts: list[BundleDiff], old_label: str, new_label: str) -> BundleDif
         for key, group in part.groups.items():
             into = out.groups.get(key)
             if into is None:
-                into = out.groups[key] = ChangeGroup(group.kind, group.subject,
-                                                     group.description)
+                into = out.groups[key] = ChangeGroup(group.kind, group.subject, group.description)
             into.changes += group.changes
             into.nouns |= group.nouns
     return out
@@ -326,8 +373,9 @@ def _merge(parts: list[BundleDiff], old_label: str, new_label: str) -> BundleDif
 
 def _totals(report: RunReport) -> Totals:
     dropped, dead = sum(report.dropped.values()), sum(report.dead_lettered.values())
-    return Totals(report.lines_in, report.delivered + dropped + dead, report.delivered,
-                  dropped, dead)
+    return Totals(
+        report.lines_in, report.delivered + dropped + dead, report.delivered, dropped, dead
+    )
 
 
 def _routing_attribute(compiled: CompiledBundle) -> str | None:
@@ -335,9 +383,14 @@ def _routing_attribute(compiled: CompiledBundle) -> str | None:
     return routing.attribute if routing is not None and compiled.projects else None
 
 
-def diff_records(a: RecordOutcome, b: RecordOutcome, old: RecordRunner, new: RecordRunner,
-                 groups: dict[tuple[str, str], ChangeGroup],
-                 routing_attrs: frozenset[str] | set[str] = frozenset()) -> int:
+def diff_records(
+    a: RecordOutcome,
+    b: RecordOutcome,
+    old: RecordRunner,
+    new: RecordRunner,
+    groups: dict[tuple[str, str], ChangeGroup],
+    routing_attrs: frozenset[str] | set[str] = frozenset(),
+) -> int:
     """File every difference between two outcomes of one line; return the items changed."""
     old_items = {i.slot: i for i in a.items}
     new_items = {i.slot: i for i in b.items}
@@ -349,8 +402,14 @@ def diff_records(a: RecordOutcome, b: RecordOutcome, old: RecordRunner, new: Rec
     return changed
 
 
-def _add(groups: dict[tuple[str, str], ChangeGroup], kind: str, subject: str, description: str,
-         change: Change, noun: str) -> bool:
+def _add(
+    groups: dict[tuple[str, str], ChangeGroup],
+    kind: str,
+    subject: str,
+    description: str,
+    change: Change,
+    noun: str,
+) -> bool:
     group = groups.get((kind, subject))
     if group is None:
         group = groups[(kind, subject)] = ChangeGroup(kind, subject, description)
@@ -370,64 +429,117 @@ def _state(item: ItemOutcome | None, kinds: bool) -> str:
     return f"{item.outcome} ({item.reason})"
 
 
-def _diff_item(line: int, x: ItemOutcome | None, y: ItemOutcome | None, old: RecordRunner,
-               new: RecordRunner, groups: dict[tuple[str, str], ChangeGroup],
-               routing_attrs: frozenset[str] | set[str]) -> bool:
+def _diff_item(
+    line: int,
+    x: ItemOutcome | None,
+    y: ItemOutcome | None,
+    old: RecordRunner,
+    new: RecordRunner,
+    groups: dict[tuple[str, str], ChangeGroup],
+    routing_attrs: frozenset[str] | set[str],
+) -> bool:
     """File the differences of one item; True when there were any."""
     item = (x or y).label()  # type: ignore[union-attr]
     noun = _item_noun(x, y)
-    if x is None or y is None or x.outcome != y.outcome or (
-            x.outcome != SENT and x.reason != y.reason) or x.kind != y.kind:
+    if (
+        x is None
+        or y is None
+        or x.outcome != y.outcome
+        or (x.outcome != SENT and x.reason != y.reason)
+        or x.kind != y.kind
+    ):
         # a different outcome (or kind): the item's other differences follow from it
-        kinds = (x is not None and y is not None and x.outcome == y.outcome == SENT
-                 and x.kind != y.kind)
+        kinds = (
+            x is not None and y is not None and x.outcome == y.outcome == SENT and x.kind != y.kind
+        )
         was, now = _state(x, kinds), _state(y, kinds)
         detail = _context(y if y is not None and y.outcome == SENT else x)
         if y is not None and y.outcome in (DROPPED, DEAD) and (x is None or x.outcome == SENT):
             verb = "are now dropped" if y.outcome == DROPPED else "are now dead-lettered"
             description = f"{verb}: {y.reason}"
-        elif x is not None and x.outcome in (DROPPED, DEAD) and y is not None and (
-                y.outcome == SENT):
+        elif (
+            x is not None and x.outcome in (DROPPED, DEAD) and y is not None and (y.outcome == SENT)
+        ):
             description = f"are now {now} instead of {x.outcome} ({x.reason})"
         else:
             description = f"go from {was} to {now}"
-        return _add(groups, "outcome", f"{was} -> {now}", description,
-                    Change(line, item, _outcome_value(x), _outcome_value(y), detail), noun)
+        return _add(
+            groups,
+            "outcome",
+            f"{was} -> {now}",
+            description,
+            Change(line, item, _outcome_value(x), _outcome_value(y), detail),
+            noun,
+        )
     if x.outcome != SENT:
         return False  # dropped or dead-lettered the same way in both
     detail = _context(y)
     found = False
     if x.name != y.name:
-        found = _add(groups, "event_name", f"{x.name} -> {y.name}",
-                     f"are renamed {x.name!r} -> {y.name!r}",
-                     Change(line, item, x.name, y.name, detail), noun)
+        found = _add(
+            groups,
+            "event_name",
+            f"{x.name} -> {y.name}",
+            f"are renamed {x.name!r} -> {y.name!r}",
+            Change(line, item, x.name, y.name, detail),
+            noun,
+        )
     old_target, new_target = old.project_name(x.route), new.project_name(y.route)
     moved = old_target != new_target
     if moved:
         was = f"project {old_target!r}" if old_target else _PORTFOLIO
         now = f"project {new_target!r}" if new_target else _PORTFOLIO
-        found = _add(groups, "routing", f"{was} -> {now}",
-                     f"move from {was} to {now}",
-                     Change(line, item, old_target, new_target, detail), noun)
+        found = _add(
+            groups,
+            "routing",
+            f"{was} -> {now}",
+            f"move from {was} to {now}",
+            Change(line, item, old_target, new_target, detail),
+            noun,
+        )
     old_url, new_url = _without_route(x.url), _without_route(y.url)
     if old_url != new_url:
         was, now = _url_change(old_url, new_url)
-        found = _add(groups, "request_url", f"{was} -> {now}",
-                     f"are sent to {now} instead of {was}",
-                     Change(line, item, x.url, y.url, detail), noun)
+        found = _add(
+            groups,
+            "request_url",
+            f"{was} -> {now}",
+            f"are sent to {now} instead of {was}",
+            Change(line, item, x.url, y.url, detail),
+            noun,
+        )
     if x.identity != y.identity:
-        found = _add(groups, "identity", "identity", "change identity",
-                     Change(line, item, x.identity, y.identity, detail), noun)
+        found = _add(
+            groups,
+            "identity",
+            "identity",
+            "change identity",
+            Change(line, item, x.identity, y.identity, detail),
+            noun,
+        )
     skip = routing_attrs if moved else set()
-    found = _diff_values(line, item, "attribute", x.attributes, y.attributes, groups, noun,
-                         detail, skip) or found
-    return _diff_values(line, item, "field", x.fields, y.fields, groups, noun, detail,
-                        set()) or found
+    found = (
+        _diff_values(
+            line, item, "attribute", x.attributes, y.attributes, groups, noun, detail, skip
+        )
+        or found
+    )
+    return (
+        _diff_values(line, item, "field", x.fields, y.fields, groups, noun, detail, set()) or found
+    )
 
 
-def _diff_values(line: int, item: str, what: str, old: dict[str, Any], new: dict[str, Any],
-                 groups: dict[tuple[str, str], ChangeGroup], noun: str, detail: str,
-                 skip: frozenset[str] | set[str]) -> bool:
+def _diff_values(
+    line: int,
+    item: str,
+    what: str,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    groups: dict[tuple[str, str], ChangeGroup],
+    noun: str,
+    detail: str,
+    skip: frozenset[str] | set[str],
+) -> bool:
     if old == new and _same(old, new):
         return False
     found = False
@@ -435,24 +547,44 @@ def _diff_values(line: int, item: str, what: str, old: dict[str, Any], new: dict
         if key in skip:
             continue
         if key not in new:
-            found = _add(groups, f"{what}_removed", key, f"lose {what} `{key}`",
-                         Change(line, item, old[key], None, detail), noun)
+            found = _add(
+                groups,
+                f"{what}_removed",
+                key,
+                f"lose {what} `{key}`",
+                Change(line, item, old[key], None, detail),
+                noun,
+            )
         elif key not in old:
-            found = _add(groups, f"{what}_added", key, f"gain {what} `{key}`",
-                         Change(line, item, None, new[key], detail), noun)
+            found = _add(
+                groups,
+                f"{what}_added",
+                key,
+                f"gain {what} `{key}`",
+                Change(line, item, None, new[key], detail),
+                noun,
+            )
         elif not _same(old[key], new[key]):
             for path, a, b in _leaf_changes(key, old[key], new[key]):
                 where = detail if path == key else (f"{path}; {detail}" if detail else path)
-                found = _add(groups, f"{what}_changed", _generic(path),
-                             f"change {what} `{_generic(path)}`",
-                             Change(line, item, a, b, where), noun)
+                found = _add(
+                    groups,
+                    f"{what}_changed",
+                    _generic(path),
+                    f"change {what} `{_generic(path)}`",
+                    Change(line, item, a, b, where),
+                    noun,
+                )
     return found
 
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as they would be sent: 1 and 1.0 and True are different JSON values."""
-    return type(a) is type(b) and a == b if not isinstance(a, dict | list) else (
-        orjson.dumps(a) == orjson.dumps(b) if type(a) is type(b) else False)
+    return (
+        type(a) is type(b) and a == b
+        if not isinstance(a, dict | list)
+        else (orjson.dumps(a) == orjson.dumps(b) if type(a) is type(b) else False)
+    )
 
 
 def _leaf_changes(path: str, a: Any, b: Any) -> list[tuple[str, Any, Any]]:
@@ -493,8 +625,9 @@ def _without_route(url: str) -> str:
     """The request URL without its routing parameter, so a routing move is not also
     reported as a URL change."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if k != "project_code"]
+    query = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "project_code"
+    ]
     return urlunsplit(parts._replace(query=urlencode(query, safe="${}")))
 
 
@@ -517,8 +650,11 @@ def _outcome_value(item: ItemOutcome | None) -> Any:
         if item.name:
             out["name"] = item.name
         return out
-    return {"outcome": item.outcome, "reason": item.reason,
-            **({"error": item.error} if item.error else {})}
+    return {
+        "outcome": item.outcome,
+        "reason": item.reason,
+        **({"error": item.error} if item.error else {}),
+    }
 
 
 def _context(item: ItemOutcome | None) -> str:

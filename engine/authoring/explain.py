@@ -39,8 +39,11 @@ class Explanation:
     report: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"steps": self.steps, "requests": self.requests,
-                             "report": self.report}, option=orjson.OPT_INDENT_2, default=str)
+        return orjson.dumps(
+            {"steps": self.steps, "requests": self.requests, "report": self.report},
+            option=orjson.OPT_INDENT_2,
+            default=str,
+        )
 
     def render(self) -> str:
         out: list[str] = []
@@ -59,8 +62,9 @@ class Explanation:
                 how = f" | {' | '.join(step['transforms'])}" if step["transforms"] else ""
                 out.append(f"    {step['name']} <- {step['source']}{how} = {_v(step['value'])}")
             elif kind == "route":
-                out.append(f"    routing: {step['from']} = {_v(step['value'])} -> "
-                           f"{step['decision']}")
+                out.append(
+                    f"    routing: {step['from']} = {_v(step['value'])} -> {step['decision']}"
+                )
             elif kind == "outcome":
                 out.append(f"  => {step['outcome']}")
         out.append("requests")
@@ -85,19 +89,26 @@ def _fields(trace: list[tuple[Any, ...]], steps: list[dict[str, Any]]) -> None:
         kind = entry[0]
         if kind == "field":
             _, name, source, transforms, value = entry
-            steps.append({"step": "field", "name": name, "source": source,
-                          "transforms": list(transforms), "value": value})
+            steps.append(
+                {
+                    "step": "field",
+                    "name": name,
+                    "source": source,
+                    "transforms": list(transforms),
+                    "value": value,
+                }
+            )
         elif kind == "rule":
             _, rule, when, matched = entry
             steps.append({"step": "rule", "rule": rule, "when": when, "matched": matched})
         elif kind == "identity":
             _, candidate, value, ok = entry
-            steps.append({"step": "identity", "candidate": candidate, "value": value,
-                          "chosen": bool(ok)})
+            steps.append(
+                {"step": "identity", "candidate": candidate, "value": value, "chosen": bool(ok)}
+            )
         elif kind == "route":
             _, source, value, route = entry
-            steps.append({"step": "route", "from": source, "value": value,
-                          "decision": route})
+            steps.append({"step": "route", "from": source, "value": value, "decision": route})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +149,16 @@ def pick_record(path: Path, line: int | None = None) -> PickedRecord:
             break
     if found is None:
         if line is None:
-            raise InputError(f"{path} holds no record; give a file with a JSON record, or a "
-                             "JSON Lines file")
+            raise InputError(
+                f"{path} holds no record; give a file with a JSON record, or a JSON Lines file"
+            )
         if last >= line:
             raise InputError(f"line {line} of {path} is blank; pick a line with a record")
-        raise InputError(f"{path} has no line {line}: its last record is on line {last}"
-                         if last else f"{path} holds no record")
+        raise InputError(
+            f"{path} has no line {line}: its last record is on line {last}"
+            if last
+            else f"{path} holds no record"
+        )
     number, text = found
     if isinstance(text, LongLine):
         raise InputError(f"line {number} of {path} is too long to explain: {text.error}")
@@ -185,8 +200,12 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
             return _with_requests(ex, traced, line)
         _fields([t for t in trace if t[0] == "identity"], steps)
         if not any(s.get("chosen") for s in steps if s["step"] == "identity"):
-            steps.append({"step": "outcome", "outcome": "no usable identity: the record would "
-                                                        "be dead-lettered"})
+            steps.append(
+                {
+                    "step": "outcome",
+                    "outcome": "no usable identity: the record would be dead-lettered",
+                }
+            )
     if traced.user is not None:
         steps.append({"step": "section", "title": "user attributes"})
         trace = []
@@ -199,8 +218,9 @@ def explain_record(traced: CompiledBundle, line: bytes) -> Explanation:
     projects = traced.projects
     for index, event in enumerate(events if isinstance(events, list) else []):
         etype = event.get("event_type") if isinstance(event, dict) else None
-        steps.append({"step": "section", "title": f"event {index}"
-                      + (f" ({etype})" if etype else "")})
+        steps.append(
+            {"step": "section", "title": f"event {index}" + (f" ({etype})" if etype else "")}
+        )
         trace = []
         try:
             mapped = traced.event(batch, event, trace)

@@ -47,8 +47,9 @@ def record_path_warnings(raw: LDict, compiled: CompiledBundle) -> list[Problem]:
         return []
     checker = _Checker(raw, shape)
     checker.bundle(compiled)
-    return sorted(checker.problems, key=lambda p: (p.position.path, p.position.line,
-                                                   p.position.col))
+    return sorted(
+        checker.problems, key=lambda p: (p.position.path, p.position.line, p.position.col)
+    )
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,7 @@ class _Checker:
         inner = scope
         if spec.each is not None:
             items = self.shape.items(self.jmespath(spec.each, (*loc, "each"), scope))
-            inner = _Scope(items or [ANY], {"item": items or [ANY]},
-                           f"an element of {spec.each}")
+            inner = _Scope(items or [ANY], {"item": items or [ANY]}, f"an element of {spec.each}")
         for i, spread in enumerate(spec.spread):
             self.spread(spread, (*loc, "spread", i), inner)
         for name, sub in (spec.attributes or {}).items():
@@ -118,8 +118,11 @@ class _Checker:
             self.jmespath(spread.key, (*loc, "key"), scope)
         if spread.value is not None:
             entries = source if spread.key is not None else self.shape.values(source)
-            self.jmespath(spread.value, (*loc, "value"),
-                          _Scope(entries or [ANY], {}, f"an entry of {spread.from_}"))
+            self.jmespath(
+                spread.value,
+                (*loc, "value"),
+                _Scope(entries or [ANY], {}, f"an entry of {spread.from_}"),
+            )
 
     def _at(self, loc: Loc, key: str) -> Loc:
         node: Any = self.raw
@@ -140,8 +143,9 @@ class _Checker:
         self._label = scope.label
         return self._eval(ast, scope.current, text, loc, [])
 
-    def _eval(self, ast: dict[str, Any], current: list[Node], text: str, loc: Loc,
-              path: list[str] | None) -> list[Node]:
+    def _eval(
+        self, ast: dict[str, Any], current: list[Node], text: str, loc: Loc, path: list[str] | None
+    ) -> list[Node]:
         """What ``ast`` evaluates to, from ``current``. ``path`` collects the field names
         of a plain chain (for the message), or is None inside anything else."""
         kind = ast["type"]
@@ -163,8 +167,13 @@ class _Checker:
             for child in children:
                 result = self._eval(child, result, text, loc, path)
             return result
-        if kind in ("index_expression", "projection", "filter_projection", "value_projection",
-                    "flatten"):
+        if kind in (
+            "index_expression",
+            "projection",
+            "filter_projection",
+            "value_projection",
+            "flatten",
+        ):
             left = self._eval(children[0], current, text, loc, path) if children else current
             elements = shape.values(left) if kind == "value_projection" else shape.items(left)
             if kind == "flatten":
@@ -177,8 +186,9 @@ class _Checker:
                 self._eval(children[1], elements or [ANY], text, loc, None)
             return [ANY]
         if kind == "pipe" and len(children) == 2:
-            return self._eval(children[1], self._eval(children[0], current, text, loc, None),
-                              text, loc, None)
+            return self._eval(
+                children[1], self._eval(children[0], current, text, loc, None), text, loc, None
+            )
         if kind in ("current", "identity"):
             return current
         if kind in ("index", "slice", "literal", "raw_string"):
@@ -229,8 +239,9 @@ class _Checker:
         visit(tree)
 
     # -- reporting ---------------------------------------------------------------------------
-    def miss(self, text: str, loc: Loc, name: str, parents: list[Node],
-             path: list[str] | None) -> None:
+    def miss(
+        self, text: str, loc: Loc, name: str, parents: list[Node], path: list[str] | None
+    ) -> None:
         shape = self.shape
         known = shape.names(parents)
         where = ".".join(path) if path else ""

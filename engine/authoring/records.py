@@ -79,9 +79,15 @@ class RecordOutcome:
 
     __slots__ = ("_items", "dead", "drops", "events", "line", "requests", "user_drops")
 
-    def __init__(self, line: int, requests: list[Any], drops: list[str],
-                 dead: list[tuple[int, str, str, str | None]], events: int,
-                 user_drops: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        line: int,
+        requests: list[Any],
+        drops: list[str],
+        dead: list[tuple[int, str, str, str | None]],
+        events: int,
+        user_drops: list[str] | None = None,
+    ) -> None:
         self.line = line
         self.requests = requests  # WireRequests, each with the items it carries
         self.drops = drops  # drop reasons, in event order
@@ -92,12 +98,17 @@ class RecordOutcome:
 
     def same_as(self, other: RecordOutcome) -> bool:
         """True when the two outcomes would look the same on the wire and in the report."""
-        if self.drops != other.drops or self.user_drops != other.user_drops or [
-                d[:2] for d in self.dead] != [
-                d[:2] for d in other.dead] or len(self.requests) != len(other.requests):
+        if (
+            self.drops != other.drops
+            or self.user_drops != other.user_drops
+            or [d[:2] for d in self.dead] != [d[:2] for d in other.dead]
+            or len(self.requests) != len(other.requests)
+        ):
             return False
-        return all(a.url == b.url and a.body == b.body
-                   for a, b in zip(self.requests, other.requests, strict=True))
+        return all(
+            a.url == b.url and a.body == b.body
+            for a, b in zip(self.requests, other.requests, strict=True)
+        )
 
     @property
     def size(self) -> int:
@@ -105,8 +116,7 @@ class RecordOutcome:
         if self._items is not None:
             return len(self._items)
         sent = {item.ref[1] for request in self.requests for item in request.items}
-        return (len(sent) + len(self.dead) + min(len(self.drops), self.events)
-                + len(self.user_drops))
+        return len(sent) + len(self.dead) + min(len(self.drops), self.events) + len(self.user_drops)
 
     @property
     def items(self) -> list[ItemOutcome]:
@@ -121,11 +131,17 @@ class RecordOutcome:
             for item in request.items:
                 slot = item.ref[1]
                 items[slot] = ItemOutcome(
-                    slot, SENT, kind=_kind(item), name=getattr(item, "name", "") or "",
-                    identity=item.identity, attributes=item.attributes,
+                    slot,
+                    SENT,
+                    kind=_kind(item),
+                    name=getattr(item, "name", "") or "",
+                    identity=item.identity,
+                    attributes=item.attributes,
                     fields=getattr(item, "fields", None) or {},
                     route=getattr(item, "route", getattr(item, "project", None)),
-                    url=request.url, rule=item.rule)
+                    url=request.url,
+                    rule=item.rule,
+                )
         for slot, reason, error, rule in self.dead:
             items[slot] = ItemOutcome(slot, DEAD, reason=reason, error=error, rule=rule)
         open_slots = [i for i in range(self.events) if i not in items]
@@ -166,13 +182,24 @@ class _DeadLetterLog(DeadLetterWriter):
         super().__init__(None, compiled.model.bundle, compiled.secrets)
         self.log: list[tuple[int, str, str, str | None]] = []
 
-    def write(self, reason: str, *, record: Any = None, raw: bytes | None = None,
-              error: str = "", line: int | None = None, rule: str | None = None,
-              **extra: Any) -> None:
+    def write(
+        self,
+        reason: str,
+        *,
+        record: Any = None,
+        raw: bytes | None = None,
+        error: str = "",
+        line: int | None = None,
+        rule: str | None = None,
+        **extra: Any,
+    ) -> None:
         super().write(reason, record=record, raw=raw, error=error, line=line, rule=rule)
         index = extra.get("event_index")
-        slot = index if isinstance(index, int) else (
-            USER_SLOT if rule is not None and raw is None else LINE_SLOT)
+        slot = (
+            index
+            if isinstance(index, int)
+            else (USER_SLOT if rule is not None and raw is None else LINE_SLOT)
+        )
         self.log.append((slot, reason, error, rule))
 
 
@@ -208,8 +235,9 @@ class RecordRunner:
         drops, user_drops, dead = log.log, log.user_log, self._dead.log
         requests = self.requests(line_no, line)
         log.log, log.user_log, self._dead.log = [], [], []
-        return RecordOutcome(line_no, requests, drops, dead, ledger.events_in - log.events_before,
-                             user_drops)
+        return RecordOutcome(
+            line_no, requests, drops, dead, ledger.events_in - log.events_before, user_drops
+        )
 
     def finish(self) -> RunReport:
         """The totals of every line run, as the dry run's report would count them."""

@@ -31,8 +31,9 @@ def split_revision(ref: str) -> tuple[str, str | None]:
 
 
 def _git(top: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["git", "-C", str(top), *args], capture_output=True, check=False,
-                          timeout=60)
+    return subprocess.run(
+        ["git", "-C", str(top), *args], capture_output=True, check=False, timeout=60
+    )
 
 
 @contextmanager
@@ -48,8 +49,14 @@ def bundle_at_revision(path: str, rev: str) -> Iterator[Path]:
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuleError([Problem(Position(label), f"cannot run git: {exc}")]) from None
     if found.returncode != 0:
-        raise RuleError([Problem(Position(label), f"{where} is not in a git repository, so "
-                                                  f"{rev!r} names no revision of it")])
+        raise RuleError(
+            [
+                Problem(
+                    Position(label),
+                    f"{where} is not in a git repository, so {rev!r} names no revision of it",
+                )
+            ]
+        )
     top = Path(found.stdout.decode().strip())
     relative = PurePosixPath(target.resolve().relative_to(top.resolve()).as_posix())
     with tempfile.TemporaryDirectory(prefix="moerules-rev-") as tmp:
@@ -63,8 +70,9 @@ def bundle_at_revision(path: str, rev: str) -> Iterator[Path]:
             raise RuleError([_relabel(p, root, rev, names) for p in exc.problems]) from None
 
 
-def _materialise(top: Path, rev: str, relative: PurePosixPath, root: Path, label: str,
-                 seen: set[PurePosixPath]) -> None:
+def _materialise(
+    top: Path, rev: str, relative: PurePosixPath, root: Path, label: str, seen: set[PurePosixPath]
+) -> None:
     """Write ``relative`` at ``rev`` under ``root``, then what its ``extends:`` names."""
     if relative in seen or len(seen) > 8:
         return
@@ -73,8 +81,15 @@ def _materialise(top: Path, rev: str, relative: PurePosixPath, root: Path, label
     if shown.returncode != 0:
         if seen == {relative}:  # the file asked for, not a base it names
             message = shown.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise RuleError([Problem(Position(label), f"cannot read {relative} at revision "
-                                     f"{rev!r}: {message[-1] if message else 'git failed'}")])
+            raise RuleError(
+                [
+                    Problem(
+                        Position(label),
+                        f"cannot read {relative} at revision "
+                        f"{rev!r}: {message[-1] if message else 'git failed'}",
+                    )
+                ]
+            )
         return
     copy = root / relative
     copy.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +123,6 @@ def _relabel(problem: Problem, root: Path, rev: str, names: dict[str, str]) -> P
     prefix = str(root) + "/"
     if not path.startswith(prefix):
         return problem
-    name = names.get(path, path[len(prefix):])
+    name = names.get(path, path[len(prefix) :])
     position = Position(f"{name}@{rev}", problem.position.line, problem.position.col)
     return Problem(position, problem.message)

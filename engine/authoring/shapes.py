@@ -35,8 +35,9 @@ class RecordShape:
     """A record schema with the rule scope on top: ``batch`` (the record) and ``event``
     (one element of ``events_key``)."""
 
-    def __init__(self, schema: Mapping[str, Any], events_key: str | None,
-                 title: str = "record") -> None:
+    def __init__(
+        self, schema: Mapping[str, Any], events_key: str | None, title: str = "record"
+    ) -> None:
         self.schema = schema
         self.title = title
         self._definitions = schema.get("definitions", schema.get("$defs", {}))
@@ -91,8 +92,11 @@ class RecordShape:
             more = part.get("additionalProperties")
             if isinstance(more, dict) or more is True:
                 extra = more
-            if "properties" not in part and "additionalProperties" not in part and not (
-                    part.get("type")):
+            if (
+                "properties" not in part
+                and "additionalProperties" not in part
+                and not (part.get("type"))
+            ):
                 extra = True  # a part that says nothing allows anything
             types |= set(_types(part))
         merged: dict[str, Any] = {"properties": properties, "additionalProperties": extra}
@@ -172,8 +176,15 @@ class RecordShape:
         return any(node is ANY for node in nodes)
 
 
-_WORDS = {"string": "a string", "integer": "a number", "number": "a number", "boolean":
-          "a boolean", "null": "null", "array": "a list", "object": "an object"}
+_WORDS = {
+    "string": "a string",
+    "integer": "a number",
+    "number": "a number",
+    "boolean": "a boolean",
+    "null": "null",
+    "array": "a list",
+    "object": "an object",
+}
 
 
 def _types(node: Node) -> list[str]:
@@ -194,8 +205,9 @@ def _json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, int | float):
         return "number"
-    return "string" if isinstance(value, str) else "array" if isinstance(value, list) else (
-        "object")
+    return (
+        "string" if isinstance(value, str) else "array" if isinstance(value, list) else ("object")
+    )
 
 
 def _may_be(node: Node, kind: str) -> bool:

@@ -84,14 +84,28 @@ def load_test_file(path: Path) -> tuple[TestFile, LDict, Path]:
     bundle = (path.parent / model.bundle) if model.bundle else path.parent.parent / BUNDLE_FILE
     if not bundle.is_file():
         pos = position_of(raw, ("bundle",)) or raw.pos
-        raise RuleError([Problem(pos, f"bundle file {bundle} not found; set `bundle:` to "
-                                      "its path relative to this test file")])
+        raise RuleError(
+            [
+                Problem(
+                    pos,
+                    f"bundle file {bundle} not found; set `bundle:` to "
+                    "its path relative to this test file",
+                )
+            ]
+        )
     for i, case in enumerate(model.cases):
         given = [k for k in ("input", "inputs", "input_line") if k in case.model_fields_set]
         if len(given) != 1:
             pos = position_of(raw, ("cases", i)) or raw.pos
-            raise RuleError([Problem(pos, f"case {case.name!r}: give exactly one of `input`, "
-                                          "`inputs` or `input_line`")])
+            raise RuleError(
+                [
+                    Problem(
+                        pos,
+                        f"case {case.name!r}: give exactly one of `input`, "
+                        "`inputs` or `input_line`",
+                    )
+                ]
+            )
     return model, raw, bundle
 
 
@@ -115,10 +129,15 @@ def subset_mismatch(expected: Any, actual: Any, where: str = "") -> str | None:
             if found:
                 return found
         return None
-    if expected != actual or (type(expected) is not type(actual) and not (
-        isinstance(expected, int | float) and isinstance(actual, int | float)
-        and not isinstance(expected, bool) and not isinstance(actual, bool)
-    )):
+    if expected != actual or (
+        type(expected) is not type(actual)
+        and not (
+            isinstance(expected, int | float)
+            and isinstance(actual, int | float)
+            and not isinstance(expected, bool)
+            and not isinstance(actual, bool)
+        )
+    ):
         return f"{where or 'value'}: expected {_short(expected)}, got {_short(actual)}"
     return None
 
@@ -129,7 +148,8 @@ def _project(actual: Any, expected: Any) -> Any:
         return {k: _project(actual[k], v) for k, v in expected.items() if k in actual}
     if isinstance(expected, list) and isinstance(actual, list):
         return [_project(a, e) for a, e in zip(actual, expected, strict=False)] + actual[
-            len(expected):]
+            len(expected) :
+        ]
     return actual
 
 
@@ -139,18 +159,21 @@ def _short(value: Any) -> str:
 
 
 def _pretty(value: Any) -> list[str]:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
-                        default=str).decode().splitlines()
+    return (
+        orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str)
+        .decode()
+        .splitlines()
+    )
 
 
 def _diff(expected: Any, actual: Any) -> str:
-    lines = difflib.unified_diff(_pretty(expected), _pretty(actual), "expected", "actual",
-                                 lineterm="", n=3)
+    lines = difflib.unified_diff(
+        _pretty(expected), _pretty(actual), "expected", "actual", lineterm="", n=3
+    )
     return "\n".join(lines)
 
 
-def run_case(test: TestFile, case: Case, bundle: Path, bundle_text: str | None = None
-             ) -> list[str]:
+def run_case(test: TestFile, case: Case, bundle: Path, bundle_text: str | None = None) -> list[str]:
     compiled = load_bundle(bundle, [*test.set, *case.set], env=test.env, text=bundle_text)
     if case.input_line is not None:
         lines = [(1, case.input_line.encode())]

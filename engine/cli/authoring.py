@@ -32,8 +32,9 @@ def _fail_rules(exc: RuleError) -> None:
 
 
 @contextmanager
-def _bundle(ref: str, sets: tuple[str, ...], stack: ExitStack, *,
-            trace: bool = False) -> Iterator[Any]:
+def _bundle(
+    ref: str, sets: tuple[str, ...], stack: ExitStack, *, trace: bool = False
+) -> Iterator[Any]:
     """A compiled bundle from a path, a shipped name or ``PATH@REV``."""
     from moerules.engine.api import load_bundle
     from moerules.engine.authoring.revisions import bundle_at_revision, split_revision
@@ -63,28 +64,56 @@ def _event_bundle(compiled: Any, command: str) -> None:
     from moerules.engine.cohorts import CohortSource
 
     if isinstance(compiled.source, CohortSource):
-        click.echo(f"moerules: error: {command} works record by record on event bundles; "
-                   f"{compiled.model.bundle} is a cohort bundle, whose requests depend on its "
-                   "membership state: use `moerules run --dry-run` and `moerules explain`",
-                   err=True)
+        click.echo(
+            f"moerules: error: {command} works record by record on event bundles; "
+            f"{compiled.model.bundle} is a cohort bundle, whose requests depend on its "
+            "membership state: use `moerules run --dry-run` and `moerules explain`",
+            err=True,
+        )
         sys.exit(2)
 
 
 @click.command()
 @click.argument("old")
 @click.argument("new")
-@click.option("--input", "input_", required=True,
-              help="sample: JSON Lines in the bundles' source format, or - for stdin")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a key in both bundles (repeatable)")
+@click.option(
+    "--input",
+    "input_",
+    required=True,
+    help="sample: JSON Lines in the bundles' source format, or - for stdin",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a key in both bundles (repeatable)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the whole diff as JSON")
-@click.option("--examples", default=5, show_default=True, type=click.IntRange(min=0),
-              help="items shown per kind of change (text output)")
+@click.option(
+    "--examples",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="items shown per kind of change (text output)",
+)
 @click.option("--fail-on-change", is_flag=True, help="exit 1 when anything changes (for CI)")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="processes comparing parts of a large sample (default: one per CPU)")
-def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
-         examples: int, fail_on_change: bool, jobs: int | None) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="processes comparing parts of a large sample (default: one per CPU)",
+)
+def diff(
+    old: str,
+    new: str,
+    input_: str,
+    sets: tuple[str, ...],
+    as_json: bool,
+    examples: int,
+    fail_on_change: bool,
+    jobs: int | None,
+) -> None:
     """Compare what OLD and NEW bundles do to a sample, record by record.
 
     OLD and NEW are bundle files, overlays, shipped names, or PATH@REV for a file at a git
@@ -106,33 +135,43 @@ def diff(old: str, new: str, input_: str, sets: tuple[str, ...], as_json: bool,
         if input_ == "-" or not is_regular(input_):  # a pipe or a device: read it once
             result = diff_bundles(a, b, iter_lines(input_), old_label=old, new_label=new)
         else:
-            result = diff_file(a, b, input_, jobs=jobs or os.cpu_count() or 1,
-                               old_label=old, new_label=new)
+            result = diff_file(
+                a, b, input_, jobs=jobs or os.cpu_count() or 1, old_label=old, new_label=new
+            )
     from moerules.engine.secrets import scrubber
 
     scrub = scrubber(a.secrets | b.secrets)  # records may carry a key: never shown
     if as_json:
-        click.echo(scrub(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2,
-                                      default=str).decode()))
+        click.echo(
+            scrub(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2, default=str).decode())
+        )
     else:
         click.echo(scrub(result.render(examples)))
-    click.echo(f"compared {result.records:,} records in {result.elapsed_seconds:.1f} s",
-               err=True)
+    click.echo(f"compared {result.records:,} records in {result.elapsed_seconds:.1f} s", err=True)
     if result.changed and fail_on_change:
         sys.exit(EXIT_CHANGED)
 
 
 @click.command()
 @click.argument("bundle")
-@click.option("--input", "input_", required=True,
-              help="sample: JSON Lines in the bundle's source format, or - for stdin")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a bundle key (repeatable)")
+@click.option(
+    "--input",
+    "input_",
+    required=True,
+    help="sample: JSON Lines in the bundle's source format, or - for stdin",
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a bundle key (repeatable)"
+)
 @click.option("--json", "as_json", is_flag=True, help="print the coverage as JSON")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0),
-              help="unmapped paths and unused table rows shown (text output)")
-def coverage(bundle: str, input_: str, sets: tuple[str, ...], as_json: bool,
-             limit: int) -> None:
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="unmapped paths and unused table rows shown (text output)",
+)
+def coverage(bundle: str, input_: str, sets: tuple[str, ...], as_json: bool, limit: int) -> None:
     """Show what a sample exercises of BUNDLE: rules, table rows, attributes, identities,
     project names, and the input fields no rule reads."""
     from moerules.engine.api import iter_lines
@@ -150,15 +189,18 @@ def coverage(bundle: str, input_: str, sets: tuple[str, ...], as_json: bool,
         click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(result.render(limit))
-    click.echo(f"measured {result.records:,} records in {result.elapsed_seconds:.1f} s",
-               err=True)
+    click.echo(f"measured {result.records:,} records in {result.elapsed_seconds:.1f} s", err=True)
 
 
 @click.command()
 @click.argument("bundle", required=False)
 @click.option("--input", "input_", help="sample: JSON Lines whose records the page offers")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="address to listen on (loopback only, unless you mean it)")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to listen on (loopback only, unless you mean it)",
+)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
 def playground(bundle: str | None, input_: str | None, host: str, port: int) -> None:
     """Edit BUNDLE in a local web page and see, live, what it does to a record.
@@ -190,8 +232,11 @@ def playground(bundle: str | None, input_: str | None, host: str, port: int) -> 
     loopback = host in ("127.0.0.1", "localhost", "::1")
     if not loopback:
         state.hosts = state.hosts | {host}
-        click.echo(f"warning: listening on {host}: anyone who can reach it and has the page's "
-                   "token can edit and save this bundle", err=True)
+        click.echo(
+            f"warning: listening on {host}: anyone who can reach it and has the page's "
+            "token can edit and save this bundle",
+            err=True,
+        )
 
     def ready(url: str) -> None:
         click.echo(f"moerules playground for {path}: open {url} (Ctrl+C stops it)", err=True)

@@ -21,8 +21,12 @@ __all__ = ["register"]
 
 @click.command("cohorts")
 @click.argument("state", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--members", "cohort_id", metavar="COHORT_ID",
-              help="list the users MoEngage acknowledged in this cohort")
+@click.option(
+    "--members",
+    "cohort_id",
+    metavar="COHORT_ID",
+    help="list the users MoEngage acknowledged in this cohort",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def cohorts(state: Path, cohort_id: str | None, as_json: bool) -> None:
     """List the cohorts a membership STATE file holds (a cohort bundle's `state` setting)."""
@@ -32,9 +36,19 @@ def cohorts(state: Path, cohort_id: str | None, as_json: bool) -> None:
         if cohort_id is not None:
             found = members_of(state, cohort_id)
             if as_json:
-                click.echo(orjson.dumps([{"scope": scope, "partner": partner,
-                                          "cohort_id": cohort_id, "members": uids}
-                                         for (scope, partner), uids in found.items()]).decode())
+                click.echo(
+                    orjson.dumps(
+                        [
+                            {
+                                "scope": scope,
+                                "partner": partner,
+                                "cohort_id": cohort_id,
+                                "members": uids,
+                            }
+                            for (scope, partner), uids in found.items()
+                        ]
+                    ).decode()
+                )
                 return
             if not found:
                 click.echo(f"no cohort {cohort_id!r} with members in {state}")
@@ -52,18 +66,43 @@ def cohorts(state: Path, cohort_id: str | None, as_json: bool) -> None:
     if not rows:
         click.echo(f"no cohorts in {state}")
         return
-    table: list[list[Any]] = [["destination", "partner", "cohort", "segment", "members",
-                               "to add", "to remove", "updated", "incomplete exports"]]
+    table: list[list[Any]] = [
+        [
+            "destination",
+            "partner",
+            "cohort",
+            "segment",
+            "members",
+            "to add",
+            "to remove",
+            "updated",
+            "incomplete exports",
+        ]
+    ]
     for row in rows:
-        pending = ", ".join(f"{key} ({got} of {pages} pages)"
-                            for key, got, pages in row.pending_exports)
-        table.append([row.scope, row.partner, row.cohort_id, row.segment, row.synced,
-                      row.to_add, row.to_remove, _when(row.updated), pending or "-"])
+        pending = ", ".join(
+            f"{key} ({got} of {pages} pages)" for key, got, pages in row.pending_exports
+        )
+        table.append(
+            [
+                row.scope,
+                row.partner,
+                row.cohort_id,
+                row.segment,
+                row.synced,
+                row.to_add,
+                row.to_remove,
+                _when(row.updated),
+                pending or "-",
+            ]
+        )
     widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
     numeric = {4, 5, 6}
     for r in table:
-        cells = [str(v).rjust(widths[i]) if i in numeric else str(v).ljust(widths[i])
-                 for i, v in enumerate(r)]
+        cells = [
+            str(v).rjust(widths[i]) if i in numeric else str(v).ljust(widths[i])
+            for i, v in enumerate(r)
+        ]
         click.echo("  ".join(cells).rstrip())
 
 

@@ -55,21 +55,33 @@ def _check_writable(path: Path, what: str, *, make_dirs: bool = False) -> None:
     if not parent.is_dir():
         if not make_dirs or parent.exists():
             problem = "is not a directory" if parent.exists() else "does not exist"
-            raise SetupError(f"cannot write {what} {path}: {parent} {problem}; create the "
-                             "directory or choose another path")
+            raise SetupError(
+                f"cannot write {what} {path}: {parent} {problem}; create the "
+                "directory or choose another path"
+            )
         while not parent.exists():
             parent = parent.parent
         if not parent.is_dir():
-            raise SetupError(f"cannot write {what} {path}: {parent} is not a directory; "
-                             "choose another path")
+            raise SetupError(
+                f"cannot write {what} {path}: {parent} is not a directory; choose another path"
+            )
     target = path if path.exists() else parent
     if not os.access(target, os.W_OK) or (target is parent and not os.access(parent, os.X_OK)):
-        raise SetupError(f"cannot write {what} {path}: permission denied on {target}; "
-                         "choose a path you can write")
+        raise SetupError(
+            f"cannot write {what} {path}: permission denied on {target}; "
+            "choose a path you can write"
+        )
 
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-               "g": 1 << 30, "gib": 1 << 30}
+_SIZE_UNITS = {
+    "": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+}
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -77,8 +89,9 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
     unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
     if match is None or unit is None or int(match.group(1)) < 1:
-        raise click.BadParameter(f"{value!r} is not a size: give bytes, or a number with KiB, "
-                                 "MiB or GiB (e.g. 16MiB)")
+        raise click.BadParameter(
+            f"{value!r} is not a size: give bytes, or a number with KiB, MiB or GiB (e.g. 16MiB)"
+        )
     return int(match.group(1)) * unit
 
 
@@ -90,8 +103,11 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--strict", is_flag=True, help="warnings (e.g. a path the source's records "
-              "never contain) fail validation too")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="warnings (e.g. a path the source's records never contain) fail validation too",
+)
 def validate(paths: tuple[str, ...], strict: bool) -> None:
     """Check bundle and test files (files, directories or shipped bundle names)."""
     from moerules.engine.api import validate_paths
@@ -101,63 +117,133 @@ def validate(paths: tuple[str, ...], strict: bool) -> None:
         click.echo(str(problem), err=True)
     failing = [p for p in problems if strict or p.severity == "error"]
     if failing:
-        click.echo(f"{len(failing)} problem{'s' if len(failing) != 1 else ''} found in "
-                   f"{checked} files", err=True)
+        click.echo(
+            f"{len(failing)} problem{'s' if len(failing) != 1 else ''} found in {checked} files",
+            err=True,
+        )
         sys.exit(EXIT_RULES)
     if checked == 0:
         click.echo("no bundle or test files found", err=True)
         sys.exit(EXIT_RULES)
     warned = len(problems)
-    click.echo(f"ok: {checked} files valid" + (
-        f" ({warned} warning{'s' if warned != 1 else ''}; --strict fails on them)"
-        if warned else ""))
+    click.echo(
+        f"ok: {checked} files valid"
+        + (
+            f" ({warned} warning{'s' if warned != 1 else ''}; --strict fails on them)"
+            if warned
+            else ""
+        )
+    )
 
 
 def _delivery_options(command: Any) -> Any:
     """Options of commands that send (run, replay); they map onto DeliveryOptions."""
-    for option in reversed([
-        click.option("--concurrency", default=8, show_default=True,
-                     type=click.IntRange(min=1), help="requests in flight at once"),
-        click.option("--max-attempts", default=6, show_default=True,
-                     type=click.IntRange(min=1), help="tries per request (429, 5xx, timeouts)"),
-        click.option("--backoff-base", default=0.5, show_default=True,
-                     type=click.FloatRange(min=0), help="seconds; backoff doubles from here"),
-        click.option("--backoff-cap", default=30.0, show_default=True,
-                     type=click.FloatRange(min=0), help="longest backoff, in seconds"),
-        click.option("--drain-timeout", default=30.0, show_default=True,
-                     type=click.FloatRange(min=0),
-                     help="on SIGINT/SIGTERM, seconds to finish what was read"),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--concurrency",
+                default=8,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="requests in flight at once",
+            ),
+            click.option(
+                "--max-attempts",
+                default=6,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="tries per request (429, 5xx, timeouts)",
+            ),
+            click.option(
+                "--backoff-base",
+                default=0.5,
+                show_default=True,
+                type=click.FloatRange(min=0),
+                help="seconds; backoff doubles from here",
+            ),
+            click.option(
+                "--backoff-cap",
+                default=30.0,
+                show_default=True,
+                type=click.FloatRange(min=0),
+                help="longest backoff, in seconds",
+            ),
+            click.option(
+                "--drain-timeout",
+                default=30.0,
+                show_default=True,
+                type=click.FloatRange(min=0),
+                help="on SIGINT/SIGTERM, seconds to finish what was read",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
 
 @main.command()
 @click.argument("bundle")
-@click.option("--input", "input_", required=True,
-              help="JSON Lines file (or a pipe, or /dev/null), or - for stdin")
+@click.option(
+    "--input",
+    "input_",
+    required=True,
+    help="JSON Lines file (or a pipe, or /dev/null), or - for stdin",
+)
 @click.option("--dry-run", is_flag=True, help="send nothing; write the requests instead")
-@click.option("--output", type=click.Path(path_type=Path),
-              help="dry run: write requests here instead of stdout")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="dry run: write requests here instead of stdout",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="write the run report as JSON")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a bundle key, e.g. destination.data_center=02 (repeatable)")
-@click.option("--dead-letter", type=click.Path(path_type=Path),
-              help="dead-letter file (default: <state-dir>/dead-letter.jsonl; with --dry-run "
-                   "moerules-dead-letter.jsonl)")
-@click.option("--state-dir", type=click.Path(path_type=Path),
-              help="where checkpoints live (default: .moerules)")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a bundle key, e.g. destination.data_center=02 (repeatable)",
+)
+@click.option(
+    "--dead-letter",
+    type=click.Path(path_type=Path),
+    help="dead-letter file (default: <state-dir>/dead-letter.jsonl; with --dry-run "
+    "moerules-dead-letter.jsonl)",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    help="where checkpoints live (default: .moerules)",
+)
 @click.option("--from-start", is_flag=True, help="ignore the checkpoint; read from line 1")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
-@click.option("--fail-on-dead-letter", is_flag=True,
-              help="exit 3 when any record was dead-lettered (for CI and cron)")
-@click.option("--max-line-bytes", default="16MiB", show_default=True, callback=_byte_size,
-              help="a longer input line is dead-lettered as 'line too long' (e.g. 64MiB)")
+@click.option(
+    "--fail-on-dead-letter",
+    is_flag=True,
+    help="exit 3 when any record was dead-lettered (for CI and cron)",
+)
+@click.option(
+    "--max-line-bytes",
+    default="16MiB",
+    show_default=True,
+    callback=_byte_size,
+    help="a longer input line is dead-lettered as 'line too long' (e.g. 64MiB)",
+)
 @_delivery_options
-def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Path | None,
-        sets: tuple[str, ...], dead_letter: Path | None, state_dir: Path | None,
-        from_start: bool, quiet: bool, fail_on_dead_letter: bool, max_line_bytes: int,
-        **delivery: Any) -> None:
+def run(
+    bundle: str,
+    input_: str,
+    dry_run: bool,
+    output: Path | None,
+    report: Path | None,
+    sets: tuple[str, ...],
+    dead_letter: Path | None,
+    state_dir: Path | None,
+    from_start: bool,
+    quiet: bool,
+    fail_on_dead_letter: bool,
+    max_line_bytes: int,
+    **delivery: Any,
+) -> None:
     """Run BUNDLE (a path or a shipped bundle's name) over JSON Lines input."""
     from moerules.engine.api import dry_run as do_dry_run
     from moerules.engine.api import iter_lines, load_bundle
@@ -179,13 +265,20 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
             if output is not None:
                 _check_writable(output, "the requests to")
             out: IO[bytes]
-            with (_open_output(output) if output else _stdout()) as out:
-                result = do_dry_run(compiled, iter_lines(input_, max_line_bytes=max_line_bytes),
-                                    out, dead_letter=dead_path)
+            with _open_output(output) if output else _stdout() as out:
+                result = do_dry_run(
+                    compiled,
+                    iter_lines(input_, max_line_bytes=max_line_bytes),
+                    out,
+                    dead_letter=dead_path,
+                )
         else:
             if compiled.missing_env:
-                _fail("a real run needs these environment variables set: "
-                      + ", ".join(compiled.missing_env) + " (or use --dry-run)")
+                _fail(
+                    "a real run needs these environment variables set: "
+                    + ", ".join(compiled.missing_env)
+                    + " (or use --dry-run)"
+                )
             from moerules.engine.runtime.delivery import (
                 DEFAULT_STATE_DIR,
                 DeliveryOptions,
@@ -197,9 +290,15 @@ def run(bundle: str, input_: str, dry_run: bool, output: Path | None, report: Pa
             explicit = dead_letter is not None
             dead_path = dead_letter or (state_dir or DEFAULT_STATE_DIR) / "dead-letter.jsonl"
             _check_writable(dead_path, "dead letters to", make_dirs=not explicit)
-            result = deliver(compiled, input_, dead_letter=dead_path, state_dir=state_dir,
-                             from_start=from_start, quiet=quiet,
-                             options=DeliveryOptions(max_line_bytes=max_line_bytes, **delivery))
+            result = deliver(
+                compiled,
+                input_,
+                dead_letter=dead_path,
+                state_dir=state_dir,
+                from_start=from_start,
+                quiet=quiet,
+                options=DeliveryOptions(max_line_bytes=max_line_bytes, **delivery),
+            )
     except SetupError as exc:
         _fail(str(exc), scrub)
     _finish(result, report, dead_path, fail_on_dead_letter, scrub)
@@ -209,8 +308,9 @@ def _open_output(path: Path) -> IO[bytes]:
     try:
         return path.open("wb")
     except OSError as exc:
-        raise SetupError(f"cannot write the requests to {path}: {exc.strerror or exc}; choose "
-                         "another --output") from None
+        raise SetupError(
+            f"cannot write the requests to {path}: {exc.strerror or exc}; choose another --output"
+        ) from None
 
 
 def _stdout() -> Any:
@@ -224,8 +324,13 @@ def _stdout() -> Any:
     return _Keep()
 
 
-def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
-            fail_on_dead_letter: bool = False, scrub: Scrub = _plain) -> None:
+def _finish(
+    result: Any,
+    report_path: Path | None,
+    dead_path: Path | None,
+    fail_on_dead_letter: bool = False,
+    scrub: Scrub = _plain,
+) -> None:
     click.echo(scrub(result.summary()), err=True)
     dead = sum(result.dead_lettered.values())
     if dead and dead_path is not None:
@@ -235,8 +340,10 @@ def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
         try:
             report_path.write_text(data, encoding="utf-8")
         except OSError as exc:
-            _fail(f"cannot write the report to {report_path}: {exc.strerror or exc}; the "
-                  "summary above is complete, choose another --report next time")
+            _fail(
+                f"cannot write the report to {report_path}: {exc.strerror or exc}; the "
+                "summary above is complete, choose another --report next time"
+            )
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if dead and fail_on_dead_letter:
@@ -246,16 +353,26 @@ def _finish(result: Any, report_path: Path | None, dead_path: Path | None,
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--bundle", help="bundle to send with (default: the one the dead letters name)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a bundle key, e.g. destination.endpoint=... (repeatable)")
-@click.option("--report", type=click.Path(path_type=Path),
-              help="write the replay report as JSON")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a bundle key, e.g. destination.endpoint=... (repeatable)",
+)
+@click.option("--report", type=click.Path(path_type=Path), help="write the replay report as JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress output")
-@click.option("--fail-on-dead-letter", is_flag=True,
-              help="exit 3 when any record failed again")
+@click.option("--fail-on-dead-letter", is_flag=True, help="exit 3 when any record failed again")
 @_delivery_options
-def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path | None,
-           quiet: bool, fail_on_dead_letter: bool, **delivery: Any) -> None:
+def replay(
+    file: Path,
+    bundle: str | None,
+    sets: tuple[str, ...],
+    report: Path | None,
+    quiet: bool,
+    fail_on_dead_letter: bool,
+    **delivery: Any,
+) -> None:
     """Send the delivery failures in a dead-letter FILE again, after a fix.
 
     FILE is rewritten: what was delivered leaves it, what failed again is updated.
@@ -273,16 +390,22 @@ def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path |
         names = bundles_named(letters)
         if len(names) != 1:
             raise click.UsageError(
-                "pass --bundle: " + (f"{file} holds dead letters of {', '.join(sorted(names))}"
-                                     if names else f"{file} holds no delivery failures"))
+                "pass --bundle: "
+                + (
+                    f"{file} holds dead letters of {', '.join(sorted(names))}"
+                    if names
+                    else f"{file} holds no delivery failures"
+                )
+            )
         bundle = names.pop()
     try:
         compiled = load_bundle(bundle, sets)
     except RuleError as exc:
         _fail_rules(exc)
     if compiled.missing_env:
-        raise click.UsageError("replay needs these environment variables set: "
-                               + ", ".join(compiled.missing_env))
+        raise click.UsageError(
+            "replay needs these environment variables set: " + ", ".join(compiled.missing_env)
+        )
     from moerules.engine.secrets import scrubber
 
     scrub = scrubber(compiled.secrets)
@@ -297,16 +420,25 @@ def replay(file: Path, bundle: str | None, sets: tuple[str, ...], report: Path |
 
 @main.command()
 @click.argument("bundle")
-@click.option("--event", "event_file", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="a JSON file with one input record, or a JSON Lines file (see --line)")
-@click.option("--line", "line_no", type=click.IntRange(min=1),
-              help="which line of a JSON Lines file to explain, numbered as the run and its "
-                   "dead letters number them (default: the first record)")
+@click.option(
+    "--event",
+    "event_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a JSON file with one input record, or a JSON Lines file (see --line)",
+)
+@click.option(
+    "--line",
+    "line_no",
+    type=click.IntRange(min=1),
+    help="which line of a JSON Lines file to explain, numbered as the run and its "
+    "dead letters number them (default: the first record)",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
 @click.option("--json", "as_json", is_flag=True, help="print the trace as JSON")
-def explain(bundle: str, event_file: Path, line_no: int | None, sets: tuple[str, ...],
-            as_json: bool) -> None:
+def explain(
+    bundle: str, event_file: Path, line_no: int | None, sets: tuple[str, ...], as_json: bool
+) -> None:
     """Trace one input record through BUNDLE: rules, identity, fields, routing, request."""
     from moerules.engine.api import load_bundle
     from moerules.engine.authoring.explain import explain_record, pick_record
@@ -406,9 +538,15 @@ def bundles() -> None:
 @click.argument("name")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("-o", "--option", "options", multiple=True, metavar="NAME=VALUE",
-              help="an emulator setting, VALUE as JSON or text (e.g. -o data_center=02, "
-                   "-o 'limits={\"minute\": 1}'); see README, Emulators")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="an emulator setting, VALUE as JSON or text (e.g. -o data_center=02, "
+    "-o 'limits={\"minute\": 1}'); see README, Emulators",
+)
 def emulate(name: str, host: str, port: int, options: tuple[str, ...]) -> None:
     """Serve a local emulator of a partner API (moengage, amplitude, segment, mixpanel, and
     any other registered in the ``moerules.emulators`` entry-point group)."""

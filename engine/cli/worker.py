@@ -15,31 +15,76 @@ __all__ = ["worker"]
 
 @click.command()
 @click.argument("bundles", nargs=-1, required=True)
-@click.option("--broker", required=True, metavar="nats://HOST:PORT",
-              help="the NATS JetStream server holding the ingested payloads")
-@click.option("--limits", "limits_url", required=True, metavar="redis://HOST:PORT",
-              help="the Redis holding each workspace's rate limits, shared by all workers")
+@click.option(
+    "--broker",
+    required=True,
+    metavar="nats://HOST:PORT",
+    help="the NATS JetStream server holding the ingested payloads",
+)
+@click.option(
+    "--limits",
+    "limits_url",
+    required=True,
+    metavar="redis://HOST:PORT",
+    help="the Redis holding each workspace's rate limits, shared by all workers",
+)
 @click.option("--stream", default="MOERULES", show_default=True, help="the JetStream stream")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".moerules"), show_default=True,
-              help="dead letters (dead-letters/BUNDLE.jsonl; `moerules replay` reads them)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a bundle key (repeatable)")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1),
-              help="requests in flight at once, per bundle")
-@click.option("--max-attempts", default=6, show_default=True, type=click.IntRange(min=1),
-              help="tries per request (429, 5xx, timeouts)")
-@click.option("--drain-timeout", default=30.0, show_default=True,
-              type=click.FloatRange(min=0),
-              help="on SIGTERM/SIGINT, seconds to finish what is in flight")
-@click.option("--ack-wait", default=300.0, show_default=True,
-              type=click.FloatRange(min=1),
-              help="seconds before JetStream hands a payload a dead worker held to another")
-@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto",
-              show_default=True, help="auto: text on a terminal, JSON lines otherwise")
-def worker(bundles: tuple[str, ...], broker: str, limits_url: str, stream: str,
-           state_dir: Path, sets: tuple[str, ...], ack_wait: float, log_format: str,
-           **delivery: Any) -> None:
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".moerules"),
+    show_default=True,
+    help="dead letters (dead-letters/BUNDLE.jsonl; `moerules replay` reads them)",
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a bundle key (repeatable)"
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="requests in flight at once, per bundle",
+)
+@click.option(
+    "--max-attempts",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="tries per request (429, 5xx, timeouts)",
+)
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="on SIGTERM/SIGINT, seconds to finish what is in flight",
+)
+@click.option(
+    "--ack-wait",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="seconds before JetStream hands a payload a dead worker held to another",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    default="auto",
+    show_default=True,
+    help="auto: text on a terminal, JSON lines otherwise",
+)
+def worker(
+    bundles: tuple[str, ...],
+    broker: str,
+    limits_url: str,
+    stream: str,
+    state_dir: Path,
+    sets: tuple[str, ...],
+    ack_wait: float,
+    log_format: str,
+    **delivery: Any,
+) -> None:
     """Deliver each BUNDLE's payloads from the NATS JetStream spool that `moerules serve
     --broker` fills, with the workspace's rate limits shared in Redis. Run as many as needed;
     SIGTERM/SIGINT drains and stops. See README, Beyond one machine."""
@@ -51,8 +96,10 @@ def worker(bundles: tuple[str, ...], broker: str, limits_url: str, stream: str,
         from moerules.engine.distributed.jetstream import JetStreamSpool
         from moerules.engine.distributed.worker import SharedLimits, Worker
     except ImportError as exc:
-        raise click.UsageError(f"workers need the distributed extra ({exc.name} is missing): "
-                               "pip install 'moerules[distributed]'") from None
+        raise click.UsageError(
+            f"workers need the distributed extra ({exc.name} is missing): "
+            "pip install 'moerules[distributed]'"
+        ) from None
     from moerules.engine.service.logs import service_logger
 
     if not broker.startswith(("nats://", "tls://")):
@@ -70,8 +117,9 @@ def worker(bundles: tuple[str, ...], broker: str, limits_url: str, stream: str,
             problems += len(exc.problems)
             continue
         if bundle.missing_env:
-            raise click.UsageError("the worker needs these environment variables set: "
-                                   + ", ".join(bundle.missing_env))
+            raise click.UsageError(
+                "the worker needs these environment variables set: " + ", ".join(bundle.missing_env)
+            )
         compiled.append((bundle.model.bundle, bundle))
     if problems:
         click.echo(f"{problems} problem{'s' if problems != 1 else ''} found", err=True)

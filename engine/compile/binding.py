@@ -71,12 +71,20 @@ def bind(raw: LDict, bundle: Bundle, env: Mapping[str, str]) -> Binding:
 def _connector(raw: LDict, out: Binding, name: str, role: str, kind: type[Any]) -> Any:
     cls = load_connector(name)
     if cls is None or not issubclass(cls, kind):
-        choices = [n for n in connector_names()
-                   if (c := load_connector(n)) is not None and issubclass(c, kind)]
+        choices = [
+            n
+            for n in connector_names()
+            if (c := load_connector(n)) is not None and issubclass(c, kind)
+        ]
         pos = position_of(raw, (role, "connector")) or Position(raw.pos.path)
-        out.problems.append(Problem(pos, f"unknown {role} connector {name!r}"
-                                         f"{did_you_mean(name, choices)}; available: "
-                                         f"{', '.join(choices)}"))
+        out.problems.append(
+            Problem(
+                pos,
+                f"unknown {role} connector {name!r}"
+                f"{did_you_mean(name, choices)}; available: "
+                f"{', '.join(choices)}",
+            )
+        )
         return None
     return cls
 

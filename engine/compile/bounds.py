@@ -30,8 +30,12 @@ MAX_TEMPLATE_OUTPUT = 65_536
 T = TypeVar("T")
 
 
-def tree_depth(root: T, children: Callable[[T], Iterable[T]], limit: int = MAX_DEPTH,
-               key: Callable[[T], int] | None = None) -> int:
+def tree_depth(
+    root: T,
+    children: Callable[[T], Iterable[T]],
+    limit: int = MAX_DEPTH,
+    key: Callable[[T], int] | None = None,
+) -> int:
     """The depth of the tree under ``root``, walked with a loop; stops counting past ``limit``
     (so a tree of any depth costs at most its size). With ``key``, a node's depth is
     ``key(node)`` (for trees whose edges weigh more than one) instead of its level."""

@@ -41,8 +41,9 @@ def given_keys(spec: Any) -> set[str]:
 class RuleChecks:
     """One pass over a bundle's rules: ``problems``, ``reads`` and ``identity_per_batch``."""
 
-    def __init__(self, raw: LDict, bundle: Bundle, language: RuleLanguage,
-                 destination: Destination | None) -> None:
+    def __init__(
+        self, raw: LDict, bundle: Bundle, language: RuleLanguage, destination: Destination | None
+    ) -> None:
         self.raw = raw
         self.bundle = bundle
         self.language = language
@@ -66,8 +67,9 @@ class RuleChecks:
         pos = position_of(self.raw, loc, key=key) or Position(self.raw.pos.path)
         self.problems.append(Problem(pos, message))
 
-    def expression(self, text: str, loc: Loc, roots: frozenset[str] | None, *,
-                   read: bool = True) -> dict[str, Any] | None:
+    def expression(
+        self, text: str, loc: Loc, roots: frozenset[str] | None, *, read: bool = True
+    ) -> dict[str, Any] | None:
         """The tree of ``text``, or None after reporting why it is not sound. Rooted at the
         scope (``roots``), what it reads is recorded (``read``): the decoder must build it."""
         try:
@@ -81,13 +83,17 @@ class RuleChecks:
             for path in jmespath_reads(ast):
                 self.reads.add(path)
         for name in sorted(root_fields(ast) - roots):
-            self.error(loc, f"path {text!r} starts at {name!r}{did_you_mean(name, roots)}; paths "
-                            f"here start with {' or '.join(repr(r + '.') for r in sorted(roots))}")
+            self.error(
+                loc,
+                f"path {text!r} starts at {name!r}{did_you_mean(name, roots)}; paths "
+                f"here start with {' or '.join(repr(r + '.') for r in sorted(roots))}",
+            )
             return None
         return ast
 
-    def template(self, source: str, loc: Loc, roots: frozenset[str] | None, *,
-                 read: bool = True) -> None:
+    def template(
+        self, source: str, loc: Loc, roots: frozenset[str] | None, *, read: bool = True
+    ) -> None:
         try:
             self.language.template(source, roots)
         except TemplateError as exc:
@@ -98,8 +104,15 @@ class RuleChecks:
                 self.reads.add(path)
 
     # -- fields --------------------------------------------------------------------------
-    def field(self, spec: FieldSpec, loc: Loc, what: str, roots: frozenset[str] | None, *,
-              read: bool = True) -> None:
+    def field(
+        self,
+        spec: FieldSpec,
+        loc: Loc,
+        what: str,
+        roots: frozenset[str] | None,
+        *,
+        read: bool = True,
+    ) -> None:
         given = given_keys(spec)
         sources = [k for k in ("from", "value", "template", "each") if k in given]
         if len(sources) > 1:
@@ -116,13 +129,21 @@ class RuleChecks:
         elif spec.attributes is not None:
             self.object(spec, loc, what, roots, read=read)
         elif "value" not in given:
-            self.error(loc, f"{what}: say where the value comes from: `from`, `value` or "
-                            "`template`")
+            self.error(
+                loc, f"{what}: say where the value comes from: `from`, `value` or `template`"
+            )
             return
         self.transforms(spec, loc)
 
-    def each(self, spec: FieldSpec, loc: Loc, what: str, roots: frozenset[str] | None, *,
-             read: bool = True) -> None:
+    def each(
+        self,
+        spec: FieldSpec,
+        loc: Loc,
+        what: str,
+        roots: frozenset[str] | None,
+        *,
+        read: bool = True,
+    ) -> None:
         assert spec.each is not None
         self.expression(spec.each, (*loc, "each"), roots, read=read)
         if spec.attributes is None:
@@ -130,41 +151,65 @@ class RuleChecks:
             return
         unused = [k for k in ("transform", "as", "default") if k in given_keys(spec)]
         if unused:
-            self.error((*loc, unused[0]), f"{what}: `each` makes a list of objects; "
-                                          f"`{unused[0]}` would never be used", key=True)
+            self.error(
+                (*loc, unused[0]),
+                f"{what}: `each` makes a list of objects; `{unused[0]}` would never be used",
+                key=True,
+            )
         self.object(spec, loc, f"{what}[]", None, read=read)
 
-    def object(self, spec: FieldSpec, loc: Loc, what: str, roots: frozenset[str] | None, *,
-               read: bool = True) -> None:
+    def object(
+        self,
+        spec: FieldSpec,
+        loc: Loc,
+        what: str,
+        roots: frozenset[str] | None,
+        *,
+        read: bool = True,
+    ) -> None:
         self.spreads(spec.spread, (*loc, "spread"), roots, read=read)
         self.attributes(spec.attributes or {}, (*loc, "attributes"), what, roots, read=read)
 
-    def attributes(self, specs: Mapping[str, FieldSpec], loc: Loc, what: str,
-                   roots: frozenset[str] | None, *, read: bool = True) -> None:
+    def attributes(
+        self,
+        specs: Mapping[str, FieldSpec],
+        loc: Loc,
+        what: str,
+        roots: frozenset[str] | None,
+        *,
+        read: bool = True,
+    ) -> None:
         for name, spec in specs.items():
             self.field(spec, (*loc, name), f"{what}.{name}" if what else name, roots, read=read)
 
     def transforms(self, spec: FieldSpec | Spread, loc: Loc) -> None:
         if isinstance(spec, FieldSpec) and spec.as_ is not None and spec.as_ not in CASTS:
-            self.error((*loc, "as"), f"unknown cast {spec.as_!r}{did_you_mean(spec.as_, CASTS)}"
-                                     f"; use one of {', '.join(sorted(set(CASTS.values())))}")
+            self.error(
+                (*loc, "as"),
+                f"unknown cast {spec.as_!r}{did_you_mean(spec.as_, CASTS)}"
+                f"; use one of {', '.join(sorted(set(CASTS.values())))}",
+            )
         for i, step in enumerate(spec.transform):
             try:
                 check_transform(step, self.language.tables)
             except TransformSpecError as exc:
                 self.error((*loc, "transform", i) if _keys(self.raw, loc) else loc, str(exc))
 
-    def spreads(self, spreads: list[Spread], loc: Loc, roots: frozenset[str] | None, *,
-                read: bool = True) -> None:
+    def spreads(
+        self, spreads: list[Spread], loc: Loc, roots: frozenset[str] | None, *, read: bool = True
+    ) -> None:
         for i, spread in enumerate(spreads):
             self.spread(spread, (*loc, i), roots, read=read)
 
-    def spread(self, spread: Spread, loc: Loc, roots: frozenset[str] | None, *,
-               read: bool = True) -> None:
+    def spread(
+        self, spread: Spread, loc: Loc, roots: frozenset[str] | None, *, read: bool = True
+    ) -> None:
         tables = self.language.tables
         if isinstance(spread.rename, str) and spread.rename not in tables:
-            self.error((*loc, "rename"), f"unknown table {spread.rename!r}"
-                                         f"{did_you_mean(spread.rename, tables)}")
+            self.error(
+                (*loc, "rename"),
+                f"unknown table {spread.rename!r}{did_you_mean(spread.rename, tables)}",
+            )
         if spread.renamed_only and spread.rename is None:
             self.error(loc, "`renamed_only` needs a `rename` table")
         self.expression(spread.from_, (*loc, "from"), roots, read=read)
@@ -183,13 +228,14 @@ class RuleChecks:
         order = ident.precedence if ident.precedence is not None else names
         for i, name in enumerate(order):
             if name not in ident.candidates:
-                self.error(("identity", "precedence", i),
-                           f"unknown identity candidate {name!r}{did_you_mean(name, names)}; "
-                           f"candidates: {', '.join(names)}")
+                self.error(
+                    ("identity", "precedence", i),
+                    f"unknown identity candidate {name!r}{did_you_mean(name, names)}; "
+                    f"candidates: {', '.join(names)}",
+                )
         for name, spec in ident.candidates.items():
             used = name in order  # an unused candidate is checked, but never read
-            self.field(spec, ("identity", "candidates", name), f"identity {name}", SCOPE,
-                       read=used)
+            self.field(spec, ("identity", "candidates", name), f"identity {name}", SCOPE, read=used)
             if used and "event" in self._roots(spec):
                 self.identity_per_batch = False
 
@@ -199,8 +245,11 @@ class RuleChecks:
             if spec.from_ is not None:
                 return root_fields(self.language.expression(spec.from_))
             if spec.template is not None:
-                return {path[0] for path in self.language.template_reads(spec.template, SCOPE)
-                        if path and isinstance(path[0], str)}
+                return {
+                    path[0]
+                    for path in self.language.template_reads(spec.template, SCOPE)
+                    if path and isinstance(path[0], str)
+                }
         except (ExpressionError, TemplateError):  # reported by field
             pass
         return set()
@@ -226,8 +275,10 @@ class RuleChecks:
         for i, rule in enumerate(self.bundle.events):
             loc: Loc = ("events", i)
             if rule.name in seen:
-                self.error((*loc, "name"), f"duplicate rule name {rule.name!r} "
-                                           f"(rule {seen[rule.name] + 1} has it too)")
+                self.error(
+                    (*loc, "name"),
+                    f"duplicate rule name {rule.name!r} (rule {seen[rule.name] + 1} has it too)",
+                )
             seen.setdefault(rule.name, i)
             if rule.when is not None:
                 self.expression(rule.when, (*loc, "when"), SCOPE)
@@ -235,11 +286,14 @@ class RuleChecks:
 
     def rule(self, rule: EventRule, loc: Loc) -> None:
         if rule.drop is not None:
-            extra = [k for k in ("event_name", "attributes", "spread", "fields")
-                     if getattr(rule, k)]
+            extra = [
+                k for k in ("event_name", "attributes", "spread", "fields") if getattr(rule, k)
+            ]
             if extra:
-                self.error((*loc, extra[0]), f"rule {rule.name!r} drops records; "
-                                             f"`{extra[0]}` would never be used")
+                self.error(
+                    (*loc, extra[0]),
+                    f"rule {rule.name!r} drops records; `{extra[0]}` would never be used",
+                )
             return
         if rule.emit == "event":
             if rule.event_name is None:
@@ -247,17 +301,23 @@ class RuleChecks:
             else:
                 self.field(rule.event_name, (*loc, "event_name"), "event name", SCOPE)
         elif rule.event_name is not None:
-            self.error((*loc, "event_name"), f"rule {rule.name!r} emits a user update; "
-                                             "`event_name` would never be used")
+            self.error(
+                (*loc, "event_name"),
+                f"rule {rule.name!r} emits a user update; `event_name` would never be used",
+            )
         self.spreads(rule.spread, (*loc, "spread"), SCOPE)
         self.attributes(rule.attributes, (*loc, "attributes"), "", SCOPE)
         destination = self.destination
         if rule.fields and destination is not None:
             for key in rule.fields:
                 if key not in destination.event_fields:
-                    self.error((*loc, "fields", key), f"destination {destination.name!r} has no "
-                               f"event field {key!r}{did_you_mean(key, destination.event_fields)}"
-                               f"; it takes: {', '.join(destination.event_fields)}", key=True)
+                    self.error(
+                        (*loc, "fields", key),
+                        f"destination {destination.name!r} has no "
+                        f"event field {key!r}{did_you_mean(key, destination.event_fields)}"
+                        f"; it takes: {', '.join(destination.event_fields)}",
+                        key=True,
+                    )
         self.attributes(rule.fields, (*loc, "fields"), "", SCOPE)
         if destination is not None and (problem := kind_problem(destination, rule.emit)):
             emit = "emit" in given_keys(rule)
@@ -268,11 +328,15 @@ class RuleChecks:
         if routing is None:
             return
         if self.destination is not None and not self.destination.supports_routing:
-            self.error(("routing",), f"destination {self.destination.name!r} does not support "
-                                     "portfolio routing", key=True)
+            self.error(
+                ("routing",),
+                f"destination {self.destination.name!r} does not support portfolio routing",
+                key=True,
+            )
         # read only when events are routed: some project is declared, some rule emits events
         routed = bool(routing.projects) and any(
-            rule.drop is None and rule.emit == "event" for rule in self.bundle.events)
+            rule.drop is None and rule.emit == "event" for rule in self.bundle.events
+        )
         self.expression(routing.from_, ("routing", "from"), SCOPE, read=routed)
         names: dict[str, int] = {}
         codes: dict[str, int] = {}
@@ -281,16 +345,25 @@ class RuleChecks:
             if not project.name.strip():
                 self.error((*loc, "name"), "project name is blank")
             if project.name != project.name.strip():
-                self.error((*loc, "name"), f"project name {project.name!r} has surrounding "
-                           "spaces; matching is exact, so no event would ever match it")
+                self.error(
+                    (*loc, "name"),
+                    f"project name {project.name!r} has surrounding "
+                    "spaces; matching is exact, so no event would ever match it",
+                )
             if project.name in names:
-                self.error((*loc, "name"), f"project {project.name!r} is declared twice "
-                           f"(also project {names[project.name] + 1})")
+                self.error(
+                    (*loc, "name"),
+                    f"project {project.name!r} is declared twice "
+                    f"(also project {names[project.name] + 1})",
+                )
             if not project.code.strip():
                 self.error((*loc, "code"), "project code is blank")
             if project.code in codes:
-                self.error((*loc, "code"), f"project code {project.code!r} is used twice "
-                           f"(also project {codes[project.code] + 1})")
+                self.error(
+                    (*loc, "code"),
+                    f"project code {project.code!r} is used twice "
+                    f"(also project {codes[project.code] + 1})",
+                )
             names.setdefault(project.name, i)
             codes.setdefault(project.code, i)
 

@@ -80,8 +80,9 @@ class CompiledBundle:
     constants: Mapping[str, Any] = field(default_factory=dict)
 
 
-def compile_bundle(raw: LDict, *, trace: bool = False,
-                   env: Mapping[str, str] | None = None) -> CompiledBundle:
+def compile_bundle(
+    raw: LDict, *, trace: bool = False, env: Mapping[str, str] | None = None
+) -> CompiledBundle:
     """Validate and compile a merged bundle document; raise RuleError with every problem.
 
     ``env`` supplies ``${VAR}`` values (default: the process environment). With ``trace``,
@@ -107,14 +108,22 @@ def compile_bundle(raw: LDict, *, trace: bool = False,
     constants = dict(code.namespace)
     namespace = code.build(f"<bundle {model.bundle}>")
     return CompiledBundle(
-        model=model, source=binding.source, sink=binding.sink,
-        identity=namespace.get("identity"), identity_per_batch=checks.identity_per_batch,
-        user=namespace.get("user"), event=namespace["event"],
+        model=model,
+        source=binding.source,
+        sink=binding.sink,
+        identity=namespace.get("identity"),
+        identity_per_batch=checks.identity_per_batch,
+        user=namespace.get("user"),
+        event=namespace["event"],
         rule_names=[r.name for r in model.events],
         drop_reasons=[r.drop for r in model.events],
         emits=[r.emit for r in model.events],
-        projects=binding.projects, source_code=code.source(), reads=checks.reads,
-        missing_env=binding.missing_env, secrets=binding.secrets, traced=trace,
+        projects=binding.projects,
+        source_code=code.source(),
+        reads=checks.reads,
+        missing_env=binding.missing_env,
+        secrets=binding.secrets,
+        traced=trace,
         user_drops=namespace.get("user_drops"),
         user_drop_reasons=[d.reason for d in model.user.drop] if model.user else [],
         constants=constants,

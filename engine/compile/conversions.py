@@ -16,9 +16,22 @@ import orjson
 from moerules.engine.errors import RecordError, TransformError
 
 __all__ = [
-    "EPOCH_LIMIT", "HASHES", "describe", "epoch_ms_to_iso", "epoch_ms_to_s", "epoch_s_to_iso",
-    "epoch_s_to_ms", "iso_to_epoch_ms", "iso_to_epoch_s", "lookup_key", "scalar_text",
-    "to_bool", "to_float", "to_int", "to_string", "wrong_shape",
+    "EPOCH_LIMIT",
+    "HASHES",
+    "describe",
+    "epoch_ms_to_iso",
+    "epoch_ms_to_s",
+    "epoch_s_to_iso",
+    "epoch_s_to_ms",
+    "iso_to_epoch_ms",
+    "iso_to_epoch_s",
+    "lookup_key",
+    "scalar_text",
+    "to_bool",
+    "to_float",
+    "to_int",
+    "to_string",
+    "wrong_shape",
 ]
 
 
@@ -40,9 +53,17 @@ def describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    kind = ("an object" if isinstance(value, dict) else "a list" if isinstance(value, list | tuple)
-            else "a string" if isinstance(value, str) else "a number"
-            if isinstance(value, int | float) else type(value).__name__)
+    kind = (
+        "an object"
+        if isinstance(value, dict)
+        else "a list"
+        if isinstance(value, list | tuple)
+        else "a string"
+        if isinstance(value, str)
+        else "a number"
+        if isinstance(value, int | float)
+        else type(value).__name__
+    )
     text = repr(value) if isinstance(value, str) else to_string(value, "")
     return f"{kind}: {text if len(text) <= 80 else text[:77] + '...'}"
 

@@ -57,21 +57,27 @@ def parse(expression: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1024)
 def _parse(expression: str) -> dict[str, Any]:
     if _nesting(expression) > MAX_NESTING:
-        raise ExpressionError(f"JMESPath {excerpt(expression)} nests more than {MAX_NESTING} "
-                              "levels deep (brackets, projections and operators)")
+        raise ExpressionError(
+            f"JMESPath {excerpt(expression)} nests more than {MAX_NESTING} "
+            "levels deep (brackets, projections and operators)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PendingDeprecationWarning)
             parsed: dict[str, Any] = jmespath.compile(expression).parsed  # type: ignore[assignment]
     except PendingDeprecationWarning:  # `text`: JSON or nothing, not JMESPath's old guess
-        raise ExpressionError(f"invalid JMESPath {excerpt(expression)}: a literal between "
-                              "backticks must be JSON; write text as 'text'") from None
+        raise ExpressionError(
+            f"invalid JMESPath {excerpt(expression)}: a literal between "
+            "backticks must be JSON; write text as 'text'"
+        ) from None
     except jmespath_errors.JMESPathError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ExpressionError(f"invalid JMESPath {excerpt(expression)}: {reason}") from None
     if _depth(parsed) > MAX_DEPTH:
-        raise ExpressionError(f"JMESPath {excerpt(expression)} is nested more than {MAX_DEPTH} "
-                              "levels deep (operators and path steps applied one to another)")
+        raise ExpressionError(
+            f"JMESPath {excerpt(expression)} is nested more than {MAX_DEPTH} "
+            "levels deep (operators and path steps applied one to another)"
+        )
     _check_functions({"type": "root", "children": [parsed]}, expression)
     return parsed
 
@@ -86,14 +92,18 @@ _CHAINS = frozenset({"subexpression", "index_expression"})  # children applied o
 def _depth(ast: dict[str, Any]) -> int:
     """The tree's depth, a chain (``a.b[0][1]``, kept flat by the parser) counting one level
     per step as the compiled code takes them; a loop, stopping past MAX_DEPTH."""
+
     def steps(node: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
         children = _children(node)
         if node["type"] in _CHAINS:
             return [(child, i + 1) for i, child in enumerate(children)]
         return [(child, 1) for child in children]
 
-    return tree_depth((ast, 0), lambda pair: [(child, pair[1] + weight) for child, weight
-                                              in steps(pair[0])], key=lambda pair: pair[1])
+    return tree_depth(
+        (ast, 0),
+        lambda pair: [(child, pair[1] + weight) for child, weight in steps(pair[0])],
+        key=lambda pair: pair[1],
+    )
 
 
 _QUOTES = "'\"`"
@@ -126,13 +136,16 @@ def _nesting(text: str) -> int:
             deepest = max(deepest, depth + nested + inner_deepest)
         elif char in "([{":
             depth += 1
-            following = text[i + 1:i + 2]
+            following = text[i + 1 : i + 2]
             if char == "[" and following in ("]", "?"):
                 nested += 1  # a flatten or a filter projection
         elif char in ")]}":
             depth -= 1
-        elif char == "*" or (char == "!" and text[i + 1:i + 2] != "=") or (
-                char == "&" and text[i + 1:i + 2] != "&" and text[i - 1:i] != "&"):
+        elif (
+            char == "*"
+            or (char == "!" and text[i + 1 : i + 2] != "=")
+            or (char == "&" and text[i + 1 : i + 2] != "&" and text[i - 1 : i] != "&")
+        ):
             nested += 1  # a projection, a not, an expression reference
         deepest = max(deepest, depth + nested)
         i += 1
@@ -167,8 +180,10 @@ def _check_functions(ast: dict[str, Any], expression: str) -> None:
     that is a literal or an ``&expression`` is of a type the function accepts."""
     for child in _children(ast):
         if child["type"] == "expref" and ast["type"] != "function_expression":
-            raise ExpressionError(f"JMESPath {excerpt(expression)}: an &expression is only a "
-                                  "function's argument (sort_by(list, &name))")
+            raise ExpressionError(
+                f"JMESPath {excerpt(expression)}: an &expression is only a "
+                "function's argument (sort_by(list, &name))"
+            )
         _check_functions(child, expression)
     if ast["type"] != "function_expression":
         return
@@ -177,16 +192,20 @@ def _check_functions(ast: dict[str, Any], expression: str) -> None:
     if spec is None:
         from moerules.engine.rules.validation import did_you_mean
 
-        raise ExpressionError(f"JMESPath {excerpt(expression)}: unknown function {name}()"
-                              f"{did_you_mean(name, _FUNCTIONS_TABLE)}; functions: "
-                              f"{', '.join(sorted(_FUNCTIONS_TABLE))}")
+        raise ExpressionError(
+            f"JMESPath {excerpt(expression)}: unknown function {name}()"
+            f"{did_you_mean(name, _FUNCTIONS_TABLE)}; functions: "
+            f"{', '.join(sorted(_FUNCTIONS_TABLE))}"
+        )
     params = spec["signature"]
     variadic = bool(params) and params[-1].get("variadic", False)
     if len(args) < len(params) or (len(args) > len(params) and not variadic):
         wanted = f"at least {len(params)}" if variadic else str(len(params))
         plural = "" if len(params) == 1 else "s"
-        raise ExpressionError(f"JMESPath {excerpt(expression)}: {name}() takes {wanted} "
-                              f"argument{plural}, got {len(args)}")
+        raise ExpressionError(
+            f"JMESPath {excerpt(expression)}: {name}() takes {wanted} "
+            f"argument{plural}, got {len(args)}"
+        )
     for index, arg in enumerate(args):
         accepted = set(params[min(index, len(params) - 1)]["types"])
         if arg["type"] == "expref":
@@ -200,7 +219,8 @@ def _check_functions(ast: dict[str, Any], expression: str) -> None:
         if accepted and not accepted & given:
             raise ExpressionError(
                 f"JMESPath {excerpt(expression)}: argument {index + 1} of {name}() must be "
-                f"{' or '.join(sorted(accepted))}, not {sorted(given)[0]}")
+                f"{' or '.join(sorted(accepted))}, not {sorted(given)[0]}"
+            )
 
 
 def simple_path(ast: dict[str, Any]) -> Path | None:
@@ -226,8 +246,13 @@ def simple_path(ast: dict[str, Any]) -> Path | None:
 
 
 _RELATIVE_RIGHT = {
-    "subexpression", "index_expression", "projection", "value_projection",
-    "filter_projection", "flatten", "pipe",
+    "subexpression",
+    "index_expression",
+    "projection",
+    "value_projection",
+    "filter_projection",
+    "flatten",
+    "pipe",
 }
 
 
@@ -269,13 +294,15 @@ class JMESPathSearch:
         self.expression = expression
         self.part = ast is not None
         # a part of a parsed expression runs on the parser's own result type
-        self.compiled = (jmespath.compile(expression) if ast is None
-                         else ParsedResult(expression, ast))  # type: ignore[arg-type]
+        self.compiled = (
+            jmespath.compile(expression) if ast is None else ParsedResult(expression, ast)  # type: ignore[arg-type]
+        )
 
     def __call__(self, scope: Any) -> Any:
         try:
             return self.compiled.search(scope, _OPTIONS)
         except jmespath_errors.JMESPathError as exc:
             # e.g. length(null): the record lacks what the rule assumes; dead-letter it
-            raise RecordError(f"expression {self.expression!r} failed",
-                              str(exc).splitlines()[0]) from None
+            raise RecordError(
+                f"expression {self.expression!r} failed", str(exc).splitlines()[0]
+            ) from None

@@ -31,8 +31,15 @@ class FieldCode:
         self.ctx = ctx
         self.spreads = SpreadCode(ctx)
 
-    def field(self, spec: FieldSpec, cache: PathCache, what: str,
-              roots: frozenset[str] | None, *, alias: bool = False) -> str:
+    def field(
+        self,
+        spec: FieldSpec,
+        cache: PathCache,
+        what: str,
+        roots: frozenset[str] | None,
+        *,
+        alias: bool = False,
+    ) -> str:
         """Emit code computing one field into a fresh local; return the local's name.
 
         With ``alias`` (the caller only reads the result) a plain path with nothing to apply
@@ -68,12 +75,15 @@ class FieldCode:
         else:
             apply_steps(ctx, spec, out, what)
         if ctx.trace:
-            ctx.tr(f"('field', {cg.literal(what)}, {cg.literal(origin)}, "
-                   f"{cg.literal(_steps(spec))}, {out})")
+            ctx.tr(
+                f"('field', {cg.literal(what)}, {cg.literal(origin)}, "
+                f"{cg.literal(_steps(spec))}, {out})"
+            )
         return out
 
-    def template(self, source: str, cache: PathCache, out: str,
-                 roots: frozenset[str] | None, what: str) -> None:
+    def template(
+        self, source: str, cache: PathCache, out: str, roots: frozenset[str] | None, what: str
+    ) -> None:
         ctx, cg = self.ctx, self.ctx.cg
         compiled = ctx.language.template(source, roots)
         if "{" not in source:
@@ -84,9 +94,11 @@ class FieldCode:
         if path is not None and (roots is None or path[0] in roots):
             # written exactly as Jinja would write it, without Jinja
             local = ctx.values.path(path if roots is not None else path[1:] or path, cache)
-            cg.emit(f"{out} = '' if {local} is None else {local} if type({local}) is str and "
-                    f"len({local}) <= {MAX_TEMPLATE_OUTPUT} else "
-                    f"{text}({local}, {cg.literal(what)})")
+            cg.emit(
+                f"{out} = '' if {local} is None else {local} if type({local}) is str and "
+                f"len({local}) <= {MAX_TEMPLATE_OUTPUT} else "
+                f"{text}({local}, {cg.literal(what)})"
+            )
             return
         args = ", ".join(f"{k}={v}" for k, v in cache.roots.items() if k != "@")
         if roots is None:
@@ -95,8 +107,15 @@ class FieldCode:
         cg.namespace[render] = renderer(source, compiled, what, ctx.rule)
         cg.emit(f"{out} = {render}({args})")
 
-    def each(self, spec: FieldSpec, cache: PathCache, what: str, roots: frozenset[str] | None,
-             out: str, store: str | None = None) -> str:
+    def each(
+        self,
+        spec: FieldSpec,
+        cache: PathCache,
+        what: str,
+        roots: frozenset[str] | None,
+        out: str,
+        store: str | None = None,
+    ) -> str:
         """A list of objects, one per item; with ``store`` (``obj[key]``), stored there when
         the items are a list (rather than left null, then tested)."""
         ctx, cg, values = self.ctx, self.ctx.cg, self.ctx.values
@@ -114,15 +133,19 @@ class FieldCode:
                 if values.fast:  # items are objects; any other item is AttributeError
                     values.known_dicts = known | {item}
                 # An item that is not an object is the wrong shape: never an empty object
-                check = (f"if type({item}) is not dict: raise {shape}("
-                         f"{cg.literal(what + '[]')}, 'an object', {item})")
+                check = (
+                    f"if type({item}) is not dict: raise {shape}("
+                    f"{cg.literal(what + '[]')}, 'an object', {item})"
+                )
                 mark = len(cg.lines)
                 try:
                     obj = self.object(spec, inner, f"{what}[]", None)
                 finally:
                     values.known_dicts = known
-                if not (values.fast and cg.lines[mark].lstrip().split(" = ", 1)[-1]
-                        .startswith(f"{item}.get(")):
+                if not (
+                    values.fast
+                    and cg.lines[mark].lstrip().split(" = ", 1)[-1].startswith(f"{item}.get(")
+                ):
                     # (the fast code's first read, ``item.get``, already fails for any
                     # other item and sends the record to the safe code, which checks)
                     cg.insert(mark, check)
@@ -134,8 +157,9 @@ class FieldCode:
         ctx.tr(f"('field', {cg.literal(what)}, {cg.literal('each ' + spec.each)}, [], {out})")
         return out
 
-    def object(self, spec: FieldSpec, cache: PathCache, what: str,
-               roots: frozenset[str] | None) -> str:
+    def object(
+        self, spec: FieldSpec, cache: PathCache, what: str, roots: frozenset[str] | None
+    ) -> str:
         """An object built from ``spec.spread`` then ``spec.attributes``."""
         if not spec.spread:
             return self.attributes(spec.attributes or {}, cache, what, roots)
@@ -143,8 +167,14 @@ class FieldCode:
         self.spreads.spreads(spec.spread, cache, obj, roots)
         return self.attributes(spec.attributes or {}, cache, what, roots, obj)
 
-    def attributes(self, specs: Mapping[str, FieldSpec], cache: PathCache, what: str,
-                   roots: frozenset[str] | None, target: str | None = None) -> str:
+    def attributes(
+        self,
+        specs: Mapping[str, FieldSpec],
+        cache: PathCache,
+        what: str,
+        roots: frozenset[str] | None,
+        target: str | None = None,
+    ) -> str:
         """Emit code building the object ``specs`` describe (into ``target`` when given).
 
         A fresh object starts as one dict display of its leading values that are never null
@@ -185,21 +215,27 @@ class FieldCode:
                 put(key, inline[1], inline[0])
                 continue
             given = given_keys(spec)
-            if spec.each is not None and not ctx.trace and not given & {"from", "value",
-                                                                          "template"}:
+            if (
+                spec.each is not None
+                and not ctx.trace
+                and not given & {"from", "value", "template"}
+            ):
                 start()
                 self.each(spec, cache, label, roots, cg.name("f"), f"{obj}[{key}]")
                 continue
             made = self.field(spec, cache, label, roots, alias=True)
             # the default is applied last, so the value is never null
-            nullable = not (spec.each is None and spec.default is not None
-                            and "default" in given and spec.on_error != "omit")
+            nullable = not (
+                spec.each is None
+                and spec.default is not None
+                and "default" in given
+                and spec.on_error != "omit"
+            )
             put(key, made, made if nullable else "")
         start()
         return obj
 
-    def inline_field(self, spec: FieldSpec, cache: PathCache,
-                     what: str) -> tuple[str, str] | None:
+    def inline_field(self, spec: FieldSpec, cache: PathCache, what: str) -> tuple[str, str] | None:
         """``{from: p, as: T}``, ``{from: p, default: d}`` or ``{from: p, transform: epoch_*}``
         as one expression, no copy: (the local that must not be null for the value to be set,
         or "" when the value is set whatever; the value's source), or None for any other field
@@ -210,8 +246,13 @@ class FieldCode:
         """
         ctx = self.ctx
         given = given_keys(spec)
-        if (ctx.trace or spec.from_ is None or spec.on_error == "omit"
-                or given & {"value", "template", "each"} or spec.attributes is not None):
+        if (
+            ctx.trace
+            or spec.from_ is None
+            or spec.on_error == "omit"
+            or given & {"value", "template", "each"}
+            or spec.attributes is not None
+        ):
             return None
         step = spec.transform[0] if len(spec.transform) == 1 else None
         epoch = step if step in ("epoch_ms_to_s", "epoch_s_to_ms") else None
@@ -240,8 +281,11 @@ class FieldCode:
 
 def _steps(spec: FieldSpec) -> list[str]:
     """A field's transforms as a trace shows them."""
-    steps = [s if isinstance(s, str) else f"{k}: {v}" for s in spec.transform
-             for k, v in ([(s, None)] if isinstance(s, str) else list(s.items()))]
+    steps = [
+        s if isinstance(s, str) else f"{k}: {v}"
+        for s in spec.transform
+        for k, v in ([(s, None)] if isinstance(s, str) else list(s.items()))
+    ]
     if spec.as_:
         steps.append(f"as {spec.as_}")
     if "default" in given_keys(spec):

@@ -30,7 +30,9 @@ class RuleLanguage:
         self.tables: dict[str, LookupTable] = {
             name: LookupTable(
                 {(k.casefold() if t.ignore_case else k): v for k, v in t.values.items()},
-                t.default, t.ignore_case)
+                t.default,
+                t.ignore_case,
+            )
             for name, t in bundle.tables.items()
         }
         self.env = environment({n: t.values for n, t in self.tables.items()})

@@ -34,8 +34,13 @@ WHOLE: dict[str, Any] = {}  # a node read whole (its identity marks it; never fi
 
 # AST kinds whose right side reads the left side's result, not the scope
 _RELATIVE_RIGHT = {
-    "subexpression", "index_expression", "projection", "value_projection",
-    "filter_projection", "flatten", "pipe",
+    "subexpression",
+    "index_expression",
+    "projection",
+    "value_projection",
+    "filter_projection",
+    "flatten",
+    "pipe",
 }
 _NO_READ = {"literal", "raw_string", "expref"}  # an &expression reads elements given elsewhere
 

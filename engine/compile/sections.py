@@ -102,10 +102,14 @@ class BundleCode:
             for name in order:
                 spec = ident.candidates[name]
                 local = self.fields.field(spec, cache, f"identity {name}", frozenset(SCOPE))
-                cg.emit(f"if {local} is not None and type({local}) is not str: "
-                        f"{local} = {scalar}({local}, {cg.literal('identity ' + name)})")
-                ok = (f"{local} is not None and {local}.strip() != '' and "
-                      f"{local}.strip().casefold() not in {reject}")
+                cg.emit(
+                    f"if {local} is not None and type({local}) is not str: "
+                    f"{local} = {scalar}({local}, {cg.literal('identity ' + name)})"
+                )
+                ok = (
+                    f"{local} is not None and {local}.strip() != '' and "
+                    f"{local}.strip().casefold() not in {reject}"
+                )
                 ctx.tr(f"('identity', {cg.literal(name)}, {local}, {ok})")
                 with cg.block(f"if {ok}:"):
                     cg.emit(f"return {chosen}({local}.strip(), {cg.literal(name)})")
@@ -168,8 +172,7 @@ class BundleCode:
                 if ctx.trace:
                     matched = cg.name("m")
                     cg.emit(f"{matched} = bool({cond})")
-                    ctx.tr(f"('rule', {cg.literal(rule.name)}, {cg.literal(rule.when)}, "
-                           f"{matched})")
+                    ctx.tr(f"('rule', {cg.literal(rule.name)}, {cg.literal(rule.when)}, {matched})")
                     cond = matched
                 ctx.rule = rule.name  # (what its dead letters name)
                 with cg.block(f"if {cond}:"):
@@ -190,8 +193,10 @@ class BundleCode:
         if rule.emit == "event" and rule.event_name is not None:
             name = self.fields.field(rule.event_name, cache, "event name", roots, alias=True)
             if rule.event_name.template is None:  # (a template makes text)
-                cg.emit(f"if {name} is not None and type({name}) is not str: "
-                        f"{name} = {cg.const(scalar_text, 't_scalar')}({name}, 'event name')")
+                cg.emit(
+                    f"if {name} is not None and type({name}) is not str: "
+                    f"{name} = {cg.const(scalar_text, 't_scalar')}({name}, 'event name')"
+                )
         attrs = cg.name("attrs")
         self.fields.spreads.spreads(rule.spread, cache, attrs, roots)
         self.fields.attributes(rule.attributes, cache, "", roots, attrs)

@@ -25,8 +25,9 @@ class SpreadCode:
     def __init__(self, ctx: CodeContext) -> None:
         self.ctx = ctx
 
-    def spreads(self, spreads: list[Spread], cache: PathCache, obj: str,
-                roots: frozenset[str] | None) -> None:
+    def spreads(
+        self, spreads: list[Spread], cache: PathCache, obj: str, roots: frozenset[str] | None
+    ) -> None:
         """Emit ``obj = {}`` and the spreads into it; a first plain spread copies instead."""
         created = False
         for spread in spreads:
@@ -45,9 +46,17 @@ class SpreadCode:
         entries one by one. Fast mode only (the source's view may be a list: AttributeError on
         ``.items``). True when it emitted ``obj``."""
         ctx, cg, values = self.ctx, self.ctx.cg, self.ctx.values
-        if (not values.fast or ctx.trace or spread.key is not None
-                or spread.rename is not None or spread.renamed_only or spread.prefix
-                or spread.suffix or spread.transform or spread.value is not None):
+        if (
+            not values.fast
+            or ctx.trace
+            or spread.key is not None
+            or spread.rename is not None
+            or spread.renamed_only
+            or spread.prefix
+            or spread.suffix
+            or spread.transform
+            or spread.value is not None
+        ):
             return False
         source = ctx.expression(spread.from_)
         view = values.dict_view(values.value(spread.from_, source, cache), cache)
@@ -104,8 +113,10 @@ class SpreadCode:
             # nothing copied (an empty one, as null, has nothing to copy; so the fast code,
             # which reads it as empty, agrees)
             with cg.block(f"elif {checked}:"):
-                cg.emit(f"raise {cg.const(wrong_shape, 'wrong_shape')}("
-                        f"{cg.literal('spread ' + spread.from_)}, 'an object', {checked})")
+                cg.emit(
+                    f"raise {cg.const(wrong_shape, 'wrong_shape')}("
+                    f"{cg.literal('spread ' + spread.from_)}, 'an object', {checked})"
+                )
 
     def excluded(self, spread: Spread, key: str) -> str:
         """Source of a test that ``key`` is excluded: exact names, or prefixes written ``moe_*``."""
@@ -118,8 +129,16 @@ class SpreadCode:
             tests.append(f"{key}.startswith({self.ctx.cg.const(prefixes, 'prefixes')})")
         return " or ".join(tests)
 
-    def entry(self, spread: Spread, k: str, v: str, table: str | None, fold: str, obj: str,
-              value_ast: dict[str, Any] | None) -> None:
+    def entry(
+        self,
+        spread: Spread,
+        k: str,
+        v: str,
+        table: str | None,
+        fold: str,
+        obj: str,
+        value_ast: dict[str, Any] | None,
+    ) -> None:
         """One entry (key ``k``, value ``v``): renamed, then its value made and set."""
         cg = self.ctx.cg
         name = cg.name("n")
@@ -133,12 +152,16 @@ class SpreadCode:
                 cg.emit(f"{name} = {table}.get({k}{fold}, {k})")
             self.value(spread, name, v, obj, value_ast)
 
-    def value(self, spread: Spread, name: str, v: str, obj: str,
-              value_ast: dict[str, Any] | None) -> None:
+    def value(
+        self, spread: Spread, name: str, v: str, obj: str, value_ast: dict[str, Any] | None
+    ) -> None:
         ctx, cg = self.ctx, self.ctx.cg
         if spread.prefix or spread.suffix:
-            parts = [cg.literal(spread.prefix) if spread.prefix else "", name,
-                     cg.literal(spread.suffix) if spread.suffix else ""]
+            parts = [
+                cg.literal(spread.prefix) if spread.prefix else "",
+                name,
+                cg.literal(spread.suffix) if spread.suffix else "",
+            ]
             named = cg.name("n")
             cg.emit(f"{named} = {' + '.join(p for p in parts if p)}")
             name = named

@@ -33,10 +33,33 @@ class TemplateError(ValueError):
 
 
 _ALLOWED_NODES: tuple[type[nodes.Node], ...] = (
-    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Getattr, nodes.Getitem,
-    nodes.Const, nodes.Filter, nodes.Concat, nodes.Compare, nodes.Operand, nodes.CondExpr,
-    nodes.If, nodes.And, nodes.Or, nodes.Not, nodes.List, nodes.Tuple, nodes.Add, nodes.Sub,
-    nodes.Mul, nodes.Div, nodes.FloorDiv, nodes.Mod, nodes.Neg, nodes.Pos, nodes.Test,
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Const,
+    nodes.Filter,
+    nodes.Concat,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.CondExpr,
+    nodes.If,
+    nodes.And,
+    nodes.Or,
+    nodes.Not,
+    nodes.List,
+    nodes.Tuple,
+    nodes.Add,
+    nodes.Sub,
+    nodes.Mul,
+    nodes.Div,
+    nodes.FloorDiv,
+    nodes.Mod,
+    nodes.Neg,
+    nodes.Pos,
+    nodes.Test,
     nodes.Keyword,
 )
 _ALLOWED_TESTS = frozenset({"defined", "undefined", "none", "number", "string", "mapping"})
@@ -73,8 +96,10 @@ def _check_nesting(env: ImmutableSandboxedEnvironment, source: str) -> None:
             run = run + 1 if kind in _PREFIX or (kind == "name" and value == "not") else 0
             first_in_block = False
             if brackets + blocks + run + ifs > MAX_NESTING:
-                raise TemplateError(f"template nests more than {MAX_NESTING} levels deep "
-                                    "(brackets, if-blocks and operators)")
+                raise TemplateError(
+                    f"template nests more than {MAX_NESTING} levels deep "
+                    "(brackets, if-blocks and operators)"
+                )
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template does not parse: {exc.message}") from None
 
@@ -83,8 +108,12 @@ def _children(node: nodes.Node) -> Iterable[nodes.Node]:
     return node.iter_child_nodes()
 
 
-def _check(node: nodes.Node, names: frozenset[str], env: ImmutableSandboxedEnvironment,
-           tables: frozenset[str]) -> None:
+def _check(
+    node: nodes.Node,
+    names: frozenset[str],
+    env: ImmutableSandboxedEnvironment,
+    tables: frozenset[str],
+) -> None:
     if not isinstance(node, _ALLOWED_NODES):
         raise TemplateError(
             f"{type(node).__name__} is not allowed in rule templates "
@@ -100,15 +129,19 @@ def _check(node: nodes.Node, names: frozenset[str], env: ImmutableSandboxedEnvir
             raise TemplateError("only constant subscripts not starting with _ are allowed")
     if isinstance(node, nodes.Filter):
         if node.name not in ALLOWED_FILTERS:
-            raise TemplateError(f"filter {node.name!r} is not allowed; allowed: "
-                                f"{', '.join(sorted(ALLOWED_FILTERS))}")
+            raise TemplateError(
+                f"filter {node.name!r} is not allowed; allowed: "
+                f"{', '.join(sorted(ALLOWED_FILTERS))}"
+            )
         _check_call(node, "filter", env.filters[node.name])
         if node.name == "lookup":
             table = node.args[0] if node.args else None
             if not (isinstance(table, nodes.Const) and table.value in tables):
                 shown = repr(table.value) if isinstance(table, nodes.Const) else "a computed name"
-                raise TemplateError(f"lookup: unknown table {shown}; tables: "
-                                    f"{', '.join(sorted(tables)) or '(none)'}")
+                raise TemplateError(
+                    f"lookup: unknown table {shown}; tables: "
+                    f"{', '.join(sorted(tables)) or '(none)'}"
+                )
     if isinstance(node, nodes.Test):
         if node.name not in _ALLOWED_TESTS:
             raise TemplateError(f"test {node.name!r} is not allowed")
@@ -142,7 +175,8 @@ def _check_call(node: nodes.Filter | nodes.Test, kind: str, func: Callable[..., 
 
 def _literal_sequence(node: nodes.Node) -> bool:
     return isinstance(node, nodes.List | nodes.Tuple) or (
-        isinstance(node, nodes.Const) and isinstance(node.value, str))
+        isinstance(node, nodes.Const) and isinstance(node.value, str)
+    )
 
 
 def _check_repeat(node: nodes.Mul) -> None:
@@ -150,13 +184,14 @@ def _check_repeat(node: nodes.Mul) -> None:
     for seq, count in ((node.left, node.right), (node.right, node.left)):
         if not _literal_sequence(seq):
             continue
-        size = len(seq.value) if isinstance(seq, nodes.Const) else len(
-            seq.items)  # type: ignore[attr-defined]
+        size = len(seq.value) if isinstance(seq, nodes.Const) else len(seq.items)  # type: ignore[attr-defined]
         if not (isinstance(count, nodes.Const) and type(count.value) is int):
             raise TemplateError("`*` repeats a literal only by a whole-number constant")
         if size * count.value > TINY_REPEAT:
-            raise TemplateError(f"`*` repeats a literal to {size * count.value:,} characters or "
-                                f"items; the limit is {TINY_REPEAT:,}")
+            raise TemplateError(
+                f"`*` repeats a literal to {size * count.value:,} characters or "
+                f"items; the limit is {TINY_REPEAT:,}"
+            )
 
 
 def _constant_parts(node: nodes.Node) -> Iterable[nodes.Expr]:
@@ -164,9 +199,11 @@ def _constant_parts(node: nodes.Node) -> Iterable[nodes.Expr]:
     stack = [node]
     while stack:
         current = stack.pop()
-        if (isinstance(current, nodes.Expr)
-                and not isinstance(current, nodes.Const | nodes.TemplateData)
-                and not any(True for _ in current.find_all(nodes.Name))):
+        if (
+            isinstance(current, nodes.Expr)
+            and not isinstance(current, nodes.Const | nodes.TemplateData)
+            and not any(True for _ in current.find_all(nodes.Name))
+        ):
             yield current
             continue
         stack.extend(current.iter_child_nodes())
@@ -195,8 +232,7 @@ def _check_constants(env: ImmutableSandboxedEnvironment, source: str) -> None:
 class TemplateCheck:
     """Parses and vets templates; compiles them once for rendering."""
 
-    def __init__(self, env: ImmutableSandboxedEnvironment,
-                 tables: Iterable[str] = ()) -> None:
+    def __init__(self, env: ImmutableSandboxedEnvironment, tables: Iterable[str] = ()) -> None:
         self.env = env
         self.tables = frozenset(tables)
 
@@ -207,8 +243,10 @@ class TemplateCheck:
         except TemplateSyntaxError as exc:
             raise TemplateError(f"template does not parse: {exc.message}") from None
         if tree_depth(tree, _children) > MAX_DEPTH:  # type: ignore[arg-type]
-            raise TemplateError(f"template is nested more than {MAX_DEPTH} levels deep "
-                                "(operators, filters and attributes applied one to another)")
+            raise TemplateError(
+                f"template is nested more than {MAX_DEPTH} levels deep "
+                "(operators, filters and attributes applied one to another)"
+            )
         _check(tree, names, self.env, self.tables)
         _check_constants(self.env, source)
         try:

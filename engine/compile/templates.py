@@ -30,16 +30,40 @@ from moerules.engine.compile.conversions import describe, lookup_key, to_string,
 from moerules.engine.errors import RecordError
 
 __all__ = [
-    "ALLOWED_FILTERS", "TemplateRenderer", "TemplateTooLarge", "attribute_chain", "environment",
-    "renderer", "simple_variable", "template_text",
+    "ALLOWED_FILTERS",
+    "TemplateRenderer",
+    "TemplateTooLarge",
+    "attribute_chain",
+    "environment",
+    "renderer",
+    "simple_variable",
+    "template_text",
 ]
 
 
-ALLOWED_FILTERS = frozenset({
-    "lower", "upper", "title", "capitalize", "trim", "default", "d", "replace", "string",
-    "int", "float", "round", "length", "join", "first", "last", "truncate", "abs",
-    "lookup",
-})
+ALLOWED_FILTERS = frozenset(
+    {
+        "lower",
+        "upper",
+        "title",
+        "capitalize",
+        "trim",
+        "default",
+        "d",
+        "replace",
+        "string",
+        "int",
+        "float",
+        "round",
+        "length",
+        "join",
+        "first",
+        "last",
+        "truncate",
+        "abs",
+        "lookup",
+    }
+)
 
 _SEQUENCES = (str, list, tuple)
 
@@ -113,8 +137,7 @@ class TemplateRenderer:
             raise failure from None
 
 
-def renderer(source: str, template: Any, what: str,
-             rule: str | None = None) -> TemplateRenderer:
+def renderer(source: str, template: Any, what: str, rule: str | None = None) -> TemplateRenderer:
     """A function rendering ``template`` (compiled from ``source``) for field ``what`` of
     ``rule``."""
     return TemplateRenderer(source, template, what, rule)
@@ -163,8 +186,11 @@ class _RuleTemplates(ImmutableSandboxedEnvironment):
             raise TypeError("string formatting with % is not allowed")
         if operator == "*":
             count, seq = (right, left) if _size(left) is not None else (left, right)
-            if _size(seq) is not None and isinstance(count, int) and (
-                    _size(seq) or 0) * count > MAX_TEMPLATE_OUTPUT:
+            if (
+                _size(seq) is not None
+                and isinstance(count, int)
+                and (_size(seq) or 0) * count > MAX_TEMPLATE_OUTPUT
+            ):
                 raise TemplateTooLarge((_size(seq) or 0) * count)
         if operator == "+" and _size(left) is not None and _size(right) is not None:
             total = (_size(left) or 0) + (_size(right) or 0)
@@ -211,7 +237,7 @@ def _on_text(apply: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(apply)  # its signature (checked at load) and how Jinja calls it
     def on_text(*args: Any, **kwargs: Any) -> Any:
-        return apply(*args[:at], _text(args[at]), *args[at + 1:], **kwargs)
+        return apply(*args[:at], _text(args[at]), *args[at + 1 :], **kwargs)
 
     return on_text
 

@@ -33,8 +33,17 @@ from moerules.engine.compile.conversions import (
 from moerules.engine.rules.validation import did_you_mean
 
 __all__ = [
-    "CASTS", "TRANSFORMS", "LookupTable", "Site", "Transform", "TransformSpecError",
-    "call_source", "cast_source", "check_transform", "lookup_key", "transforms_table",
+    "CASTS",
+    "TRANSFORMS",
+    "LookupTable",
+    "Site",
+    "Transform",
+    "TransformSpecError",
+    "call_source",
+    "cast_source",
+    "check_transform",
+    "lookup_key",
+    "transforms_table",
 ]
 
 
@@ -78,9 +87,11 @@ class Transform:
 TRANSFORMS: dict[str, Transform] = {}
 
 
-def transform(name: str, doc: str, *, argument: str | None = None,
-              check: Check | None = None) -> Callable[[Emit], Emit]:
+def transform(
+    name: str, doc: str, *, argument: str | None = None, check: Check | None = None
+) -> Callable[[Emit], Emit]:
     """Register the decorated emitter as transform ``name``."""
+
     def register(emit: Emit) -> Emit:
         assert name not in TRANSFORMS, f"transform {name!r} registered twice"
         TRANSFORMS[name] = Transform(name, doc, emit, argument, check)
@@ -95,8 +106,14 @@ _IDENTITY_TYPE: dict[str, str] = {}  # the type a function returns unchanged: no
 _INT_INLINE: dict[str, str] = {}  # what it returns for an int (never a bool), as inline source
 
 
-def _converter(name: str, function: Callable[[Any, str], Any], doc: str, *,
-               keeps: str | None = None, int_inline: str | None = None) -> None:
+def _converter(
+    name: str,
+    function: Callable[[Any, str], Any],
+    doc: str,
+    *,
+    keeps: str | None = None,
+    int_inline: str | None = None,
+) -> None:
     """Register a transform done by ``function``: skipped for the type it ``keeps``, written
     inline (``int_inline``) for an int, called for anything else that is not null."""
     _FUNCTIONS[name] = function
@@ -115,8 +132,9 @@ def _converter(name: str, function: Callable[[Any, str], Any], doc: str, *,
                 cg.emit(f"elif {var} is not None: {var} = {call}")
                 return
             call = f"{int_inline.format(var)} if type({var}) is int else {call}"
-        guard = f"{var} is not None and type({var}) is not {keeps}" if keeps else (
-            f"{var} is not None")
+        guard = (
+            f"{var} is not None and type({var}) is not {keeps}" if keeps else (f"{var} is not None")
+        )
         cg.emit(f"if {guard}: {var} = {call}")
 
     transform(name, doc)(emit)
@@ -124,34 +142,52 @@ def _converter(name: str, function: Callable[[Any, str], Any], doc: str, *,
 
 def _in_place(name: str, doc: str, method: str) -> None:
     """Register a transform that is a string method (strings only; anything else passes)."""
+
     @transform(name, doc)
     def emit(at: Site, _: Any) -> None:
         at.cg.emit(f"if type({at.var}) is str: {at.var} = {at.var}.{method}()")
 
 
-_converter("string", to_string,
-           "convert to a string (numbers without a trailing .0; objects and lists as JSON)",
-           keeps="str", int_inline="str({})")
-_converter("int", to_int, "convert to an integer (\"42\", 42.0 -> 42; 2.5 or \"x\" will not "
-           "convert: the event is dead-lettered)", keeps="int")
-_converter("float", to_float, "convert to a float (\"19.99\" -> 19.99; \"abc\" will not convert: "
-           "the event is dead-lettered)", keeps="float",
-           int_inline="float({})")
-_converter("bool", to_bool, "convert to true/false (true/yes/1, false/no/0; anything else is "
-           "dead-lettered)", keeps="bool")
+_converter(
+    "string",
+    to_string,
+    "convert to a string (numbers without a trailing .0; objects and lists as JSON)",
+    keeps="str",
+    int_inline="str({})",
+)
+_converter(
+    "int",
+    to_int,
+    'convert to an integer ("42", 42.0 -> 42; 2.5 or "x" will not '
+    "convert: the event is dead-lettered)",
+    keeps="int",
+)
+_converter(
+    "float",
+    to_float,
+    'convert to a float ("19.99" -> 19.99; "abc" will not convert: the event is dead-lettered)',
+    keeps="float",
+    int_inline="float({})",
+)
+_converter(
+    "bool",
+    to_bool,
+    "convert to true/false (true/yes/1, false/no/0; anything else is dead-lettered)",
+    keeps="bool",
+)
 _in_place("lower", "lowercase a string", "lower")
 _in_place("upper", "uppercase a string", "upper")
 _in_place("title", "title-case a string", "title")
 _in_place("trim", "strip surrounding white space", "strip")
 
 
-@transform("empty_to_null", "treat \"\" (or an empty list/object) as missing")
+@transform("empty_to_null", 'treat "" (or an empty list/object) as missing')
 def _empty_to_null(at: Site, _: Any) -> None:
     v = at.var
     at.cg.emit(f"if not {v} and ({v} == '' or {v} == [] or {v} == {{}}): {v} = None")
 
 
-@transform("default", "use this value when missing, null or \"\"", argument="value")
+@transform("default", 'use this value when missing, null or ""', argument="value")
 def _default(at: Site, value: Any) -> None:
     # `not var` first: one truth test settles the common, non-empty value
     with at.cg.block(f"if not {at.var} and ({at.var} is None or {at.var} == ''):"):
@@ -159,8 +195,7 @@ def _default(at: Site, value: Any) -> None:
 
 
 def _check_hash(algorithm: Any, _: Mapping[str, LookupTable]) -> str | None:
-    return None if algorithm in HASHES else (
-        f"hash algorithm must be one of {', '.join(HASHES)}")
+    return None if algorithm in HASHES else (f"hash algorithm must be one of {', '.join(HASHES)}")
 
 
 @transform("hash", "hex digest: sha256, sha1 or md5", argument="algorithm", check=_check_hash)
@@ -173,12 +208,15 @@ _converter("sha256", HASHES["sha256"], "hex SHA-256 digest of the string form")
 
 
 def _check_table(name: Any, tables: Mapping[str, LookupTable]) -> str | None:
-    return None if name in tables else (
-        f"unknown table {name!r}{did_you_mean(str(name), tables)}")
+    return None if name in tables else (f"unknown table {name!r}{did_you_mean(str(name), tables)}")
 
 
-@transform("lookup", "replace through a lookup table (see `tables`)", argument="table name",
-           check=_check_table)
+@transform(
+    "lookup",
+    "replace through a lookup table (see `tables`)",
+    argument="table name",
+    check=_check_table,
+)
 def _lookup(at: Site, name: Any) -> None:
     cg, var = at.cg, at.var
     values, default, ignore_case = at.tables[name]
@@ -193,10 +231,12 @@ def _lookup(at: Site, name: Any) -> None:
         cg.emit(f"{var} = {table}.get({key}, {fallback})")
 
 
-_converter("epoch_ms_to_s", epoch_ms_to_s, "epoch milliseconds -> epoch seconds",
-           int_inline="{} // 1000")
-_converter("epoch_s_to_ms", epoch_s_to_ms, "epoch seconds -> epoch milliseconds",
-           int_inline="{} * 1000")
+_converter(
+    "epoch_ms_to_s", epoch_ms_to_s, "epoch milliseconds -> epoch seconds", int_inline="{} // 1000"
+)
+_converter(
+    "epoch_s_to_ms", epoch_s_to_ms, "epoch seconds -> epoch milliseconds", int_inline="{} * 1000"
+)
 _converter("epoch_s_to_iso", epoch_s_to_iso, "epoch seconds -> YYYY-MM-DDTHH:MM:SSZ")
 _converter("epoch_ms_to_iso", epoch_ms_to_iso, "epoch milliseconds -> YYYY-MM-DDTHH:MM:SSZ")
 _converter("iso_to_epoch_s", iso_to_epoch_s, "ISO-8601 date -> epoch seconds")
@@ -211,15 +251,15 @@ def _check_count(what: str) -> Check:
     return check
 
 
-@transform("round", "round a number to N decimals", argument="digits",
-           check=_check_count("round"))
+@transform("round", "round a number to N decimals", argument="digits", check=_check_count("round"))
 def _round(at: Site, digits: Any) -> None:
     v = at.var
     at.cg.emit(f"if type({v}) is float or type({v}) is int: {v} = round({v}, {int(digits)})")
 
 
-@transform("truncate", "cut a string to N characters", argument="length",
-           check=_check_count("truncate"))
+@transform(
+    "truncate", "cut a string to N characters", argument="length", check=_check_count("truncate")
+)
 def _truncate(at: Site, length: Any) -> None:
     at.cg.emit(f"if type({at.var}) is str: {at.var} = {at.var}[:{int(length)}]")
 
@@ -239,8 +279,7 @@ def _check_replace(argument: Any, _: Mapping[str, LookupTable]) -> str | None:
     return None if ok else "replace takes {old: ..., new: ...}"
 
 
-@transform("replace", "replace text: {old: a, new: b}", argument="{old, new}",
-           check=_check_replace)
+@transform("replace", "replace text: {old: a, new: b}", argument="{old, new}", check=_check_replace)
 def _replace(at: Site, argument: Any) -> None:
     old, new = at.cg.literal(str(argument["old"])), at.cg.literal(str(argument["new"]))
     at.cg.emit(f"if type({at.var}) is str: {at.var} = {at.var}.replace({old}, {new})")
@@ -256,20 +295,30 @@ def _split(at: Site, separator: Any) -> None:
 def _join(at: Site, separator: Any) -> None:
     cg, v = at.cg, at.var
     stringify = cg.const(to_string, "t_string")
-    cg.emit(f"if type({v}) is list: {v} = {cg.literal(str(separator))}.join("
-            f"{stringify}(x, {cg.literal(at.what)}) for x in {v} if x is not None)")
+    cg.emit(
+        f"if type({v}) is list: {v} = {cg.literal(str(separator))}.join("
+        f"{stringify}(x, {cg.literal(at.what)}) for x in {v} if x is not None)"
+    )
 
 
 @transform("json", "serialise an object or list to a JSON string")
 def _json(at: Site, _: Any) -> None:
     dumps = at.cg.const(to_string, "t_json")
-    at.cg.emit(f"if {at.var} is not None and type({at.var}) is not str: "
-               f"{at.var} = {dumps}({at.var}, {at.cg.literal(at.what)})")
+    at.cg.emit(
+        f"if {at.var} is not None and type({at.var}) is not str: "
+        f"{at.var} = {dumps}({at.var}, {at.cg.literal(at.what)})"
+    )
 
 
 CASTS = {
-    "string": "string", "str": "string", "int": "int", "integer": "int", "float": "float",
-    "number": "float", "bool": "bool", "boolean": "bool",
+    "string": "string",
+    "str": "string",
+    "int": "int",
+    "integer": "int",
+    "float": "float",
+    "number": "float",
+    "bool": "bool",
+    "boolean": "bool",
 }
 """``as:`` names, each for the transform it applies last."""
 
@@ -290,8 +339,9 @@ def check_transform(step: Any, tables: Mapping[str, LookupTable]) -> tuple[Trans
     if spec is None:
         raise TransformSpecError(f"unknown transform {name!r}{did_you_mean(str(name), TRANSFORMS)}")
     if spec.argument is not None and isinstance(step, str):
-        raise TransformSpecError(f"transform {name!r} needs an argument ({spec.argument}): "
-                                 f"write `{{{name}: ...}}`")
+        raise TransformSpecError(
+            f"transform {name!r} needs an argument ({spec.argument}): write `{{{name}: ...}}`"
+        )
     if spec.argument is None and not isinstance(step, str):
         raise TransformSpecError(f"transform {name!r} takes no argument: write `{name}`")
     problem = spec.check(argument, tables) if spec.check is not None else None
@@ -309,8 +359,9 @@ def call_source(cg: Codegen, var: str, name: str, what: str) -> tuple[str | None
     return inline, f"{fn}({var}, {cg.literal(what)})"
 
 
-def cast_source(cg: Codegen, var: str, name: str, what: str, *,
-                fast: bool = False) -> tuple[str, str]:
+def cast_source(
+    cg: Codegen, var: str, name: str, what: str, *, fast: bool = False
+) -> tuple[str, str]:
     """For cast ``name``: (the Python type it keeps as is, source converting any other value).
 
     The conversion is for a ``var`` that is not null. Ints (and floats, to string) convert
@@ -323,13 +374,16 @@ def cast_source(cg: Codegen, var: str, name: str, what: str, *,
     call = f"{fn}({var}, {cg.literal(what)})"
     if fast and name == "float":
         x, finite = cg.name("x"), cg.const(_isfinite, "isfinite")
-        call = (f"({x} if {finite}({x} := float({var})) else {call}) if type({var}) is str "
-                f"else {call}")
+        call = (
+            f"({x} if {finite}({x} := float({var})) else {call}) if type({var}) is str else {call}"
+        )
     elif fast and name == "int":
         call = f"int({var}) if type({var}) is str else {call}"
     elif name == "string":
-        call = (f"(str(int({var})) if {var}.is_integer() else str({var})) if type({var}) is float "
-                f"else {call}")
+        call = (
+            f"(str(int({var})) if {var}.is_integer() else str({var})) if type({var}) is float "
+            f"else {call}"
+        )
     if name in _INT_INLINE:
         call = f"{_INT_INLINE[name].format(var)} if type({var}) is int else {call}"
     return _IDENTITY_TYPE[name], call

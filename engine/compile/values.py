@@ -100,8 +100,9 @@ class ValueCompiler:
         if local is not None:
             cache.put((_VIEW, local), local)
 
-    def value(self, expression: str, ast: dict[str, Any], cache: PathCache,
-              part: bool = False) -> str:
+    def value(
+        self, expression: str, ast: dict[str, Any], cache: PathCache, part: bool = False
+    ) -> str:
         """A local holding the expression's value (``part``: ``ast`` is a part of it)."""
         path = simple_path(ast)
         if path is not None and (path[0] in cache.roots or "@" in cache.roots):
@@ -126,8 +127,9 @@ class ValueCompiler:
             self.cg.emit(f"{out} = {self.value(expression, right, cache.child(), part=True)}")
         return out
 
-    def _fallback(self, expression: str, cache: PathCache,
-                  ast: dict[str, Any] | None = None) -> str:
+    def _fallback(
+        self, expression: str, cache: PathCache, ast: dict[str, Any] | None = None
+    ) -> str:
         compiled = self.cg.const(JMESPathSearch(expression, ast), "jp")
         local = self.cg.name("x")
         if "@" in cache.roots:
@@ -164,8 +166,9 @@ class ValueCompiler:
             return self.path(path, cache), _NOT_LITERAL
         return None
 
-    def _bool(self, ast: dict[str, Any], cache: PathCache,
-              expression: str | None = None) -> str | None:
+    def _bool(
+        self, ast: dict[str, Any], cache: PathCache, expression: str | None = None
+    ) -> str | None:
         kind = ast["type"]
         children = ast.get("children", [])
         if kind == "and_expression" or kind == "or_expression":
@@ -206,8 +209,9 @@ class ValueCompiler:
             elif haystack["type"] == "multi_select_list" and "@" not in cache.roots:
                 # contains(['a', 'b'], x): a list of raw strings, built against the scope
                 # object (never null here), so it is the list of those strings
-                strings = [c.get("value") if c["type"] == "literal" else None
-                           for c in haystack["children"]]
+                strings = [
+                    c.get("value") if c["type"] == "literal" else None for c in haystack["children"]
+                ]
             if strings is not None and all(isinstance(v, str) for v in strings):
                 operand = self._operand(needle, cache)
                 if operand is None or operand[1] is not _NOT_LITERAL:
@@ -215,8 +219,12 @@ class ValueCompiler:
                 values = self.cg.const(frozenset(strings), "set")
                 return f"(type({operand[0]}) is str and {operand[0]} in {values})"
             return None
-        if (kind == "function_expression" and ast["value"] in ("starts_with", "ends_with")
-                and len(children) == 2 and expression is not None):
+        if (
+            kind == "function_expression"
+            and ast["value"] in ("starts_with", "ends_with")
+            and len(children) == 2
+            and expression is not None
+        ):
             return self._affix(expression, ast, cache)
         path = simple_path(ast)
         if path is not None and (path[0] in cache.roots or "@" in cache.roots):
@@ -233,8 +241,11 @@ class ValueCompiler:
         subject, affix = ast["children"]
         if affix["type"] != "literal" or not isinstance(affix["value"], str):
             return None
-        if (subject["type"] == "function_expression" and subject["value"] == "to_string"
-                and len(subject["children"]) == 1):
+        if (
+            subject["type"] == "function_expression"
+            and subject["value"] == "to_string"
+            and len(subject["children"]) == 1
+        ):
             subject = subject["children"][0]  # to_string of a string is the string
         path = simple_path(subject)
         if path is None or not (path[0] in cache.roots or "@" in cache.roots):
@@ -252,4 +263,3 @@ def _exact_comparable(value: Any) -> bool:
     # Strings, null and booleans compare in Python exactly as in JMESPath; numbers do not
     # (True == 1 in Python), so numeric comparisons stay with jmespath.
     return value is None or isinstance(value, str | bool)
-

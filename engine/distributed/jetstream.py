@@ -71,8 +71,9 @@ def user_of(body: bytes) -> str | None:
 def partition_of(body: bytes, partitions: int) -> int:
     """The partition of a payload: its user's, else its own hash's (no order to keep)."""
     key = user_of(body)
-    digest = hashlib.blake2b((key if key is not None else "").encode() if key is not None
-                             else body, digest_size=8).digest()
+    digest = hashlib.blake2b(
+        (key if key is not None else "").encode() if key is not None else body, digest_size=8
+    ).digest()
     return int.from_bytes(digest, "big") % partitions
 
 
@@ -86,11 +87,20 @@ class _Stats:
 class JetStreamSpool:
     """``Spool`` on a JetStream stream (see the module docstring). ``async with`` connects."""
 
-    def __init__(self, url: str, *, stream: str = DEFAULT_STREAM,
-                 prefix: str = DEFAULT_PREFIX, partitions: int = 16,
-                 max_bytes: int = 1 << 30, max_msgs: int = -1, duplicate_window: float = 120.0,
-                 ack_wait: float = 30.0, refresh: float = 1.0,
-                 partition: Callable[[bytes, int], int] = partition_of) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = DEFAULT_STREAM,
+        prefix: str = DEFAULT_PREFIX,
+        partitions: int = 16,
+        max_bytes: int = 1 << 30,
+        max_msgs: int = -1,
+        duplicate_window: float = 120.0,
+        ack_wait: float = 30.0,
+        refresh: float = 1.0,
+        partition: Callable[[bytes, int], int] = partition_of,
+    ) -> None:
         self.url = url
         self.stream = stream
         self.prefix = prefix
@@ -122,14 +132,23 @@ class JetStreamSpool:
             # the client reconnects by itself; a broker away is counted, not printed
             self.connection_errors += 1
 
-        self._nc = await nats.connect(self.url, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.2, allow_reconnect=True,
-                                      error_cb=quiet)
+        self._nc = await nats.connect(
+            self.url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            allow_reconnect=True,
+            error_cb=quiet,
+        )
         self._js = self._nc.jetstream()
-        config = StreamConfig(name=self.stream, subjects=[f"{self.prefix}.>"],
-                              storage=StorageType.FILE, discard=DiscardPolicy.NEW,
-                              max_bytes=self.max_bytes, max_msgs=self.max_msgs,
-                              duplicate_window=self.duplicate_window)
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.>"],
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.NEW,
+            max_bytes=self.max_bytes,
+            max_msgs=self.max_msgs,
+            duplicate_window=self.duplicate_window,
+        )
         try:
             await self._js.stream_info(self.stream)
         except NotFoundError:
@@ -137,8 +156,12 @@ class JetStreamSpool:
         self._refresher = asyncio.create_task(self._refresh_loop())
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        trace: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
         if self._tasks:
@@ -162,8 +185,12 @@ class JetStreamSpool:
 
         part = self.partition(body, self.partitions)
         try:
-            ack = await self._js.publish(self.subject(bundle, part), body, stream=self.stream,
-                                         headers={"Nats-Msg-Id": msg_id(bundle, body)})
+            ack = await self._js.publish(
+                self.subject(bundle, part),
+                body,
+                stream=self.stream,
+                headers={"Nats-Msg-Id": msg_id(bundle, body)},
+            )
         except APIError as exc:
             text = f"{exc.description or exc}"
             if "maximum" in text.lower() or exc.err_code in (10077, 10047, 10028):
@@ -184,13 +211,20 @@ class JetStreamSpool:
         if sub is None:
             from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-            config = ConsumerConfig(durable_name=self.durable(bundle),
-                                    ack_policy=AckPolicy.EXPLICIT,
-                                    deliver_policy=DeliverPolicy.ALL,
-                                    ack_wait=self.ack_wait, max_ack_pending=-1,
-                                    filter_subject=self.subject(bundle))
-            sub = await self._js.pull_subscribe(self.subject(bundle), durable=self.durable(
-                bundle), stream=self.stream, config=config)
+            config = ConsumerConfig(
+                durable_name=self.durable(bundle),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.ack_wait,
+                max_ack_pending=-1,
+                filter_subject=self.subject(bundle),
+            )
+            sub = await self._js.pull_subscribe(
+                self.subject(bundle),
+                durable=self.durable(bundle),
+                stream=self.stream,
+                config=config,
+            )
             self._subs[bundle] = sub
         return sub
 
@@ -203,8 +237,11 @@ class JetStreamSpool:
                 msgs = await sub.fetch(limit, timeout=1.0)
             except TimeoutError:  # nats' own and asyncio's: nothing came within the wait
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
-                    nats.errors.ConnectionReconnectingError):
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionReconnectingError,
+            ):
                 await asyncio.sleep(0.2)  # the broker is away: wait for the reconnect
                 continue
             claimed = []
@@ -215,8 +252,15 @@ class JetStreamSpool:
                     self._inflight[seq] = msg
                     continue
                 self._inflight[seq] = msg
-                claimed.append(Message(seq, bundle, msg.data, meta.timestamp.timestamp(),
-                                       redelivered=meta.num_delivered > 1))
+                claimed.append(
+                    Message(
+                        seq,
+                        bundle,
+                        msg.data,
+                        meta.timestamp.timestamp(),
+                        redelivered=meta.num_delivered > 1,
+                    )
+                )
             if claimed:
                 return claimed
 

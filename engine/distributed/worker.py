@@ -41,8 +41,7 @@ class SharedLimits:
     made: list[SharedRateLimiter] = field(default_factory=list)
 
     def __call__(self, sink: Sink) -> Limiter:
-        limiter = SharedRateLimiter(connect(self.url), workspace_scope(sink),
-                                    sink.rate_limits())
+        limiter = SharedRateLimiter(connect(self.url), workspace_scope(sink), sink.rate_limits())
         self.made.append(limiter)
         return limiter
 
@@ -59,9 +58,15 @@ class _WorkerPass(_Pass):
 class WorkerConsumer(BundleConsumer):
     """The service's ``BundleConsumer`` delivering with the workspace's shared limits."""
 
-    def __init__(self, name: str, compiled: CompiledBundle, spool: Spool,
-                 options: DeliveryOptions, state_dir: Path,
-                 limits: Callable[[Sink], Limiter]) -> None:
+    def __init__(
+        self,
+        name: str,
+        compiled: CompiledBundle,
+        spool: Spool,
+        options: DeliveryOptions,
+        state_dir: Path,
+        limits: Callable[[Sink], Limiter],
+    ) -> None:
         super().__init__(name, compiled, spool, options, state_dir)
         self.limits = limits
 
@@ -69,8 +74,9 @@ class WorkerConsumer(BundleConsumer):
         # the consumer's loop of passes, each a _WorkerPass
         backoff = FATAL_BACKOFF[0]
         while not self.stopping:
-            live = _WorkerPass(self.name, self.compiled, self.spool, self.options,
-                               self.dead_path, self.totals)
+            live = _WorkerPass(
+                self.name, self.compiled, self.spool, self.options, self.dead_path, self.totals
+            )
             live.limits = self.limits
             self.live = live
             try:
@@ -85,8 +91,14 @@ class WorkerConsumer(BundleConsumer):
                 continue
             self.up = False
             self.last_error = live.control.reason
-            log_event(_log, "delivery stopped", logging.ERROR, bundle=self.name,
-                      reason=live.control.reason, retry_in_s=backoff)
+            log_event(
+                _log,
+                "delivery stopped",
+                logging.ERROR,
+                bundle=self.name,
+                reason=live.control.reason,
+                retry_in_s=backoff,
+            )
             self._changed = anyio.Event()
             with anyio.move_on_after(backoff):
                 await self._changed.wait()
@@ -98,11 +110,18 @@ class WorkerConsumer(BundleConsumer):
 class Worker:
     """One worker process: a consumer per bundle on the shared spool, until SIGTERM/SIGINT."""
 
-    def __init__(self, bundles: Sequence[tuple[str, CompiledBundle]], spool: Spool,
-                 options: DeliveryOptions, state_dir: Path,
-                 limits: Callable[[Sink], Limiter]) -> None:
-        self.consumers = [WorkerConsumer(name, compiled, spool, options, state_dir, limits)
-                          for name, compiled in bundles]
+    def __init__(
+        self,
+        bundles: Sequence[tuple[str, CompiledBundle]],
+        spool: Spool,
+        options: DeliveryOptions,
+        state_dir: Path,
+        limits: Callable[[Sink], Limiter],
+    ) -> None:
+        self.consumers = [
+            WorkerConsumer(name, compiled, spool, options, state_dir, limits)
+            for name, compiled in bundles
+        ]
 
     def stop(self) -> None:
         for consumer in self.consumers:

@@ -109,8 +109,9 @@ def read_rule_text(path: str | Path) -> str:
         raise RuleError([Problem(Position(name), f"cannot read file: {exc.strerror}")]) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RuleError([Problem(Position(name), "not a regular file; rule files are "
-                                                     "plain YAML files")])
+            raise RuleError(
+                [Problem(Position(name), "not a regular file; rule files are plain YAML files")]
+            )
         chunks: list[bytes] = []
         budget = MAX_FILE_BYTES + 1
         while budget > 0:
@@ -124,16 +125,30 @@ def read_rule_text(path: str | Path) -> str:
     finally:
         os.close(fd)
     if budget <= 0:
-        raise RuleError([Problem(Position(name), f"file is larger than {MAX_FILE_BYTES} bytes; "
-                                                 f"rule files are limited to {MAX_FILE_BYTES} "
-                                                 "bytes")])
+        raise RuleError(
+            [
+                Problem(
+                    Position(name),
+                    f"file is larger than {MAX_FILE_BYTES} bytes; "
+                    f"rule files are limited to {MAX_FILE_BYTES} "
+                    "bytes",
+                )
+            ]
+        )
     data = b"".join(chunks)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RuleError([Problem(Position(name), f"cannot read file: not UTF-8 text (byte "
-                                                 f"0x{data[exc.start]:02x} at offset "
-                                                 f"{exc.start})")]) from None
+        raise RuleError(
+            [
+                Problem(
+                    Position(name),
+                    f"cannot read file: not UTF-8 text (byte "
+                    f"0x{data[exc.start]:02x} at offset "
+                    f"{exc.start})",
+                )
+            ]
+        ) from None
 
 
 class _Collection:
@@ -152,8 +167,9 @@ class _Collection:
 class _Builder:
     """Plain data (``LDict``/``LList``/scalars) from parser events, with an explicit stack."""
 
-    def __init__(self, path: str, yaml: YAML, max_depth: int, col_shift: int = 0,
-                 too_deep: str = _TOO_DEEP) -> None:
+    def __init__(
+        self, path: str, yaml: YAML, max_depth: int, col_shift: int = 0, too_deep: str = _TOO_DEEP
+    ) -> None:
         self.path = path
         self.yaml = yaml
         self.max_depth = max_depth
@@ -176,13 +192,19 @@ class _Builder:
     def count(self, event: Event, nodes: int = 1) -> None:
         self.nodes += nodes
         if self.nodes > MAX_NODES:
-            raise self.fail(event, f"document expands to more than {MAX_NODES} nodes (an "
-                                   "alias bomb?); refusing to load it")
+            raise self.fail(
+                event,
+                f"document expands to more than {MAX_NODES} nodes (an "
+                "alias bomb?); refusing to load it",
+            )
 
     def check_tag(self, event: Event, tag: str) -> None:
         if tag not in _SAFE_TAGS:
-            raise self.fail(event, f"tag {tag!r} is not allowed in rule files; use plain "
-                                   "YAML scalars, mappings and lists")
+            raise self.fail(
+                event,
+                f"tag {tag!r} is not allowed in rule files; use plain "
+                "YAML scalars, mappings and lists",
+            )
 
     def build(self, events: Any) -> Any:
         stack: list[_Collection] = []
@@ -192,8 +214,9 @@ class _Builder:
             if isinstance(event, DocumentStartEvent):
                 documents += 1
                 if documents > 1:
-                    raise self.fail(event, "a rule file holds one YAML document; found a "
-                                           "second (`---`)")
+                    raise self.fail(
+                        event, "a rule file holds one YAML document; found a second (`---`)"
+                    )
                 continue
             if isinstance(event, ScalarEvent):
                 value, pos = self.scalar(event, stack), self.mark(event)
@@ -204,12 +227,12 @@ class _Builder:
                 if len(stack) + 1 > self.max_depth:
                     raise self.fail(event, self.too_deep)
                 is_map = isinstance(event, MappingStartEvent)
-                tag = str(event.tag) if event.tag not in (None, "!") else (
-                    _MAP if is_map else _SEQ)
+                tag = str(event.tag) if event.tag not in (None, "!") else (_MAP if is_map else _SEQ)
                 self.check_tag(event, tag)
                 pos = self.mark(event)
-                stack.append(_Collection(LDict(pos) if is_map else LList(pos), event.anchor,
-                                         self.nodes))
+                stack.append(
+                    _Collection(LDict(pos) if is_map else LList(pos), event.anchor, self.nodes)
+                )
                 if event.anchor is not None:
                     self.open_anchors.add(event.anchor)
                 continue
@@ -218,8 +241,12 @@ class _Builder:
                 value, pos = top.value, top.value.pos  # positioned where it began
                 if top.anchor is not None:
                     self.open_anchors.discard(top.anchor)
-                    self.anchors[top.anchor] = (value, pos, self.nodes - top.nodes_before,
-                                                _height(value))
+                    self.anchors[top.anchor] = (
+                        value,
+                        pos,
+                        self.nodes - top.nodes_before,
+                        _height(value),
+                    )
             else:
                 continue  # stream and document ends
             if stack:
@@ -235,8 +262,12 @@ class _Builder:
             tag = str(self.yaml.resolver.resolve(ScalarNode, event.value, event.implicit))
             if tag == _TIMESTAMP:  # YAML 1.2 has no implicit dates: `2024-01-31` is text
                 tag = _STR
-        if tag == _MERGE and stack and isinstance(stack[-1].value, LDict) \
-                and stack[-1].key_mark is None:
+        if (
+            tag == _MERGE
+            and stack
+            and isinstance(stack[-1].value, LDict)
+            and stack[-1].key_mark is None
+        ):
             raise self.fail(event, "YAML merge keys (<<) are not supported; use `extends:`")
         self.check_tag(event, tag)
         if tag == _STR:
@@ -247,8 +278,10 @@ class _Builder:
                 value = self.yaml.constructor.construct_object(node, deep=True)
             except ValueError as exc:  # int('1' * 5000): past Python's digit limit
                 reason = "has too many digits" if "digits" in str(exc) else f"is invalid: {exc}"
-                raise self.fail(event, f"number {reason}; write it as a string "
-                                       "(in quotes) if it is an identifier") from None
+                raise self.fail(
+                    event,
+                    f"number {reason}; write it as a string (in quotes) if it is an identifier",
+                ) from None
         if event.anchor is not None:
             self.anchors[event.anchor] = (value, self.mark(event), 1, 0)
         return value
@@ -280,8 +313,11 @@ class _Builder:
         parent.key = parent.key_mark = None
         assert key is not None
         if key in container:
-            self.problems.append(Problem(key_pos, f"duplicate key {key!r} (first at line "
-                                                  f"{container.key_pos[key].line})"))
+            self.problems.append(
+                Problem(
+                    key_pos, f"duplicate key {key!r} (first at line {container.key_pos[key].line})"
+                )
+            )
             return
         container[key] = value
         container.key_pos[key] = key_pos
@@ -319,11 +355,18 @@ def _yaml() -> YAML:
     return yaml
 
 
-def _load(path: str, text: str, max_depth: int, col_shift: int = 0,
-          too_deep: str = _TOO_DEEP) -> Any:
+def _load(
+    path: str, text: str, max_depth: int, col_shift: int = 0, too_deep: str = _TOO_DEEP
+) -> Any:
     if len(text) > MAX_FILE_BYTES or len(text.encode()) > MAX_FILE_BYTES:
-        raise RuleError([Problem(Position(path),
-            f"document is larger than {MAX_FILE_BYTES} bytes; refusing to load it")])
+        raise RuleError(
+            [
+                Problem(
+                    Position(path),
+                    f"document is larger than {MAX_FILE_BYTES} bytes; refusing to load it",
+                )
+            ]
+        )
     yaml = _yaml()
     builder = _Builder(path, yaml, max_depth, col_shift, too_deep)
     try:
@@ -369,8 +412,9 @@ def load_value(label: str, text: str, max_depth: int = MAX_DEPTH) -> Any:
     [1, {'x': 'y'}]
     """
     # parsed as a mapping's value, so `a: b` is an error here as it would be in a file
-    too_deep = (f"value nests deeper than {MAX_DEPTH} levels (its KEY's included); "
-                "refusing to load it")
+    too_deep = (
+        f"value nests deeper than {MAX_DEPTH} levels (its KEY's included); refusing to load it"
+    )
     doc = _load(label, f"v: {text}", max_depth + 1, 3, too_deep)
     return doc["v"] if isinstance(doc, LDict) else None
 
@@ -433,4 +477,3 @@ def position_of(root: Any, loc: tuple[str | int, ...], *, key: bool = False) -> 
         else:
             break
     return best
-

@@ -46,8 +46,10 @@ def _path_shorthand(value: Any) -> Any:
 
 # json_schema_input_type: the JSON Schema (for editors) shows the short forms a rule file may
 # use, as the validators accept them, not only the widened model
-Transforms = Annotated[list[TransformStep], BeforeValidator(
-    _as_list, json_schema_input_type=TransformStep | list[TransformStep] | None)]
+Transforms = Annotated[
+    list[TransformStep],
+    BeforeValidator(_as_list, json_schema_input_type=TransformStep | list[TransformStep] | None),
+]
 
 
 class FieldSpec(_Rule):
@@ -79,8 +81,9 @@ class FieldSpec(_Rule):
     )
 
 
-Field_ = Annotated[FieldSpec, BeforeValidator(_path_shorthand,
-                                               json_schema_input_type=str | FieldSpec)]
+Field_ = Annotated[
+    FieldSpec, BeforeValidator(_path_shorthand, json_schema_input_type=str | FieldSpec)
+]
 
 
 class Spread(_Rule):
@@ -107,8 +110,9 @@ class Spread(_Rule):
     transform: Transforms = Field(default_factory=list)
 
 
-Spreads = Annotated[list[Spread], BeforeValidator(
-    _as_list, json_schema_input_type=Spread | list[Spread] | None)]
+Spreads = Annotated[
+    list[Spread], BeforeValidator(_as_list, json_schema_input_type=Spread | list[Spread] | None)
+]
 
 FieldSpec.model_rebuild()
 
@@ -123,8 +127,11 @@ class EventRule(_Rule):
         "event", description="`event`, or `user` to turn the record into a user-attribute update"
     )
     event_name: Annotated[
-        FieldSpec | None, BeforeValidator(lambda v: {"template": v} if isinstance(v, str) else v,
-                                          json_schema_input_type=str | FieldSpec | None)
+        FieldSpec | None,
+        BeforeValidator(
+            lambda v: {"template": v} if isinstance(v, str) else v,
+            json_schema_input_type=str | FieldSpec | None,
+        ),
     ] = Field(None, description="the event name: a template, or {from/transform}")
     attributes: dict[str, Field_] = Field(default_factory=dict)
     spread: Spreads = Field(default_factory=list)
@@ -218,7 +225,9 @@ class Bundle(_Rule):
     user: UserRule | None = None
     events: list[EventRule] = Field(default_factory=list)
     routing: Routing | None = None
-    tables: dict[str, Annotated[Table, BeforeValidator(
-        _table_shorthand, json_schema_input_type=Table | dict[str, Any])]] = Field(
-        default_factory=dict
-    )
+    tables: dict[
+        str,
+        Annotated[
+            Table, BeforeValidator(_table_shorthand, json_schema_input_type=Table | dict[str, Any])
+        ],
+    ] = Field(default_factory=dict)

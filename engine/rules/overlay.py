@@ -130,8 +130,13 @@ def _merge_rules(base: LList, over: LList) -> LList:
     return out
 
 
-def load_bundle_document(path: Path, _chain: tuple[Path, ...] = (),
-                         _project: Path | None = None, *, text: str | None = None) -> LDict:
+def load_bundle_document(
+    path: Path,
+    _chain: tuple[Path, ...] = (),
+    _project: Path | None = None,
+    *,
+    text: str | None = None,
+) -> LDict:
     """Load a bundle file, resolving ``extends:`` chains into one merged document.
 
     ``extends:`` names a shipped bundle, or a file (or a folder holding ``bundle.yaml``)
@@ -147,8 +152,14 @@ def load_bundle_document(path: Path, _chain: tuple[Path, ...] = (),
     project = _project or resolved.parent
     doc = load_yaml(path) if text is None else load_yaml(path, text)
     if not isinstance(doc, LDict):
-        raise RuleError([Problem(getattr(doc, "pos", Position(str(path))),
-                                 "a bundle file must be a mapping of keys to values")])
+        raise RuleError(
+            [
+                Problem(
+                    getattr(doc, "pos", Position(str(path))),
+                    "a bundle file must be a mapping of keys to values",
+                )
+            ]
+        )
     parent_ref = doc.get("extends")
     if parent_ref is None:
         return doc
@@ -157,8 +168,7 @@ def load_bundle_document(path: Path, _chain: tuple[Path, ...] = (),
         raise RuleError([Problem(pos, "`extends` takes a shipped bundle's name or a path")])
     parent, parent_project = _extended(parent_ref, path, project, pos)
     parent_resolved = parent.resolve()
-    if parent_resolved in _chain or parent_resolved == resolved \
-            or len(_chain) >= MAX_EXTENDS_DEPTH:
+    if parent_resolved in _chain or parent_resolved == resolved or len(_chain) >= MAX_EXTENDS_DEPTH:
         raise RuleError([Problem(pos, f"`extends` loops back to {parent} (or nests too deep)")])
     base = load_bundle_document(parent, (*_chain, resolved), parent_project)
     merged: LDict = _merge(base, doc, None)
@@ -177,13 +187,27 @@ def _extended(ref: str, path: Path, project: Path, pos: Position) -> tuple[Path,
     if shipped is not None:
         return shipped, rules_dir().resolve()
     if not candidate.is_relative_to(project):
-        raise RuleError([Problem(pos, f"`extends` may name a shipped bundle or a file inside "
-                                      f"this bundle's folder {project}; {ref!r} is outside it")])
+        raise RuleError(
+            [
+                Problem(
+                    pos,
+                    f"`extends` may name a shipped bundle or a file inside "
+                    f"this bundle's folder {project}; {ref!r} is outside it",
+                )
+            ]
+        )
     from moerules.engine.rules.validation import did_you_mean
 
     hint = did_you_mean(ref, shipped_bundles())
-    raise RuleError([Problem(pos, f"cannot find bundle {ref!r} to extend{hint}; "
-                                  "give a shipped bundle's name or a path")])
+    raise RuleError(
+        [
+            Problem(
+                pos,
+                f"cannot find bundle {ref!r} to extend{hint}; "
+                "give a shipped bundle's name or a path",
+            )
+        ]
+    )
 
 
 _SET_USAGE = "--set takes KEY=VALUE, e.g. destination.data_center=02"
@@ -204,14 +228,15 @@ def apply_sets(doc: LDict, sets: list[str]) -> LDict:
         if not sep or not key or not all(parts):
             problems.append(Problem(Position(f"--set #{n}"), _SET_USAGE))
             continue
-        if parts[0] in ("source", "destination") and len(parts) > 1 and parts[1] not in (
-            "connector", "settings"
+        if (
+            parts[0] in ("source", "destination")
+            and len(parts) > 1
+            and parts[1] not in ("connector", "settings")
         ):
             parts.insert(1, "settings")  # --set destination.endpoint=... is a setting
         depth = MAX_DEPTH - len(parts)
         if depth < 1:
-            problems.append(Problem(Position(label), f"KEY has more than {MAX_DEPTH - 1} "
-                                                     "parts"))
+            problems.append(Problem(Position(label), f"KEY has more than {MAX_DEPTH - 1} parts"))
             continue
         pos = Position(label)
         try:

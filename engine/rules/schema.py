@@ -26,10 +26,13 @@ def bundle_schema() -> dict[str, Any]:
         "enum": sorted(TRANSFORMS),
         "description": "; ".join(f"{t.name}: {t.doc}" for t in TRANSFORMS.values()),
     }
-    connectors = {name: cls for name in connector_names()
-                  if (cls := load_connector(name)) is not None}
-    for role, kind, title in (("source", Source, "SourceRef"),
-                              ("destination", Sink, "DestinationRef")):
+    connectors = {
+        name: cls for name in connector_names() if (cls := load_connector(name)) is not None
+    }
+    for role, kind, title in (
+        ("source", Source, "SourceRef"),
+        ("destination", Sink, "DestinationRef"),
+    ):
         names = sorted(n for n, cls in connectors.items() if issubclass(cls, kind))
         branches = []
         for name in names:
@@ -37,10 +40,12 @@ def bundle_schema() -> dict[str, Any]:
             model_schema = settings_schema(model)
             defs.update(model_schema.pop("$defs", {}))
             defs[model.__name__] = model_schema
-            branches.append({
-                "if": {"properties": {"connector": {"const": name}}, "required": ["connector"]},
-                "then": {"properties": {"settings": {"$ref": f"#/$defs/{model.__name__}"}}},
-            })
+            branches.append(
+                {
+                    "if": {"properties": {"connector": {"const": name}}, "required": ["connector"]},
+                    "then": {"properties": {"settings": {"$ref": f"#/$defs/{model.__name__}"}}},
+                }
+            )
         defs[title] = {
             "type": "object",
             "description": f"the {role} connector and its settings",

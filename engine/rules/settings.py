@@ -57,8 +57,11 @@ would corrupt every header and value it appears in, so it is not scrubbed."""
 
 Role = Literal["source", "destination"]
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_PLACEHOLDER_SCHEMA = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*\}",
-                       "description": "a ${VAR} placeholder, read from the environment"}
+_PLACEHOLDER_SCHEMA = {
+    "type": "string",
+    "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*\}",
+    "description": "a ${VAR} placeholder, read from the environment",
+}
 
 
 class ConnectorSettings(BaseModel):
@@ -68,8 +71,9 @@ class ConnectorSettings(BaseModel):
     numbers are (a substituted ``${VAR}`` is always text), as pydantic's lax mode does.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True,
-                              hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, coerce_numbers_to_str=True, hide_input_in_errors=True
+    )
 
 
 class NoSettings(ConnectorSettings):
@@ -86,8 +90,9 @@ def settings_model_of(connector: type[Any]) -> type[ConnectorSettings]:
 
 def secret_fields(model: type[ConnectorSettings]) -> frozenset[str]:
     """Names of the model's secret settings (typed ``SecretStr``)."""
-    return frozenset(name for name, info in model.model_fields.items()
-                     if _is_secret(info.annotation))
+    return frozenset(
+        name for name, info in model.model_fields.items() if _is_secret(info.annotation)
+    )
 
 
 def _is_secret(annotation: Any) -> bool:
@@ -107,8 +112,9 @@ class BoundSettings:
     secrets: set[str] = field(default_factory=set)  # values to scrub from every output
 
 
-def bind_settings(raw: LDict, role: Role, connector: type[Any],
-                  env: Mapping[str, str]) -> BoundSettings:
+def bind_settings(
+    raw: LDict, role: Role, connector: type[Any], env: Mapping[str, str]
+) -> BoundSettings:
     """Check the settings of ``raw[role]`` against the connector's model and build it.
 
     Every problem is positioned at its setting in ``raw`` (the merged bundle document).
@@ -132,9 +138,14 @@ def bind_settings(raw: LDict, role: Role, connector: type[Any],
             continue
         if isinstance(value, str) and "$" in value:
             if _malformed(value):
-                out.problems.append(Problem(given.val_pos[key], f"{role} setting {key!r}: "
-                                    "malformed placeholder; write ${NAME}, NAME made of "
-                                    "letters, digits and _ (not starting with a digit)"))
+                out.problems.append(
+                    Problem(
+                        given.val_pos[key],
+                        f"{role} setting {key!r}: "
+                        "malformed placeholder; write ${NAME}, NAME made of "
+                        "letters, digits and _ (not starting with a digit)",
+                    )
+                )
                 continue
             names = _PLACEHOLDER.findall(value)
             if names:
@@ -159,9 +170,17 @@ def bind_settings(raw: LDict, role: Role, connector: type[Any],
     return out
 
 
-def _validate(model: type[ConnectorSettings], values: dict[str, Any], given: LDict,
-              where: Position, role: Role, name: str, sources: dict[str, list[str]],
-              unset: dict[str, list[str]], problems: list[Problem]) -> ConnectorSettings | None:
+def _validate(
+    model: type[ConnectorSettings],
+    values: dict[str, Any],
+    given: LDict,
+    where: Position,
+    role: Role,
+    name: str,
+    sources: dict[str, list[str]],
+    unset: dict[str, list[str]],
+    problems: list[Problem],
+) -> ConnectorSettings | None:
     """The parsed settings; a value whose variable is unset and that does not pass as it
     stands is left to its default (the second attempt), never reported."""
     for _attempt in range(2):
@@ -201,8 +220,9 @@ def _unknown(key: str, role: Role, name: str, fields: Mapping[str, Any]) -> str:
     from moerules.engine.rules.validation import did_you_mean
 
     takes = ", ".join(fields) if fields else "no settings"
-    return (f"unknown setting {key!r} for {role} {name!r}{did_you_mean(key, fields)}; "
-            f"it takes: {takes}")
+    return (
+        f"unknown setting {key!r} for {role} {name!r}{did_you_mean(key, fields)}; it takes: {takes}"
+    )
 
 
 def settings_schema(model: type[ConnectorSettings]) -> dict[str, Any]:
@@ -231,8 +251,11 @@ def settings_table(model: type[ConnectorSettings]) -> str:
         kind = _describe_type(schema.get(name, {}))
         if name in secrets:
             kind = "secret string"
-        default = "required" if info.is_required() else (
-            "none" if info.default is None else f"`{info.default}`")
+        default = (
+            "required"
+            if info.is_required()
+            else ("none" if info.default is None else f"`{info.default}`")
+        )
         rows.append(f"| `{name}` | {kind} | {default} | {info.description or ''} |")
     return "\n".join(rows) + "\n"
 

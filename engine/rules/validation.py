@@ -69,8 +69,9 @@ def _check_keys(node: Any, model: type[BaseModel], problems: list[Problem]) -> N
         if info is None:
             hint = did_you_mean(key, fields)
             allowed = ", ".join(sorted(fields))
-            problems.append(Problem(node.key_pos[key],
-                f"unknown key {key!r}{hint}; allowed here: {allowed}"))
+            problems.append(
+                Problem(node.key_pos[key], f"unknown key {key!r}{hint}; allowed here: {allowed}")
+            )
             unknown.append(key)
             continue
         found = _model_in(info.annotation)

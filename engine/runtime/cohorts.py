@@ -85,8 +85,12 @@ SUPERSEDED = "superseded by a later word"
 INVALID_NAME = "invalid cohort name"
 # what made a change (the item's ``rule``, shown in dead letters)
 _ENTERED, _LEFT, _LISTED, _ABSENT, _CARRIED = (
-    "entered", "left", "in the full export", "absent from the full export",
-    "not acknowledged by an earlier run")
+    "entered",
+    "left",
+    "in the full export",
+    "absent from the full export",
+    "not acknowledged by an earlier run",
+)
 
 
 @dataclass(slots=True)
@@ -123,14 +127,26 @@ class CohortStats:
     superseded_exports: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"partner": self.partner, "cohort_id": self.cohort_id, "name": self.name,
-                "segment": self.segment, "added": self.added, "removed": self.removed,
-                "unchanged": self.unchanged, "unmatched": self.unmatched,
-                "repeats": self.repeats, "superseded": self.superseded, "failed": self.failed,
-                "refused_payloads": self.refused, "requests": self.requests,
-                "incomplete_exports": [{"key": k, "pages_arrived": g, "pages": p,
-                                        "members_held": n} for k, g, p, n in self.held],
-                "superseded_exports": list(self.superseded_exports)}
+        return {
+            "partner": self.partner,
+            "cohort_id": self.cohort_id,
+            "name": self.name,
+            "segment": self.segment,
+            "added": self.added,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "unmatched": self.unmatched,
+            "repeats": self.repeats,
+            "superseded": self.superseded,
+            "failed": self.failed,
+            "refused_payloads": self.refused,
+            "requests": self.requests,
+            "incomplete_exports": [
+                {"key": k, "pages_arrived": g, "pages": p, "members_held": n}
+                for k, g, p, n in self.held
+            ],
+            "superseded_exports": list(self.superseded_exports),
+        }
 
 
 class CohortReport:
@@ -154,23 +170,38 @@ class CohortReport:
             return []
         lines = ["  cohorts"]
         for s in self.cohorts.values():
-            counts = [f"{s.added} added", f"{s.removed} removed", f"{s.unchanged} unchanged",
-                      f"{s.unmatched} unmatched"]
-            counts += [f"{n} {what}" for n, what in ((s.repeats, "repeated"),
-                                                     (s.superseded, "superseded"),
-                                                     (s.failed, "failed")) if n]
+            counts = [
+                f"{s.added} added",
+                f"{s.removed} removed",
+                f"{s.unchanged} unchanged",
+                f"{s.unmatched} unmatched",
+            ]
+            counts += [
+                f"{n} {what}"
+                for n, what in (
+                    (s.repeats, "repeated"),
+                    (s.superseded, "superseded"),
+                    (s.failed, "failed"),
+                )
+                if n
+            ]
             if s.refused:
-                counts.append(f"{s.refused} payload{'s' if s.refused != 1 else ''} refused "
-                              "(invalid name)")
-            lines.append(f"    {s.partner} {s.cohort_id} {s.name!r} -> segment {s.segment!r}: "
-                         + ", ".join(counts) + f", {s.requests} request"
-                         f"{'s' if s.requests != 1 else ''} {self.sent_verb}")
+                counts.append(
+                    f"{s.refused} payload{'s' if s.refused != 1 else ''} refused (invalid name)"
+                )
+            lines.append(
+                f"    {s.partner} {s.cohort_id} {s.name!r} -> segment {s.segment!r}: "
+                + ", ".join(counts)
+                + f", {s.requests} request"
+                f"{'s' if s.requests != 1 else ''} {self.sent_verb}"
+            )
             for key, got, pages, uids in s.held:
-                lines.append(f"      export {key!r} incomplete: {got} of {pages} pages arrived "
-                             f"({_n(uids, 'member')} held; nobody removed)")
+                lines.append(
+                    f"      export {key!r} incomplete: {got} of {pages} pages arrived "
+                    f"({_n(uids, 'member')} held; nobody removed)"
+                )
             for key in s.superseded_exports:
-                lines.append(f"      export {key!r} superseded by a later full export: "
-                             "not applied")
+                lines.append(f"      export {key!r} superseded by a later full export: not applied")
         return lines
 
 
@@ -216,12 +247,19 @@ class Reconciler:
         export = cohort.exports.get(message.key)
         pages = message.pages or 1
         if export is not None and export.pages != pages:
-            raise RecordError("export pages disagree",
-                              f"this page says the export {message.key!r} has {pages} pages; "
-                              f"an earlier page said {export.pages}")
+            raise RecordError(
+                "export pages disagree",
+                f"this page says the export {message.key!r} has {pages} pages; "
+                f"an earlier page said {export.pages}",
+            )
 
-    def receive(self, message: CohortMessage, segment: str, facts: Sequence[tuple[int, str]],
-                first_index: int) -> tuple[list[Decision], Cohort]:
+    def receive(
+        self,
+        message: CohortMessage,
+        segment: str,
+        facts: Sequence[tuple[int, str]],
+        first_index: int,
+    ) -> tuple[list[Decision], Cohort]:
         """What the message's words (``facts``: (member index, user id)) decide. Derived words
         get indices from ``first_index`` on. The caller holds the store's transaction."""
         store = self.store
@@ -231,11 +269,17 @@ class Reconciler:
             self.touched.add(cohort.key)
             for uid, member in cohort.members.items():
                 if member.wanted != self.holds(cohort, uid, member):
-                    decisions.append(Decision(
-                        uid, -1, member.wanted, _CARRIED,
-                        f"the partner's latest word says {_in(member.wanted)}; the destination "
-                        "has not acknowledged that (an earlier run did not send it, or never "
-                        "heard the answer)"))
+                    decisions.append(
+                        Decision(
+                            uid,
+                            -1,
+                            member.wanted,
+                            _CARRIED,
+                            f"the partner's latest word says {_in(member.wanted)}; the destination "
+                            "has not acknowledged that (an earlier run did not send it, or never "
+                            "heard the answer)",
+                        )
+                    )
         store.name(cohort, message.name, segment, message.description)
         known = store.message(cohort, message.key)
         seq = known[0] if known is not None else store.new_message(cohort, message.key)
@@ -244,17 +288,22 @@ class Reconciler:
             entered = message.action == ENTERED
             label = _ENTERED if entered else _LEFT
             for index, uid in facts:
-                decisions.append(self.word(cohort, uid, entered, version, index, label,
-                                           f"message {message.key!r}"))
+                decisions.append(
+                    self.word(
+                        cohort, uid, entered, version, index, label, f"message {message.key!r}"
+                    )
+                )
             return decisions, cohort
         complete = known is not None and known[1]
         if complete or version <= cohort.floor:  # applied before, or older than the latest
             for index, uid in facts:
-                decisions.append(self.word(cohort, uid, True, version, index, _LISTED,
-                                           f"full export {message.key!r}"))
+                decisions.append(
+                    self.word(
+                        cohort, uid, True, version, index, _LISTED, f"full export {message.key!r}"
+                    )
+                )
             return decisions, cohort
-        export = cohort.exports.get(message.key) or Export(message.key, message.pages or 1,
-                                                           version)
+        export = cohort.exports.get(message.key) or Export(message.key, message.pages or 1, version)
         page = message.page if message.page is not None else 0
         if page not in export.got:
             store.page(cohort, export, page, [uid for _, uid in facts])
@@ -263,8 +312,9 @@ class Reconciler:
         decisions += self.apply_export(cohort, export, facts, first_index)
         return decisions, cohort
 
-    def apply_export(self, cohort: Cohort, export: Export, facts: Sequence[tuple[int, str]],
-                     first_index: int) -> list[Decision]:
+    def apply_export(
+        self, cohort: Cohort, export: Export, facts: Sequence[tuple[int, str]], first_index: int
+    ) -> list[Decision]:
         """Every page of ``export`` arrived: its members in, everyone else out."""
         store = self.store
         version = export.version
@@ -283,8 +333,7 @@ class Reconciler:
             decisions.append(self.word(cohort, uid, True, version, index, _LISTED, where))
         for uid, member in list(cohort.members.items()):
             if member.wanted and member.version < version and uid not in listed:
-                decisions.append(self.word(cohort, uid, False, version, next_index, _ABSENT,
-                                           where))
+                decisions.append(self.word(cohort, uid, False, version, next_index, _ABSENT, where))
                 next_index += 1
         # one transaction with the words above: once they are stored, the pages are not
         # needed again (what is not acknowledged yet is carried over by the next run)
@@ -296,13 +345,30 @@ class Reconciler:
                 store.drop_export(cohort, other.key)
                 self.superseded.append((cohort.key, other.key))
         # rows the floor makes redundant: out, acknowledged out, nothing in flight
-        store.forget(cohort, [uid for uid, m in cohort.members.items()
-                              if not m.wanted and not m.synced and not m.pending
-                              and m.version < version and (cohort.key, uid) not in self.in_flight])
+        store.forget(
+            cohort,
+            [
+                uid
+                for uid, m in cohort.members.items()
+                if not m.wanted
+                and not m.synced
+                and not m.pending
+                and m.version < version
+                and (cohort.key, uid) not in self.in_flight
+            ],
+        )
         return decisions
 
-    def word(self, cohort: Cohort, uid: str, member: bool, version: Version, index: int,
-             label: str, where: str) -> Decision:
+    def word(
+        self,
+        cohort: Cohort,
+        uid: str,
+        member: bool,
+        version: Version,
+        index: int,
+        label: str,
+        where: str,
+    ) -> Decision:
         """The partner's word ``member`` on ``uid`` at ``version``: what comes of it."""
         kept = cohort.members.get(uid)
         current = kept.version if kept is not None else cohort.floor
@@ -311,17 +377,29 @@ class Reconciler:
             kept = self.store.want(cohort, uid, member, version)
             why = f"{label} ({where})"
             if self.holds(cohort, uid, kept) == member:
-                return Decision(uid, index, None, UNCHANGED, f"{why}; the destination "
-                                f"{'has it already' if member else 'does not have it'}")
-            return Decision(uid, index, member, label, f"{why}; the destination "
-                            f"{'does not have it yet' if member else 'still has it'}")
+                return Decision(
+                    uid,
+                    index,
+                    None,
+                    UNCHANGED,
+                    f"{why}; the destination {'has it already' if member else 'does not have it'}",
+                )
+            return Decision(
+                uid,
+                index,
+                member,
+                label,
+                f"{why}; the destination {'does not have it yet' if member else 'still has it'}",
+            )
         wanted = kept.wanted if kept is not None else False
         if kept is not None and version == current and wanted == member:
             reason, why = REPEAT, f"{where} said {says} before: a repeat"
         else:
             reason = SUPERSEDED
-            why = (f"{where} says {says}, but a later word ({_version_text(current)}) says "
-                   f"{_in(wanted)}")
+            why = (
+                f"{where} says {says}, but a later word ({_version_text(current)}) says "
+                f"{_in(wanted)}"
+            )
         if self.holds(cohort, uid, kept) == wanted:
             return Decision(uid, index, None, reason, why)
         # the destination still lacks the latest word (a change that failed in this run)
@@ -403,8 +481,15 @@ class CohortFeed:
 
     reconciles = True
 
-    def __init__(self, compiled: CompiledBundle, report: RunReport, dead: DeadLetterWriter, *,
-                 dry_run: bool, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self,
+        compiled: CompiledBundle,
+        report: RunReport,
+        dead: DeadLetterWriter,
+        *,
+        dry_run: bool,
+        tracer: Tracer | None = None,
+    ) -> None:
         source, sink = compiled.source, compiled.sink
         assert isinstance(source, CohortSource) and isinstance(sink, CohortSink)
         self.compiled = compiled
@@ -430,8 +515,13 @@ class CohortFeed:
         ledger.lines += 1
         if isinstance(line, LongLine):  # cut short by the reader: only its excerpt is here
             ledger.unreadable_line(LINE_TOO_LONG)
-            self.dead.write(LINE_TOO_LONG, raw=line.excerpt, error=line.error, line=line_no,
-                            line_bytes=line.length)
+            self.dead.write(
+                LINE_TOO_LONG,
+                raw=line.excerpt,
+                error=line.error,
+                line=line_no,
+                line_bytes=line.length,
+            )
             return []
         try:
             record = self.source.decode(line)
@@ -448,8 +538,9 @@ class CohortFeed:
             stats.refused += 1
             if key not in self._named:
                 self._named.add(key)
-                self.report.warnings.append(f"{message.partner} cohort {message.cohort_id} "
-                                            f"({message.name!r}): {exc}")
+                self.report.warnings.append(
+                    f"{message.partner} cohort {message.cohort_id} ({message.name!r}): {exc}"
+                )
             return self._unreadable(INVALID_NAME, str(exc), line_no, record=record)
         stats.segment = segment
         self._trace(-1, "message", {"message": message, "segment": segment})
@@ -461,8 +552,9 @@ class CohortFeed:
         store = self.store
         store.begin()  # the line's words, and its changes marked pending: one transaction
         try:
-            decisions, cohort = self.reconciler.receive(message, segment, facts,
-                                                        len(message.members))
+            decisions, cohort = self.reconciler.receive(
+                message, segment, facts, len(message.members)
+            )
             items, notes = self._decided(decisions, cohort, message, line_no, stats)
             store.commit()
         except BaseException:
@@ -471,13 +563,18 @@ class CohortFeed:
         export = cohort.exports.get(message.key) if message.action == FULL else None
         if export is not None and self.tracer is not None:
             for index, uid in facts:
-                self._trace(index, "held", f"{uid}: export {message.key!r} has "
-                            f"{len(export.got)} of {export.pages} pages; nothing changes until "
-                            "every page has arrived")
+                self._trace(
+                    index,
+                    "held",
+                    f"{uid}: export {message.key!r} has "
+                    f"{len(export.got)} of {export.pages} pages; nothing changes until "
+                    "every page has arrived",
+                )
         return self._send(items, notes, cohort, line_no, stats)
 
-    def _identities(self, record: dict[str, Any], message: CohortMessage, line_no: int,
-                    stats: Any) -> list[tuple[int, str]]:
+    def _identities(
+        self, record: dict[str, Any], message: CohortMessage, line_no: int, stats: Any
+    ) -> list[tuple[int, str]]:
         """(index, user id) of the members the identity rules find an id for; the others
         are units of their own: unmatched, or dead-lettered when the rules failed."""
         identity = self.compiled.identity
@@ -489,16 +586,19 @@ class CohortFeed:
             trace: list[tuple[Any, ...]] = []
             try:
                 if not isinstance(member, dict):
-                    raise RecordError("member is not a JSON object",
-                                      f"got a JSON {type(member).__name__}")
-                uid = (identity(record, member, trace) if traced else identity(
-                    record, member)).value
+                    raise RecordError(
+                        "member is not a JSON object", f"got a JSON {type(member).__name__}"
+                    )
+                uid = (
+                    identity(record, member, trace) if traced else identity(record, member)
+                ).value
             except RecordError as exc:
                 ledger.events_in += 1
                 ledger.dead_letter(exc.reason)
                 stats.failed += 1
-                self.dead.write(exc.reason, record=member, error=exc.detail, line=line_no,
-                                event_index=index)
+                self.dead.write(
+                    exc.reason, record=member, error=exc.detail, line=line_no, event_index=index
+                )
                 self._trace(index, "dead", exc.reason)
                 continue
             self._trace(index, "identity", trace)
@@ -506,15 +606,29 @@ class CohortFeed:
                 ledger.events_in += 1
                 ledger.drop(UNMATCHED)
                 stats.unmatched += 1
-                self._trace(index, "decision", Decision("", index, None, UNMATCHED,
-                                                        "none of the identity candidates has "
-                                                        "a usable value; not sent"))
+                self._trace(
+                    index,
+                    "decision",
+                    Decision(
+                        "",
+                        index,
+                        None,
+                        UNMATCHED,
+                        "none of the identity candidates has a usable value; not sent",
+                    ),
+                )
                 continue
             facts.append((index, uid))
         return facts
 
-    def _decided(self, decisions: list[Decision], cohort: Cohort, message: CohortMessage,
-                 line_no: int, stats: CohortStats) -> tuple[list[Item], dict[int, _Sent]]:
+    def _decided(
+        self,
+        decisions: list[Decision],
+        cohort: Cohort,
+        message: CohortMessage,
+        line_no: int,
+        stats: CohortStats,
+    ) -> tuple[list[Item], dict[int, _Sent]]:
         """Decisions into ledger units and the items of the changes to send."""
         ledger = self.ledger
         reconciler = self.reconciler
@@ -536,21 +650,38 @@ class CohortFeed:
             ref_index = decision.index
             if ref_index < 0:
                 ref_index, index = index, index + 1
-            item = Item(COHORT_MEMBERSHIP, decision.uid, cohort.segment, {},
-                        {"cohort_id": cohort.key.cohort_id, "member": decision.member,
-                         "description": cohort.description},
-                        None, (line_no, ref_index), decision.reason)
+            item = Item(
+                COHORT_MEMBERSHIP,
+                decision.uid,
+                cohort.segment,
+                {},
+                {
+                    "cohort_id": cohort.key.cohort_id,
+                    "member": decision.member,
+                    "description": cohort.description,
+                },
+                None,
+                (line_no, ref_index),
+                decision.reason,
+            )
             items.append(item)
-            notes[id(item)] = _Sent(cohort.key, reconciler.sent(cohort, decision.uid,
-                                                                decision.member))
+            notes[id(item)] = _Sent(
+                cohort.key, reconciler.sent(cohort, decision.uid, decision.member)
+            )
         for key, export in reconciler.superseded:
             self.part.of(key).superseded_exports.append(export)
         reconciler.superseded.clear()
         self._held(cohort, stats)
         return items, notes
 
-    def _send(self, items: list[Item], notes: dict[int, _Sent], cohort: Cohort, line_no: int,
-              stats: CohortStats) -> list[WireRequest]:
+    def _send(
+        self,
+        items: list[Item],
+        notes: dict[int, _Sent],
+        cohort: Cohort,
+        line_no: int,
+        stats: CohortStats,
+    ) -> list[WireRequest]:
         """The items into the sink's encoder; one it refuses is dead-lettered (never sent)."""
         if not items:
             return []
@@ -563,9 +694,14 @@ class CohortFeed:
             reconciler.settled(note.key, item.identity, note.token)
             ledger.dead_letter(reason)
             stats.failed += 1
-            self.dead.write(reason, record={"uid": item.identity, "segment": item.name,
-                                            **item.fields},
-                            error=error, line=line_no, rule=item.rule, event_index=item.ref[1])
+            self.dead.write(
+                reason,
+                record={"uid": item.identity, "segment": item.name, **item.fields},
+                error=error,
+                line=line_no,
+                rule=item.rule,
+                event_index=item.ref[1],
+            )
         for item in items:
             kept = notes.get(id(item))
             if kept is None:
@@ -578,8 +714,10 @@ class CohortFeed:
 
     def _held(self, cohort: Cohort, stats: CohortStats) -> None:
         """The exports of ``cohort`` still waiting for pages, as the report shows them."""
-        stats.held = [(e.key, len(e.got), e.pages, sum(len(u) for u in e.got.values()))
-                      for e in cohort.exports.values()]
+        stats.held = [
+            (e.key, len(e.got), e.pages, sum(len(u) for u in e.got.values()))
+            for e in cohort.exports.values()
+        ]
 
     def _acknowledged(self, item: Item, note: _Sent) -> None:
         stats = self.part.of(note.key)
@@ -593,7 +731,7 @@ class CohortFeed:
         Sender lists rejected items first). The delivered ones are now what the destination
         holds: written to the state at once. A user whose change failed stays pending: the
         next run sends the partner's latest word for it again."""
-        ok = items[len(items) - delivered:] if delivered else []
+        ok = items[len(items) - delivered :] if delivered else []
         groups: dict[tuple[CohortKey, bool], tuple[list[str], list[str]]] = {}
         for item in ok:
             note = self._sent.get(id(item))
@@ -642,10 +780,18 @@ class CohortFeed:
                     f"{cohort.key.partner} cohort {cohort.key.cohort_id} ({cohort.name!r}): "
                     f"export {key!r} is incomplete ({got} of {pages} pages arrived): "
                     f"{_n(uids, 'member')} held, and nobody is removed until every page "
-                    "arrives")
+                    "arrives"
+                )
 
-    def _unreadable(self, reason: str, detail: str, line_no: int, *, raw: bytes | None = None,
-                    record: Any = None) -> list[WireRequest]:
+    def _unreadable(
+        self,
+        reason: str,
+        detail: str,
+        line_no: int,
+        *,
+        raw: bytes | None = None,
+        record: Any = None,
+    ) -> list[WireRequest]:
         self.ledger.unreadable_line(reason)
         if record is not None:
             self.dead.write(reason, record=record, error=detail, line=line_no)
@@ -665,8 +811,9 @@ class CohortFeed:
         yield from self.finish()
 
 
-def feed_for(compiled: CompiledBundle, report: RunReport, dead: DeadLetterWriter, *,
-             dry_run: bool) -> Any:
+def feed_for(
+    compiled: CompiledBundle, report: RunReport, dead: DeadLetterWriter, *, dry_run: bool
+) -> Any:
     """The feed of a bundle: a ``CohortFeed`` for a cohort source, else the event
     ``Pipeline``."""
     if isinstance(compiled.source, CohortSource):

@@ -63,17 +63,24 @@ def dead_letter_format(entry: dict[str, Any], where: str) -> int:
     here (``where`` names the file and line for the message)."""
     version = entry.get("format", DEAD_LETTER_FORMAT)
     if type(version) is not int or version < 1:
-        raise DeadLetterFormatError(f"{where}: unknown dead-letter format {version!r}; this "
-                                    f"moerules reads format {DEAD_LETTER_FORMAT}")
+        raise DeadLetterFormatError(
+            f"{where}: unknown dead-letter format {version!r}; this "
+            f"moerules reads format {DEAD_LETTER_FORMAT}"
+        )
     if version > DEAD_LETTER_FORMAT:
         raise DeadLetterFormatError(
             f"{where}: dead-letter format {version} was written by a newer moerules; this one "
-            f"reads format {DEAD_LETTER_FORMAT}: replay the file with the moerules that wrote it")
+            f"reads format {DEAD_LETTER_FORMAT}: replay the file with the moerules that wrote it"
+        )
     return version
 
 
-def replay_item(entry: dict[str, Any], sink: Sink, routes: Collection[str],
-                refused_identities: Collection[str] = ()) -> Item:
+def replay_item(
+    entry: dict[str, Any],
+    sink: Sink,
+    routes: Collection[str],
+    refused_identities: Collection[str] = (),
+) -> Item:
     """The item of a delivery dead letter, checked as strictly as a run makes items: the
     kind ``sink`` accepts, a string identity as the bundle's identity rules give one (trimmed,
     not empty, not one of ``refused_identities``, compared casefolded), a string name (events:
@@ -86,14 +93,17 @@ def replay_item(entry: dict[str, Any], sink: Sink, routes: Collection[str],
         raise BadDeadLetter("`record` is not an object")
     kind = record.get("kind")
     if not isinstance(kind, str) or kind not in sink.accepts:
-        raise BadDeadLetter(f"`kind` {kind!r} is not one destination {sink.name!r} takes "
-                            f"({', '.join(sorted(sink.accepts))})")
+        raise BadDeadLetter(
+            f"`kind` {kind!r} is not one destination {sink.name!r} takes "
+            f"({', '.join(sorted(sink.accepts))})"
+        )
     identity = record.get("identity")
     if not isinstance(identity, str) or not identity.strip():
         raise BadDeadLetter(f"`identity` must be a non-empty string, not {_shown(identity)}")
     if identity != identity.strip() or identity.casefold() in refused_identities:
-        raise BadDeadLetter(f"`identity` {_shown(identity)} is not one the bundle's identity "
-                            "rules accept")
+        raise BadDeadLetter(
+            f"`identity` {_shown(identity)} is not one the bundle's identity rules accept"
+        )
     name = record.get("name", "")
     if not isinstance(name, str):
         raise BadDeadLetter(f"`name` must be a string, not {_shown(name)}")
@@ -107,13 +117,16 @@ def replay_item(entry: dict[str, Any], sink: Sink, routes: Collection[str],
         raise BadDeadLetter(f"`fields` must be an object, not {_shown(fields)}")
     unknown = sorted(k for k in fields if k not in sink.event_fields)
     if unknown:
-        raise BadDeadLetter(f"`fields` has {', '.join(map(repr, unknown))}, which destination "
-                            f"{sink.name!r} does not take as a field (it takes: "
-                            f"{', '.join(sink.event_fields) or 'none'})")
+        raise BadDeadLetter(
+            f"`fields` has {', '.join(map(repr, unknown))}, which destination "
+            f"{sink.name!r} does not take as a field (it takes: "
+            f"{', '.join(sink.event_fields) or 'none'})"
+        )
     route = record.get("project")
     if route is not None and (not isinstance(route, str) or route not in routes):
-        raise BadDeadLetter(f"`project` {_shown(route)} is not a project code of the bundle's "
-                            "routing")
+        raise BadDeadLetter(
+            f"`project` {_shown(route)} is not a project code of the bundle's routing"
+        )
     line, index, rule = entry.get("line"), entry.get("event_index"), entry.get("rule")
     if type(line) is not int or line < 0:
         raise BadDeadLetter(f"`line` must be a line number, not {_shown(line)}")
@@ -121,8 +134,16 @@ def replay_item(entry: dict[str, Any], sink: Sink, routes: Collection[str],
         raise BadDeadLetter(f"`event_index` must be an index or null, not {_shown(index)}")
     if rule is not None and not isinstance(rule, str):
         raise BadDeadLetter(f"`rule` must be a string or null, not {_shown(rule)}")
-    return Item(kind, identity, name, attributes, fields, route,
-                (line, -1 if index is None else index), rule or "")
+    return Item(
+        kind,
+        identity,
+        name,
+        attributes,
+        fields,
+        route,
+        (line, -1 if index is None else index),
+        rule or "",
+    )
 
 
 def _shown(value: Any) -> str:
@@ -147,14 +168,27 @@ class DeadLetterWriter:
         self.count = 0
         self._file: IO[bytes] | None = None
 
-    def write(self, reason: str, *, record: Any = None, raw: bytes | None = None,
-              error: str = "", line: int | None = None, rule: str | None = None,
-              **extra: Any) -> None:
+    def write(
+        self,
+        reason: str,
+        *,
+        record: Any = None,
+        raw: bytes | None = None,
+        error: str = "",
+        line: int | None = None,
+        rule: str | None = None,
+        **extra: Any,
+    ) -> None:
         self.count += 1
         if self.path is None:
             return
-        entry: dict[str, Any] = {"reason": reason, "error": error, "line": line,
-                                 "bundle": self.bundle, "rule": rule}
+        entry: dict[str, Any] = {
+            "reason": reason,
+            "error": error,
+            "line": line,
+            "bundle": self.bundle,
+            "rule": rule,
+        }
         if record is not None:
             entry["record"] = record
         elif raw is not None:
@@ -163,8 +197,9 @@ class DeadLetterWriter:
         try:
             data = orjson.dumps(entry, default=str)
         except TypeError:  # an integer beyond 64 bits (orjson refuses): the stdlib writes it
-            data = json.dumps(entry, default=str, ensure_ascii=False,
-                              separators=(",", ":")).encode()
+            data = json.dumps(
+                entry, default=str, ensure_ascii=False, separators=(",", ":")
+            ).encode()
         data = self.scrub.bytes(data)
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

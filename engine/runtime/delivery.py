@@ -57,8 +57,9 @@ STATE_FILE = "state.sqlite"
 class _TrackingEncoder(SinkEncoder):
     """The sink's encoder, telling the tracker of each item; skips items acknowledged before."""
 
-    def __init__(self, inner: SinkEncoder, tracker: AckTracker, acked: set[tuple[int, int]],
-                 ledger: Ledger) -> None:
+    def __init__(
+        self, inner: SinkEncoder, tracker: AckTracker, acked: set[tuple[int, int]], ledger: Ledger
+    ) -> None:
         self.inner = inner
         self.tracker = tracker
         self.acked = acked
@@ -104,30 +105,45 @@ class _TrackingEncoder(SinkEncoder):
 class _ResumedDeadLetters(DeadLetterWriter):
     """Counts but does not write again the mapping dead letters of lines mapped before."""
 
-    def __init__(self, path: Path | None, bundle: str, secrets: frozenset[str],
-                 written_through: int) -> None:
+    def __init__(
+        self, path: Path | None, bundle: str, secrets: frozenset[str], written_through: int
+    ) -> None:
         super().__init__(path, bundle, secrets)
         self.written_through = written_through
 
-    def write(self, reason: str, *, record: Any = None, raw: bytes | None = None,
-              error: str = "", line: int | None = None, rule: str | None = None,
-              **extra: Any) -> None:
-        if extra.get("stage") != "delivery" and line is not None and \
-                line <= self.written_through:
+    def write(
+        self,
+        reason: str,
+        *,
+        record: Any = None,
+        raw: bytes | None = None,
+        error: str = "",
+        line: int | None = None,
+        rule: str | None = None,
+        **extra: Any,
+    ) -> None:
+        if extra.get("stage") != "delivery" and line is not None and line <= self.written_through:
             self.count += 1
             return
-        super().write(reason, record=record, raw=raw, error=error, line=line, rule=rule,
-                      **extra)
+        super().write(reason, record=record, raw=raw, error=error, line=line, rule=rule, **extra)
 
 
 class _DeliveryRun(DeliveryLoop):
     """One ``moerules run`` without ``--dry-run``."""
 
-    def __init__(self, compiled: CompiledBundle, source: str, dead_letter: Path,
-                 state_dir: Path, from_start: bool, quiet: bool,
-                 options: DeliveryOptions) -> None:
-        super().__init__(compiled, RunReport(bundle=compiled.model.bundle, dry_run=False),
-                         options, quiet)
+    def __init__(
+        self,
+        compiled: CompiledBundle,
+        source: str,
+        dead_letter: Path,
+        state_dir: Path,
+        from_start: bool,
+        quiet: bool,
+        options: DeliveryOptions,
+    ) -> None:
+        super().__init__(
+            compiled, RunReport(bundle=compiled.model.bundle, dry_run=False), options, quiet
+        )
         self.source = source
         self.dead_path = dead_letter
         self.state_dir = state_dir
@@ -148,17 +164,22 @@ class _DeliveryRun(DeliveryLoop):
         """The checkpoint to resume from; None when the input is already complete."""
         report = self.report
         if self.source == "-":
-            report.notes.append("input is stdin: no checkpoint is kept, a rerun cannot "
-                                   "resume")
+            report.notes.append("input is stdin: no checkpoint is kept, a rerun cannot resume")
             return Checkpoint()
         if not is_regular(self.source):
-            report.notes.append(f"input {self.source} is a pipe or a device, not a file: no "
-                                "checkpoint is kept, a rerun cannot resume")
+            report.notes.append(
+                f"input {self.source} is a pipe or a device, not a file: no "
+                "checkpoint is kept, a rerun cannot resume"
+            )
             return Checkpoint()
         # the checkpoint applies only to the input it was made from (a prefix hash says)
         self.store = CheckpointStore(self.state_dir / STATE_FILE)
-        resumed = self.store.resume(self.bundle, Path(self.source).resolve(),
-                                    from_start=self.from_start, shown_as=self.source)
+        resumed = self.store.resume(
+            self.bundle,
+            Path(self.source).resolve(),
+            from_start=self.from_start,
+            shown_as=self.source,
+        )
         self.run_id = resumed.run
         report.notes += resumed.notes
         report.warnings += resumed.warnings
@@ -178,8 +199,16 @@ class _DeliveryRun(DeliveryLoop):
         line, offset = self.tracker.watermark
         prune = line > self.saved_line
         self.saved_line = line
-        return partial(self.store.save, self.run_id, refs, line, offset, self.tracker.fed_line,
-                       prune=prune, fed_offset=self.tracker.fed_offset)
+        return partial(
+            self.store.save,
+            self.run_id,
+            refs,
+            line,
+            offset,
+            self.tracker.fed_line,
+            prune=prune,
+            fed_offset=self.tracker.fed_offset,
+        )
 
     async def _checkpoints(self) -> None:
         """Group commit: one transaction for whatever was acknowledged since the last one.
@@ -207,8 +236,9 @@ class _DeliveryRun(DeliveryLoop):
         started = time.perf_counter()
         report = self.report
         saved = self._open_state()
-        self.dead = _ResumedDeadLetters(self.dead_path, self.bundle, self.compiled.secrets,
-                                        saved.fed if saved else 0)
+        self.dead = _ResumedDeadLetters(
+            self.dead_path, self.bundle, self.compiled.secrets, saved.fed if saved else 0
+        )
         try:
             if saved is None:
                 return report
@@ -221,8 +251,13 @@ class _DeliveryRun(DeliveryLoop):
             encoder = _TrackingEncoder(pipeline.encoder, self.tracker, acked, self.ledger)
             pipeline.encoder = encoder
             self.closing = getattr(pipeline, "close", None)  # a cohort flow's state
-            await self.deliver_lines(pipeline, self.dead, first_line=self.tracker.fed_line,
-                                     total_bytes=self._size(), background=self._checkpoints)
+            await self.deliver_lines(
+                pipeline,
+                self.dead,
+                first_line=self.tracker.fed_line,
+                total_bytes=self._size(),
+                background=self._checkpoints,
+            )
             self._settle(encoder.skipped)
         finally:
             report.elapsed_seconds = time.perf_counter() - started
@@ -242,23 +277,32 @@ class _DeliveryRun(DeliveryLoop):
         """Final checkpoint, and the report's account of what was not sent."""
         report = self.report
         if skipped:
-            report.notes.append(f"{skipped} items were acknowledged before the restart and "
-                                "were not sent again")
+            report.notes.append(
+                f"{skipped} items were acknowledged before the restart and were not sent again"
+            )
         self._account()
         if self.store is None:
             return
         if self.reached_end and not report.interrupted and not self.tracker.open_items:
             self.dead.flush()
-            self.store.complete(self.run_id, self.tracker.fed_line, self.tracker.fed_offset,
-                                self.tracker.fed_offset)
+            self.store.complete(
+                self.run_id, self.tracker.fed_line, self.tracker.fed_offset, self.tracker.fed_offset
+            )
         else:
             self._next_commit()()
 
 
-def deliver(compiled: CompiledBundle, input_: str, *, dead_letter: Path | None = None,
-            state_dir: Path | None = None, from_start: bool = False, quiet: bool = False,
-            options: DeliveryOptions | None = None,
-            limiter: Callable[[Sink], Limiter] | None = None) -> RunReport:
+def deliver(
+    compiled: CompiledBundle,
+    input_: str,
+    *,
+    dead_letter: Path | None = None,
+    state_dir: Path | None = None,
+    from_start: bool = False,
+    quiet: bool = False,
+    options: DeliveryOptions | None = None,
+    limiter: Callable[[Sink], Limiter] | None = None,
+) -> RunReport:
     """Deliver every line of ``input_`` (a path, or ``-`` for stdin); returns the report.
 
     ``limiter`` makes the sink's rate limiter (default: this process's own ``RateLimiter``;
@@ -268,9 +312,15 @@ def deliver(compiled: CompiledBundle, input_: str, *, dead_letter: Path | None =
     checkpoint to ``<state_dir>/state.sqlite`` (``state_dir`` defaults to ``.moerules``).
     """
     state_dir = state_dir or DEFAULT_STATE_DIR
-    run = _DeliveryRun(compiled, input_, dead_letter or state_dir / DEAD_LETTER_FILE,
-                       state_dir, from_start, quiet, options or DeliveryOptions())
+    run = _DeliveryRun(
+        compiled,
+        input_,
+        dead_letter or state_dir / DEAD_LETTER_FILE,
+        state_dir,
+        from_start,
+        quiet,
+        options or DeliveryOptions(),
+    )
     if limiter is not None:
         run.make_limiter = limiter
     return anyio.run(run.run)
-

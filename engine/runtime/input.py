@@ -59,8 +59,10 @@ class LongLine:
 
     @property
     def error(self) -> str:
-        return (f"the line is {self.length} bytes long; the limit is {self.limit} bytes "
-                "(--max-line-bytes)")
+        return (
+            f"the line is {self.length} bytes long; the limit is {self.limit} bytes "
+            "(--max-line-bytes)"
+        )
 
 
 class LineCutter:
@@ -74,8 +76,9 @@ class LineCutter:
 
     __slots__ = ("_excerpt", "_lead", "_long", "_parts", "_size", "limit", "skipped")
 
-    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, *,
-                 at_start: bool = True) -> None:
+    def __init__(
+        self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, *, at_start: bool = True
+    ) -> None:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be >= 1")
         self.limit = max_line_bytes
@@ -99,7 +102,7 @@ class LineCutter:
                 return []
             self._lead = None
             if block.startswith(BOM):
-                block = block[len(BOM):]
+                block = block[len(BOM) :]
                 self.skipped += len(BOM)
         out: list[bytes | LongLine] = []
         if not block:
@@ -111,16 +114,22 @@ class LineCutter:
             self._grow(block)
             return out
         if self._size or self._long:  # finish the line the earlier blocks began
-            out.append(self._finish(block[:end + 1], newline=True))
+            out.append(self._finish(block[: end + 1], newline=True))
             start = end + 1
             end = find(b"\n", start)
         append = out.append
         while end >= 0:
             if end - start > limit:
-                append(LongLine(block[start:min(end, start + EXCERPT_BYTES)], end - start,
-                                end - start + 1, limit))
+                append(
+                    LongLine(
+                        block[start : min(end, start + EXCERPT_BYTES)],
+                        end - start,
+                        end - start + 1,
+                        limit,
+                    )
+                )
             else:
-                append(block[start:end + 1])
+                append(block[start : end + 1])
             start = end + 1
             end = find(b"\n", start)
         if start < len(block):
@@ -140,7 +149,7 @@ class LineCutter:
         if self._long:
             self._size += len(piece)
             if len(self._excerpt) < EXCERPT_BYTES:  # a limit under the excerpt's size
-                self._excerpt += piece[:EXCERPT_BYTES - len(self._excerpt)]
+                self._excerpt += piece[: EXCERPT_BYTES - len(self._excerpt)]
             return
         if self._size + len(piece) <= self.limit:
             self._parts.append(piece)
@@ -149,7 +158,7 @@ class LineCutter:
         # past the limit: keep the excerpt, count the rest, hold nothing else
         head = b""
         for part in (*self._parts, piece):  # no copy of what is dropped
-            head += part[:EXCERPT_BYTES - len(head)]
+            head += part[: EXCERPT_BYTES - len(head)]
             if len(head) >= EXCERPT_BYTES:
                 break
         self._excerpt = head
@@ -162,13 +171,18 @@ class LineCutter:
         length = self._size + len(tail) - newline
         if self._long:
             room = EXCERPT_BYTES - len(self._excerpt)
-            excerpt = self._excerpt + tail[:max(0, min(room, len(tail) - newline))]
+            excerpt = self._excerpt + tail[: max(0, min(room, len(tail) - newline))]
             line: bytes | LongLine = LongLine(excerpt, length, length + newline, self.limit)
         else:
             self._parts.append(tail)
             whole = b"".join(self._parts)
-            line = whole if length <= self.limit else LongLine(
-                whole[:min(length, EXCERPT_BYTES)], length, length + newline, self.limit)
+            line = (
+                whole
+                if length <= self.limit
+                else LongLine(
+                    whole[: min(length, EXCERPT_BYTES)], length, length + newline, self.limit
+                )
+            )
         self._parts = []
         self._size = 0
         self._long = False
@@ -190,14 +204,16 @@ def check_input(source: str) -> str:
     try:
         info = os.stat(source)
     except FileNotFoundError:
-        raise InputError(f"input {source} does not exist; --input takes a JSON Lines file, "
-                         "or - for stdin") from None
+        raise InputError(
+            f"input {source} does not exist; --input takes a JSON Lines file, or - for stdin"
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot use input {source}: {exc.strerror or exc}") from None
     mode = info.st_mode
     if stat.S_ISDIR(mode):
-        raise InputError(f"input {source} is a directory; --input takes a JSON Lines file, "
-                         "or - for stdin")
+        raise InputError(
+            f"input {source} is a directory; --input takes a JSON Lines file, or - for stdin"
+        )
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         if not os.access(source, os.R_OK):
             raise InputError(f"cannot read input {source}: permission denied")
@@ -205,8 +221,10 @@ def check_input(source: str) -> str:
     if stat.S_ISCHR(mode):
         return "device"
     if not stat.S_ISREG(mode):
-        raise InputError(f"input {source} is not a file, a pipe or a device; --input takes a "
-                         "JSON Lines file, or - for stdin")
+        raise InputError(
+            f"input {source} is not a file, a pipe or a device; --input takes a "
+            "JSON Lines file, or - for stdin"
+        )
     stream = open_input(source)
     try:
         os.pread(stream.fileno(), 1, 0)
@@ -224,11 +242,13 @@ def open_input(source: str) -> IO[bytes]:
     try:
         return open(source, "rb")
     except FileNotFoundError:
-        raise InputError(f"input {source} does not exist; --input takes a JSON Lines file, "
-                         "or - for stdin") from None
+        raise InputError(
+            f"input {source} does not exist; --input takes a JSON Lines file, or - for stdin"
+        ) from None
     except IsADirectoryError:
-        raise InputError(f"input {source} is a directory; --input takes a JSON Lines file, "
-                         "or - for stdin") from None
+        raise InputError(
+            f"input {source} is a directory; --input takes a JSON Lines file, or - for stdin"
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot open input {source}: {exc.strerror or exc}") from None
 

@@ -41,8 +41,17 @@ class Ledger:
     from: an input event (True), or a record's own user update (False); a stopped run takes
     its open items back from the matching input count."""
 
-    __slots__ = ("dead", "delivered", "dropped", "events_in", "lines", "settled", "taken",
-                 "unreadable", "user_updates_in")
+    __slots__ = (
+        "dead",
+        "delivered",
+        "dropped",
+        "events_in",
+        "lines",
+        "settled",
+        "taken",
+        "unreadable",
+        "user_updates_in",
+    )
 
     def __init__(self) -> None:
         self.lines = 0  # non-blank input lines
@@ -84,9 +93,11 @@ class Ledger:
     # -- what is still open ----------------------------------------------------------------
     def open(self, kind: str | None = None, from_event: bool | None = None) -> int:
         """Items taken whose outcome has not come (filtered by kind and/or origin)."""
-        return sum(n - self.settled[key] for key, n in self.taken.items()
-                   if (kind is None or key[0] == kind)
-                   and (from_event is None or key[1] == from_event))
+        return sum(
+            n - self.settled[key]
+            for key, n in self.taken.items()
+            if (kind is None or key[0] == kind) and (from_event is None or key[1] == from_event)
+        )
 
     def kinds(self) -> list[str]:
         """Every item kind the sink took or delivered, sorted."""

@@ -85,8 +85,9 @@ class DeliveryOptions:
             raise ValueError("request_timeout must be > 0 and drain_timeout >= 0")
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.max_attempts, self.backoff_base, self.backoff_cap,
-                           self.max_retry_after)
+        return RetryPolicy(
+            self.max_attempts, self.backoff_base, self.backoff_cap, self.max_retry_after
+        )
 
 
 class Feed(Protocol):
@@ -122,10 +123,16 @@ class LineSource(Protocol):
 Producer = Callable[[MemoryObjectSendStream[WireRequest]], Awaitable[None]]
 
 
-async def pump(produce: Producer, sender: Sender, options: DeliveryOptions,
-               control: RunControl, report: RunReport, *,
-               progress: ProgressDisplay | None = None,
-               background: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+async def pump(
+    produce: Producer,
+    sender: Sender,
+    options: DeliveryOptions,
+    control: RunControl,
+    report: RunReport,
+    *,
+    progress: ProgressDisplay | None = None,
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
     """Run ``produce`` and ``options.concurrency`` senders until the stream is drained.
 
     ``produce`` sends requests into the stream and returns when done or ``control.stopping``.
@@ -149,8 +156,9 @@ async def pump(produce: Producer, sender: Sender, options: DeliveryOptions,
 
     async def drain_deadline() -> None:
         await anyio.sleep(options.drain_timeout)
-        report.warnings.append(f"stopped sending after the {options.drain_timeout:g} s drain "
-                               "timeout")
+        report.warnings.append(
+            f"stopped sending after the {options.drain_timeout:g} s drain timeout"
+        )
         work.cancel()
 
     async def signals() -> None:
@@ -199,8 +207,9 @@ class Input:
         # event loop cannot watch one)
         self._pollable = is_pollable(self.stream)
         self.eof = False
-        self._cutter = LineCutter(sys.maxsize if max_line_bytes is None else max_line_bytes,
-                                  at_start=offset == 0)
+        self._cutter = LineCutter(
+            sys.maxsize if max_line_bytes is None else max_line_bytes, at_start=offset == 0
+        )
         self._read_scope: anyio.CancelScope | None = None
 
     def cancel_read(self) -> None:
@@ -258,8 +267,9 @@ class DeliveryLoop:
     (a line about to be fed, a line done) do.
     """
 
-    def __init__(self, compiled: CompiledBundle, report: RunReport, options: DeliveryOptions,
-                 quiet: bool) -> None:
+    def __init__(
+        self, compiled: CompiledBundle, report: RunReport, options: DeliveryOptions, quiet: bool
+    ) -> None:
         self.compiled = compiled
         self.report = report
         self.ledger = report.ledger
@@ -295,13 +305,19 @@ class DeliveryLoop:
 
     def _snapshot(self) -> Snapshot:
         ledger, report = self.ledger, self.report
-        return Snapshot(self.lines_read, self.input.position if self.input else 0,
-                        sum(ledger.delivered.values()), sum(ledger.dead.values()),
-                        report.retries, report.throttled)
+        return Snapshot(
+            self.lines_read,
+            self.input.position if self.input else 0,
+            sum(ledger.delivered.values()),
+            sum(ledger.dead.values()),
+            report.retries,
+            report.throttled,
+        )
 
     # -- the loop --------------------------------------------------------------------------
-    async def _produce(self, feed: Feed, first_line: int,
-                       stream: MemoryObjectSendStream[WireRequest]) -> None:
+    async def _produce(
+        self, feed: Feed, first_line: int, stream: MemoryObjectSendStream[WireRequest]
+    ) -> None:
         source, control = self.input, self.control
         assert source is not None
         encoder = feed.encoder
@@ -349,30 +365,55 @@ class DeliveryLoop:
         for request in feed.finish():
             await stream.send(request)
 
-    async def deliver_lines(self, feed: Feed, dead: DeadLetterWriter, *, first_line: int = 0,
-                            total_bytes: int | None = None,
-                            background: Callable[[], Coroutine[Any, Any, None]] | None = None
-                            ) -> None:
+    async def deliver_lines(
+        self,
+        feed: Feed,
+        dead: DeadLetterWriter,
+        *,
+        first_line: int = 0,
+        total_bytes: int | None = None,
+        background: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         """Read ``self.input`` to its end (or a stop) through ``feed``; send everything."""
         assert self.input is not None
         options, sink = self.options, self.compiled.sink
         self.control = RunControl()
         self.control.on_stop(self.input.cancel_read)
-        progress = ProgressDisplay(self._snapshot, total_bytes=total_bytes, quiet=self.quiet,
-                                   interval=options.progress_interval)
+        progress = ProgressDisplay(
+            self._snapshot,
+            total_bytes=total_bytes,
+            quiet=self.quiet,
+            interval=options.progress_interval,
+        )
         limiter = self._limiter()
-        async with httpx.AsyncClient(timeout=options.request_timeout, limits=httpx.Limits(
-                max_connections=options.concurrency,
-                max_keepalive_connections=options.concurrency)) as client:
+        async with httpx.AsyncClient(
+            timeout=options.request_timeout,
+            limits=httpx.Limits(
+                max_connections=options.concurrency, max_keepalive_connections=options.concurrency
+            ),
+        ) as client:
             settled = getattr(feed, "settled", None)  # a cohort flow: what MoEngage holds
-            sender = self.sender_class(sink, client, limiter, options.retry_policy(),
-                                       self.report, dead, self.control,
-                                       on_final=self._final if settled is None else
-                                       partial(_both, settled, self._final),
-                                       request_timeout=options.request_timeout)
+            sender = self.sender_class(
+                sink,
+                client,
+                limiter,
+                options.retry_policy(),
+                self.report,
+                dead,
+                self.control,
+                on_final=self._final if settled is None else partial(_both, settled, self._final),
+                request_timeout=options.request_timeout,
+            )
             try:
-                await pump(partial(self._produce, feed, first_line), sender, options,
-                           self.control, self.report, progress=progress, background=background)
+                await pump(
+                    partial(self._produce, feed, first_line),
+                    sender,
+                    options,
+                    self.control,
+                    self.report,
+                    progress=progress,
+                    background=background,
+                )
             finally:
                 with anyio.CancelScope(shield=True):
                     await limiter.aclose()
@@ -387,11 +428,16 @@ class DeliveryLoop:
         if unsent:
             # read but not sent: not this run's items after all (the report leaves them out)
             report.interrupted = True
-            report.warnings.append(f"{unsent} items were read but not sent; a rerun of the "
-                                   "same command sends them")
+            report.warnings.append(
+                f"{unsent} items were read but not sent; a rerun of the same command sends them"
+            )
 
 
-def _both(first: Callable[[list[Item], int], None], then: Callable[[list[Item], int], None],
-          items: list[Item], delivered: int) -> None:
+def _both(
+    first: Callable[[list[Item], int], None],
+    then: Callable[[list[Item], int], None],
+    items: list[Item],
+    delivered: int,
+) -> None:
     first(items, delivered)
     then(items, delivered)

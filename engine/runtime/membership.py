@@ -179,12 +179,21 @@ class CohortSummary:
     updated: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scope": self.scope, "partner": self.partner, "cohort_id": self.cohort_id,
-                "name": self.name, "segment": self.segment, "members": self.synced,
-                "wanted": self.wanted, "to_add": self.to_add, "to_remove": self.to_remove,
-                "pending_exports": [{"key": k, "pages_arrived": n, "pages": t}
-                                    for k, n, t in self.pending_exports],
-                "updated": self.updated}
+        return {
+            "scope": self.scope,
+            "partner": self.partner,
+            "cohort_id": self.cohort_id,
+            "name": self.name,
+            "segment": self.segment,
+            "members": self.synced,
+            "wanted": self.wanted,
+            "to_add": self.to_add,
+            "to_remove": self.to_remove,
+            "pending_exports": [
+                {"key": k, "pages_arrived": n, "pages": t} for k, n, t in self.pending_exports
+            ],
+            "updated": self.updated,
+        }
 
 
 class MembershipStore:
@@ -205,8 +214,10 @@ class MembershipStore:
             return
         file = Path(self.path)
         if file.exists() and not file.is_file():
-            raise StateError(f"{self.path}: the membership state must be a file, not a "
-                             "directory or a device; set the destination's `state` to a file")
+            raise StateError(
+                f"{self.path}: the membership state must be a file, not a "
+                "directory or a device; set the destination's `state` to a file"
+            )
         if self.durable:
             file.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._connect(file, f"file:{file}")
@@ -218,8 +229,7 @@ class MembershipStore:
                 self.db.executescript(_SCHEMA)
             except sqlite3.DatabaseError as exc:
                 self.close()
-                raise StateError(f"{self.path}: not a moerules membership state ({exc})") \
-                    from None
+                raise StateError(f"{self.path}: not a moerules membership state ({exc})") from None
             self._check_format(write=True)
         elif file.is_file():
             self.db = self._connect(file, f"file:{file}?mode=ro")
@@ -250,21 +260,23 @@ class MembershipStore:
         except sqlite3.OperationalError as exc:
             self.close()
             if write or "no such table" not in str(exc):
-                raise StateError(f"{self.path}: not a moerules membership state ({exc})") \
-                    from None
+                raise StateError(f"{self.path}: not a moerules membership state ({exc})") from None
             return  # an empty SQLite file: nothing stored yet
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StateError(f"{self.path}: not a moerules membership state ({exc})") from None
         if row is None:
             if write:
-                self._exec("INSERT INTO meta (key, value) VALUES ('format', ?)",
-                           (str(STATE_FORMAT),))
+                self._exec(
+                    "INSERT INTO meta (key, value) VALUES ('format', ?)", (str(STATE_FORMAT),)
+                )
             return
         if str(row[0]) != str(STATE_FORMAT):
             self.close()
-            raise StateError(f"{self.path}: membership state format {row[0]}; this moerules "
-                             f"reads format {STATE_FORMAT}")
+            raise StateError(
+                f"{self.path}: membership state format {row[0]}; this moerules "
+                f"reads format {STATE_FORMAT}"
+            )
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         assert self.db is not None
@@ -296,14 +308,21 @@ class MembershipStore:
             return found
         cohort = Cohort(key, None)
         if self.db is not None:
-            row = self._one("SELECT id, name, segment, description, floor_at, floor_seq FROM "
-                            "cohorts WHERE scope=? AND partner=? AND cohort_id=?", tuple(key))
+            row = self._one(
+                "SELECT id, name, segment, description, floor_at, floor_seq FROM "
+                "cohorts WHERE scope=? AND partner=? AND cohort_id=?",
+                tuple(key),
+            )
             if row is None and self.durable:
-                self._exec("INSERT INTO cohorts (scope, partner, cohort_id, updated) VALUES "
-                           "(?, ?, ?, ?)", (*key, self.clock()))
-                row = self._one("SELECT id, name, segment, description, floor_at, floor_seq "
-                                "FROM cohorts WHERE scope=? AND partner=? AND cohort_id=?",
-                                tuple(key))
+                self._exec(
+                    "INSERT INTO cohorts (scope, partner, cohort_id, updated) VALUES (?, ?, ?, ?)",
+                    (*key, self.clock()),
+                )
+                row = self._one(
+                    "SELECT id, name, segment, description, floor_at, floor_seq "
+                    "FROM cohorts WHERE scope=? AND partner=? AND cohort_id=?",
+                    tuple(key),
+                )
             if row is not None:
                 self._load(cohort, row)
         self._cohorts[key] = cohort
@@ -314,12 +333,14 @@ class MembershipStore:
         cohort.row, cohort.name, cohort.segment, cohort.description = row[:4]
         cohort.floor = (int(row[4]), int(row[5]))
         for uid, wanted, at, seq, synced, pending in self.db.execute(
-                "SELECT uid, wanted, at, seq, synced, pending FROM members WHERE cohort=?",
-                (cohort.row,)):
+            "SELECT uid, wanted, at, seq, synced, pending FROM members WHERE cohort=?",
+            (cohort.row,),
+        ):
             cohort.members[uid] = Member(bool(wanted), at, seq, bool(synced), bool(pending))
         for key, page, pages, at, seq, uids in self.db.execute(
-                "SELECT key, page, pages, at, seq, uids FROM pages WHERE cohort=? "
-                "ORDER BY key, page", (cohort.row,)):
+            "SELECT key, page, pages, at, seq, uids FROM pages WHERE cohort=? ORDER BY key, page",
+            (cohort.row,),
+        ):
             export = cohort.exports.get(key)
             if export is None:
                 export = cohort.exports[key] = Export(key, pages, (at, seq))
@@ -329,8 +350,9 @@ class MembershipStore:
         """(seq, complete) of a message seen before, or None."""
         found = cohort.messages.get(key)
         if found is None and self.db is not None and cohort.row is not None:
-            row = self._one("SELECT seq, complete FROM messages WHERE cohort=? AND key=?",
-                            (cohort.row, key))
+            row = self._one(
+                "SELECT seq, complete FROM messages WHERE cohort=? AND key=?", (cohort.row, key)
+            )
             if row is not None:
                 found = cohort.messages[key] = (int(row[0]), bool(row[1]))
         return found
@@ -345,26 +367,30 @@ class MembershipStore:
         self._seq += 1
         cohort.messages[key] = (self._seq, False)
         if self.durable and cohort.row is not None:
-            self._exec("INSERT OR REPLACE INTO messages (cohort, key, seq) VALUES (?, ?, ?)",
-                       (cohort.row, key, self._seq))
-            self._exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('seq', ?)",
-                       (str(self._seq),))
+            self._exec(
+                "INSERT OR REPLACE INTO messages (cohort, key, seq) VALUES (?, ?, ?)",
+                (cohort.row, key, self._seq),
+            )
+            self._exec(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq', ?)", (str(self._seq),)
+            )
         return self._seq
 
     def complete_message(self, cohort: Cohort, key: str) -> None:
         seq, _ = cohort.messages[key]
         cohort.messages[key] = (seq, True)
         if self.durable and cohort.row is not None:
-            self._exec("UPDATE messages SET complete=1 WHERE cohort=? AND key=?",
-                       (cohort.row, key))
+            self._exec("UPDATE messages SET complete=1 WHERE cohort=? AND key=?", (cohort.row, key))
 
     def name(self, cohort: Cohort, name: str, segment: str, description: str | None) -> None:
         if (cohort.name, cohort.segment, cohort.description) == (name, segment, description):
             return
         cohort.name, cohort.segment, cohort.description = name, segment, description
         if self.durable and cohort.row is not None:
-            self._exec("UPDATE cohorts SET name=?, segment=?, description=?, updated=? WHERE "
-                       "id=?", (name, segment, description, self.clock(), cohort.row))
+            self._exec(
+                "UPDATE cohorts SET name=?, segment=?, description=?, updated=? WHERE id=?",
+                (name, segment, description, self.clock(), cohort.row),
+            )
 
     def want(self, cohort: Cohort, uid: str, wanted: bool, version: Version) -> Member:
         """The partner's latest word on ``uid`` (the caller checked it is later)."""
@@ -374,17 +400,21 @@ class MembershipStore:
         else:
             member.wanted, member.at, member.seq = wanted, version[0], version[1]
         if self.durable and cohort.row is not None:
-            self._exec("INSERT INTO members (cohort, uid, wanted, at, seq) VALUES (?, ?, ?, ?, "
-                       "?) ON CONFLICT (cohort, uid) DO UPDATE SET wanted=excluded.wanted, "
-                       "at=excluded.at, seq=excluded.seq",
-                       (cohort.row, uid, int(wanted), *version))
+            self._exec(
+                "INSERT INTO members (cohort, uid, wanted, at, seq) VALUES (?, ?, ?, ?, "
+                "?) ON CONFLICT (cohort, uid) DO UPDATE SET wanted=excluded.wanted, "
+                "at=excluded.at, seq=excluded.seq",
+                (cohort.row, uid, int(wanted), *version),
+            )
         return member
 
     def floor(self, cohort: Cohort, version: Version) -> None:
         cohort.floor = version
         if self.durable and cohort.row is not None:
-            self._exec("UPDATE cohorts SET floor_at=?, floor_seq=?, updated=? WHERE id=?",
-                       (*version, self.clock(), cohort.row))
+            self._exec(
+                "UPDATE cohorts SET floor_at=?, floor_seq=?, updated=? WHERE id=?",
+                (*version, self.clock(), cohort.row),
+            )
 
     def forget(self, cohort: Cohort, uids: Iterable[str]) -> None:
         """Drop rows the floor makes redundant (out, acknowledged out, older than it)."""
@@ -393,17 +423,19 @@ class MembershipStore:
             cohort.members.pop(uid, None)
         if self.durable and cohort.row is not None and uids:
             assert self.db is not None
-            self.db.executemany("DELETE FROM members WHERE cohort=? AND uid=?",
-                                [(cohort.row, uid) for uid in uids])
+            self.db.executemany(
+                "DELETE FROM members WHERE cohort=? AND uid=?", [(cohort.row, uid) for uid in uids]
+            )
 
     def page(self, cohort: Cohort, export: Export, page: int, uids: list[str]) -> None:
         export.got[page] = uids
         cohort.exports.setdefault(export.key, export)
         if self.durable and cohort.row is not None:
-            self._exec("INSERT OR REPLACE INTO pages (cohort, key, page, pages, at, seq, uids) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (cohort.row, export.key, page, export.pages, *export.version,
-                        orjson.dumps(uids)))
+            self._exec(
+                "INSERT OR REPLACE INTO pages (cohort, key, page, pages, at, seq, uids) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cohort.row, export.key, page, export.pages, *export.version, orjson.dumps(uids)),
+            )
 
     def drop_export(self, cohort: Cohort, key: str) -> None:
         """An export is applied (its changes reached their outcomes) or superseded."""
@@ -427,8 +459,9 @@ class MembershipStore:
         if self.durable and cohort.row is not None:
             self._exec("UPDATE members SET pending=0 WHERE cohort=? AND uid=?", (cohort.row, uid))
 
-    def synced(self, cohort: Cohort, uids: Iterable[str], member: bool, *,
-               settled: Iterable[str] = ()) -> None:
+    def synced(
+        self, cohort: Cohort, uids: Iterable[str], member: bool, *, settled: Iterable[str] = ()
+    ) -> None:
         """The destination acknowledged these changes: written at once, in one transaction.
         ``settled``: of those, the users with no later change on its way (no longer
         pending)."""
@@ -444,8 +477,10 @@ class MembershipStore:
         if self.durable and cohort.row is not None and rows:
             assert self.db is not None
             with _Transaction(self.db):
-                self.db.executemany("UPDATE members SET synced=?, pending=pending AND ? WHERE "
-                                    "cohort=? AND uid=?", rows)
+                self.db.executemany(
+                    "UPDATE members SET synced=?, pending=pending AND ? WHERE cohort=? AND uid=?",
+                    rows,
+                )
 
 
 class _Transaction:
@@ -477,18 +512,30 @@ def summarise(path: str | Path) -> Iterator[CohortSummary]:
                 "COALESCE(SUM(m.wanted AND (m.pending OR NOT m.synced)), 0), "
                 "COALESCE(SUM(NOT m.wanted AND (m.pending OR m.synced)), 0) "
                 "FROM cohorts c LEFT JOIN members m ON m.cohort = c.id "
-                "GROUP BY c.id ORDER BY c.scope, c.partner, c.name, c.cohort_id").fetchall()
+                "GROUP BY c.id ORDER BY c.scope, c.partner, c.name, c.cohort_id"
+            ).fetchall()
             pending: dict[int, list[tuple[str, int, int]]] = {}
             for cohort, key, got, pages in db.execute(
-                    "SELECT cohort, key, COUNT(*), MAX(pages) FROM pages GROUP BY cohort, key "
-                    "ORDER BY cohort, key"):
+                "SELECT cohort, key, COUNT(*), MAX(pages) FROM pages GROUP BY cohort, key "
+                "ORDER BY cohort, key"
+            ):
                 pending.setdefault(cohort, []).append((key, got, pages))
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{file}: not a moerules membership state ({exc})") from None
         for row in rows:
-            yield CohortSummary(row[1], row[2], row[3], row[4], row[5], int(row[7]),
-                                int(row[8]), int(row[9]), int(row[10]),
-                                pending.get(row[0], []), row[6])
+            yield CohortSummary(
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                int(row[7]),
+                int(row[8]),
+                int(row[9]),
+                int(row[10]),
+                pending.get(row[0], []),
+                row[6],
+            )
     finally:
         store.close()
 
@@ -505,9 +552,11 @@ def members_of(path: str | Path, cohort_id: str) -> dict[tuple[str, str], list[s
             return out
         try:
             for scope, partner, uid in store.db.execute(
-                    "SELECT c.scope, c.partner, m.uid FROM cohorts c JOIN members m ON "
-                    "m.cohort = c.id WHERE c.cohort_id = ? AND m.synced = 1 "
-                    "ORDER BY c.scope, c.partner, m.uid", (cohort_id,)):
+                "SELECT c.scope, c.partner, m.uid FROM cohorts c JOIN members m ON "
+                "m.cohort = c.id WHERE c.cohort_id = ? AND m.synced = 1 "
+                "ORDER BY c.scope, c.partner, m.uid",
+                (cohort_id,),
+            ):
                 out.setdefault((scope, partner), []).append(uid)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{file}: not a moerules membership state ({exc})") from None

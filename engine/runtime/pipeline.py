@@ -37,8 +37,9 @@ _FALLBACK = {ROUTE_MISSING: "missing", ROUTE_BLANK: "blank", ROUTE_UNKNOWN: "unk
 class Pipeline:
     """Feeds input lines through a compiled bundle, producing the requests to send."""
 
-    def __init__(self, compiled: CompiledBundle, report: RunReport,
-                 dead_letters: DeadLetterWriter) -> None:
+    def __init__(
+        self, compiled: CompiledBundle, report: RunReport, dead_letters: DeadLetterWriter
+    ) -> None:
         self.c = compiled
         self.report = report
         self.ledger = report.ledger
@@ -57,15 +58,19 @@ class Pipeline:
         self._route_codes: list[str | None] = [*self.project_codes, None, None, None, None]
         self._routed = [0] * len(self._route_codes)  # events encoded, by route code
         self._identity_per_event = compiled.identity is not None and not (
-            compiled.identity_per_batch)
+            compiled.identity_per_batch
+        )
         ident = compiled.model.identity
         order = (ident.precedence or list(ident.candidates)) if ident else []
-        self.identity_hint = ("none of the identity candidates had a usable value: "
-                              + ", ".join(order))
+        self.identity_hint = "none of the identity candidates had a usable value: " + ", ".join(
+            order
+        )
         # decode only what the rules read, when the source allows it (not when tracing)
-        self._project = (decoder(compiled.reads, self.events_key)
-                         if compiled.projected and compiled.source.projectable
-                         and not compiled.traced else None)
+        self._project = (
+            decoder(compiled.reads, self.events_key)
+            if compiled.projected and compiled.source.projectable and not compiled.traced
+            else None
+        )
         self._line: bytes | None = None  # the current line, when it was decoded projected
         self._whole: tuple[bytes, Any] | None = None  # (line, its full decode) for dead letters
 
@@ -75,8 +80,13 @@ class Pipeline:
         ledger.lines += 1
         if isinstance(line, LongLine):  # cut short by the reader: only its excerpt is here
             ledger.unreadable_line(LINE_TOO_LONG)
-            self.dead.write(LINE_TOO_LONG, raw=line.excerpt, error=line.error, line=line_no,
-                            line_bytes=line.length)
+            self.dead.write(
+                LINE_TOO_LONG,
+                raw=line.excerpt,
+                error=line.error,
+                line=line_no,
+                line_bytes=line.length,
+            )
             return []
         batch = None
         if self._project is not None:
@@ -96,8 +106,9 @@ class Pipeline:
             return self._batch(line_no, batch)
         except RecordError as exc:  # a failure outside any one event: the whole line
             ledger.unreadable_line(exc.reason)
-            self.dead.write(exc.reason, record=self._whole_record(batch, None), error=exc.detail,
-                            line=line_no)
+            self.dead.write(
+                exc.reason, record=self._whole_record(batch, None), error=exc.detail, line=line_no
+            )
             return []
 
     def _batch(self, line_no: int, batch: dict[str, Any]) -> list[WireRequest]:
@@ -133,8 +144,9 @@ class Pipeline:
                 self._dead(exc.reason, event, exc.detail, line_no, exc.rule, index)
                 continue
             except Exception as exc:  # data no rule foresaw must not stop the run
-                self._dead(MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None,
-                           index)
+                self._dead(
+                    MAPPING_FAILED, event, f"{type(exc).__name__}: {exc}", line_no, None, index
+                )
                 continue
             rule = mapped.rule
             kind = kinds[rule]  # the mapper's -1 (no rule matched) reads NO_RULE, the last
@@ -146,11 +158,13 @@ class Pipeline:
                         self._encode(line_no, batch, events, items, out)
                         items = []
                     if mapped.attributes:
-                        self._add_user(ident, mapped.attributes, line_no, index, event,
-                                       rule_names[rule], out)
+                        self._add_user(
+                            ident, mapped.attributes, line_no, index, event, rule_names[rule], out
+                        )
                     elif ident is None:
-                        self._dead(NO_IDENTITY, event, self.identity_hint, line_no,
-                                   rule_names[rule], index)
+                        self._dead(
+                            NO_IDENTITY, event, self.identity_hint, line_no, rule_names[rule], index
+                        )
                     else:
                         dropped["user update with no attributes"] += 1
                 else:
@@ -159,17 +173,32 @@ class Pipeline:
             if identity_per_event is not None:
                 ident = identity_per_event(batch, event).value
             if ident is None:
-                self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_names[rule],
-                           index)
+                self._dead(NO_IDENTITY, event, self.identity_hint, line_no, rule_names[rule], index)
                 continue
             name = mapped.name
             if not name:
-                self._dead("event name is empty", event, f"rule {rule_names[rule]!r}", line_no,
-                           rule_names[rule], index)
+                self._dead(
+                    "event name is empty",
+                    event,
+                    f"rule {rule_names[rule]!r}",
+                    line_no,
+                    rule_names[rule],
+                    index,
+                )
                 continue
             route = mapped.route
-            items.append(Item(EVENT, ident, name, mapped.attributes, mapped.fields or {},
-                              codes[route], (line_no, index), rule_names[rule]))
+            items.append(
+                Item(
+                    EVENT,
+                    ident,
+                    name,
+                    mapped.attributes,
+                    mapped.fields or {},
+                    codes[route],
+                    (line_no, index),
+                    rule_names[rule],
+                )
+            )
             routed[route] += 1
             if route == ROUTE_UNKNOWN:
                 report.unknown_projects[str(mapped.route_value)] += 1
@@ -177,8 +206,14 @@ class Pipeline:
             self._encode(line_no, batch, events, items, out)
         return out
 
-    def _encode(self, line_no: int, batch: dict[str, Any], events: list[Any],
-                items: list[Item], out: list[WireRequest]) -> None:
+    def _encode(
+        self,
+        line_no: int,
+        batch: dict[str, Any],
+        events: list[Any],
+        items: list[Item],
+        out: list[WireRequest],
+    ) -> None:
         """Hand a line's mapped events to the encoder; count the routes of those it took."""
         requests, failed = self.encoder.add_all(items)
         if requests:
@@ -196,8 +231,14 @@ class Pipeline:
             self._dead(reason, event, error, line_no, item.rule, index)
         self.ledger.take(EVENT, True, len(items) - len(failed))
 
-    def _user(self, user: Callable[..., dict[str, Any] | None], line_no: int,
-              batch: dict[str, Any], ident: str | None, out: list[WireRequest]) -> None:
+    def _user(
+        self,
+        user: Callable[..., dict[str, Any] | None],
+        line_no: int,
+        batch: dict[str, Any],
+        ident: str | None,
+        out: list[WireRequest],
+    ) -> None:
         """The record's own user update (the bundle's ``user`` section)."""
         ledger = self.ledger
         try:
@@ -214,8 +255,16 @@ class Pipeline:
             ledger.user_updates_in += 1
             self._add_user(ident, attrs, line_no, None, batch, "user", out)
 
-    def _add_user(self, ident: str | None, attrs: dict[str, Any], line_no: int,
-                  index: int | None, record: Any, rule: str, out: list[WireRequest]) -> None:
+    def _add_user(
+        self,
+        ident: str | None,
+        attrs: dict[str, Any],
+        line_no: int,
+        index: int | None,
+        record: Any,
+        rule: str,
+        out: list[WireRequest],
+    ) -> None:
         """A user update, from the ``user`` section (``index`` None) or an event rule."""
         if ident is None:
             self._dead(NO_IDENTITY, record, self.identity_hint, line_no, rule, index)
@@ -224,8 +273,9 @@ class Pipeline:
         try:
             out += self.encoder.add(Item(USER, ident, "", attrs, {}, None, ref, rule))
         except (TypeError, ValueError) as exc:  # orjson: an int beyond 64 bits; too large...
-            self._dead(getattr(exc, "reason", CANNOT_ENCODE), record, str(exc), line_no, rule,
-                       index)
+            self._dead(
+                getattr(exc, "reason", CANNOT_ENCODE), record, str(exc), line_no, rule, index
+            )
             return
         self.ledger.take(USER, index is not None)
 
@@ -241,11 +291,24 @@ class Pipeline:
                 report.fallback[why] += routed[route]
         routed[:] = [0] * len(routed)  # in place: the loop holds this list
 
-    def _dead(self, reason: str, record: Any, error: str, line_no: int, rule: str | None,
-              index: int | None = None) -> None:
+    def _dead(
+        self,
+        reason: str,
+        record: Any,
+        error: str,
+        line_no: int,
+        rule: str | None,
+        index: int | None = None,
+    ) -> None:
         self.ledger.dead_letter(reason)
-        self.dead.write(reason, record=self._whole_record(record, index), error=error,
-                        line=line_no, rule=rule, event_index=index)
+        self.dead.write(
+            reason,
+            record=self._whole_record(record, index),
+            error=error,
+            line=line_no,
+            rule=rule,
+            event_index=index,
+        )
 
     def _whole_record(self, projected: Any, index: int | None) -> Any:
         """What a dead letter shows: the record (or its event ``index``) whole, decoded again
@@ -279,13 +342,15 @@ class Pipeline:
             if report.fallback[why]:
                 n = report.fallback[why]
                 report.warnings.append(
-                    f"{_events(n)} had a {why} project name and went to the portfolio level")
+                    f"{_events(n)} had a {why} project name and went to the portfolio level"
+                )
         for value, n in report.unknown_projects.most_common():
             hint = did_you_mean(value, self.project_names)
             report.warnings.append(
                 f"{_events(n)} named unknown project {value!r}{hint}; "
                 f"{'it' if n == 1 else 'they'} went to the portfolio level "
-                "(matching is exact and case-sensitive)")
+                "(matching is exact and case-sensitive)"
+            )
 
     def run(self, lines: Iterator[tuple[int, bytes | LongLine]]) -> Iterator[WireRequest]:
         feed = self.feed

@@ -39,9 +39,16 @@ class ProgressDisplay:
     this task itself: rich's auto-refresh would start a thread.
     """
 
-    def __init__(self, snapshot: Callable[[], Snapshot], *, total_bytes: int | None = None,
-                 quiet: bool = False, stream: IO[str] | None = None,
-                 interval: float | None = None, tty: bool | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        *,
+        total_bytes: int | None = None,
+        quiet: bool = False,
+        stream: IO[str] | None = None,
+        interval: float | None = None,
+        tty: bool | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.total_bytes = total_bytes
         self.quiet = quiet
@@ -69,14 +76,22 @@ class ProgressDisplay:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = snap.lines / elapsed
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=snap.bytes_read, lines=snap.lines,
-                                  rate=rate, delivered=snap.delivered, dead=snap.dead_lettered,
-                                  retries=snap.retries)
+            self._progress.update(
+                self._task,
+                completed=snap.bytes_read,
+                lines=snap.lines,
+                rate=rate,
+                delivered=snap.delivered,
+                dead=snap.dead_lettered,
+                retries=snap.retries,
+            )
             self._progress.refresh()
             return
-        self.stream.write(f"moerules: {snap.lines} lines ({rate:.0f}/s), delivered "
-                          f"{snap.delivered}, dead-lettered {snap.dead_lettered}, retries "
-                          f"{snap.retries} ({snap.throttled} after 429)\n")
+        self.stream.write(
+            f"moerules: {snap.lines} lines ({rate:.0f}/s), delivered "
+            f"{snap.delivered}, dead-lettered {snap.dead_lettered}, retries "
+            f"{snap.retries} ({snap.throttled} after 429)\n"
+        )
         self.stream.flush()
 
     def _start_live(self) -> None:
@@ -94,8 +109,9 @@ class ProgressDisplay:
             redirect_stderr=False,
             transient=False,
         )
-        self._task = progress.add_task("deliver", total=self.total_bytes, lines=0, rate=0.0,
-                                       delivered=0, dead=0, retries=0)
+        self._task = progress.add_task(
+            "deliver", total=self.total_bytes, lines=0, rate=0.0, delivered=0, dead=0, retries=0
+        )
         progress.start()
         self._progress = progress
 

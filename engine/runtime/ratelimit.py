@@ -65,11 +65,22 @@ class TokenBucket:
     moves the theoretical arrival time on by ``n`` intervals.
     """
 
-    __slots__ = ("burst", "departures", "in_window", "interval", "jitter", "limit",
-                 "paused_until", "span", "tat", "tolerance")
+    __slots__ = (
+        "burst",
+        "departures",
+        "in_window",
+        "interval",
+        "jitter",
+        "limit",
+        "paused_until",
+        "span",
+        "tat",
+        "tolerance",
+    )
 
-    def __init__(self, limit: RateLimit, *, burst_fraction: float = 0.01,
-                 jitter: float = DEFAULT_JITTER) -> None:
+    def __init__(
+        self, limit: RateLimit, *, burst_fraction: float = 0.01, jitter: float = DEFAULT_JITTER
+    ) -> None:
         if limit.amount < 1 or limit.per_seconds <= 0:
             raise ValueError(f"a rate limit needs an amount >= 1 and a positive window: {limit}")
         self.limit = limit
@@ -135,11 +146,17 @@ class RateLimiter:
     to (``Retry-After``); requests whose reserved slot falls inside the pause take a new one.
     """
 
-    def __init__(self, limits: Sequence[RateLimit], *, burst_fraction: float = 0.01,
-                 jitter: float = DEFAULT_JITTER,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.buckets = [TokenBucket(limit, burst_fraction=burst_fraction, jitter=jitter)
-                        for limit in limits]
+    def __init__(
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        burst_fraction: float = 0.01,
+        jitter: float = DEFAULT_JITTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.buckets = [
+            TokenBucket(limit, burst_fraction=burst_fraction, jitter=jitter) for limit in limits
+        ]
         self.clock = clock
         self._by_key: dict[str, list[TokenBucket]] = {}
         self._paused: dict[str, float] = {}

@@ -47,8 +47,14 @@ from moerules.engine.runtime.loop import DeliveryLoop, DeliveryOptions, Input
 from moerules.engine.runtime.pipeline import CANNOT_ENCODE
 from moerules.engine.runtime.report import RunReport
 
-__all__ = ["CANNOT_REPLAY", "DeadLetter", "ReplayRefused", "bundles_named", "read_dead_letters",
-           "replay_file"]
+__all__ = [
+    "CANNOT_REPLAY",
+    "DeadLetter",
+    "ReplayRefused",
+    "bundles_named",
+    "read_dead_letters",
+    "replay_file",
+]
 
 CANNOT_REPLAY = "dead letter cannot be replayed"
 
@@ -88,16 +94,24 @@ def read_dead_letters(path: Path) -> list[DeadLetter]:
 
 def bundles_named(letters: list[DeadLetter]) -> set[str]:
     """The bundles whose delivery failures the file holds."""
-    return {str(letter.entry.get("bundle")) for letter in letters
-            if letter.delivery and letter.entry is not None}
+    return {
+        str(letter.entry.get("bundle"))
+        for letter in letters
+        if letter.delivery and letter.entry is not None
+    }
 
 
 class ReplayRefused(SetupError):
     """A bundle whose dead letters are not replayed (a cohort flow)."""
 
 
-def replay_file(compiled: CompiledBundle, path: Path, *, options: DeliveryOptions | None = None,
-                quiet: bool = False) -> RunReport:
+def replay_file(
+    compiled: CompiledBundle,
+    path: Path,
+    *,
+    options: DeliveryOptions | None = None,
+    quiet: bool = False,
+) -> RunReport:
     """Send the delivery dead letters in ``path`` again; rewrites ``path`` with what is left.
 
     A cohort flow's changes are not replayed (ReplayRefused): one sent out of its turn could
@@ -109,7 +123,8 @@ def replay_file(compiled: CompiledBundle, path: Path, *, options: DeliveryOption
             f"{compiled.model.bundle} does not replay dead letters: a cohort change sent out "
             "of its turn could undo a later one. The membership state keeps every change "
             "MoEngage has not acknowledged: run the bundle again over its input with "
-            "--from-start, and only what MoEngage still lacks is sent")
+            "--from-start, and only what MoEngage still lacks is sent"
+        )
     read_dead_letters(path)  # refuse a format this moerules does not read, before any send
     return anyio.run(_Replay(compiled, path, options or DeliveryOptions(), quiet).run)
 
@@ -117,8 +132,9 @@ def replay_file(compiled: CompiledBundle, path: Path, *, options: DeliveryOption
 class _ReplayFeed:
     """Dead-letter lines in, requests out: the replay's side of the delivery loop."""
 
-    def __init__(self, compiled: CompiledBundle, ledger: Ledger, dead: DeadLetterWriter,
-                 resolved: set[int]) -> None:
+    def __init__(
+        self, compiled: CompiledBundle, ledger: Ledger, dead: DeadLetterWriter, resolved: set[int]
+    ) -> None:
         self.sink = compiled.sink
         self.encoder = compiled.sink.encoder()
         self.ledger = ledger
@@ -127,7 +143,8 @@ class _ReplayFeed:
         self.routes = {code for _, code in compiled.projects}
         identity = compiled.model.identity
         self.refused_identities = frozenset(
-            v.strip().casefold() for v in (identity.reject if identity else ()))
+            v.strip().casefold() for v in (identity.reject if identity else ())
+        )
         self.line_of: dict[int, int] = {}  # id(item) -> its dead-letter line
         self.kept = 0  # lines left as they are: mapping failures, lines that are not JSON
 
@@ -165,10 +182,17 @@ class _ReplayFeed:
 
     def _again(self, line_no: int, entry: dict[str, Any], reason: str, error: str) -> None:
         """Dead-letter an entry again, as it was, with the new reason."""
-        self.dead.write(reason, record=entry.get("record"), error=error, line=entry.get("line"),
-                        rule=entry.get("rule"), event_index=entry.get("event_index"),
-                        stage="delivery", format=DEAD_LETTER_FORMAT,
-                        previous_reason=entry.get("reason"))
+        self.dead.write(
+            reason,
+            record=entry.get("record"),
+            error=error,
+            line=entry.get("line"),
+            rule=entry.get("rule"),
+            event_index=entry.get("event_index"),
+            stage="delivery",
+            format=DEAD_LETTER_FORMAT,
+            previous_reason=entry.get("reason"),
+        )
         self.resolved.add(line_no)
 
     def finish(self) -> list[WireRequest]:
@@ -179,10 +203,12 @@ class _ReplayFeed:
 
 
 class _Replay(DeliveryLoop):
-    def __init__(self, compiled: CompiledBundle, path: Path, options: DeliveryOptions,
-                 quiet: bool) -> None:
-        super().__init__(compiled, RunReport(bundle=compiled.model.bundle, dry_run=False),
-                         options, quiet)
+    def __init__(
+        self, compiled: CompiledBundle, path: Path, options: DeliveryOptions, quiet: bool
+    ) -> None:
+        super().__init__(
+            compiled, RunReport(bundle=compiled.model.bundle, dry_run=False), options, quiet
+        )
         self.path = path
         self.new_path = path.with_name(path.name + ".replay")
         self.resolved: set[int] = set()
@@ -211,7 +237,8 @@ class _Replay(DeliveryLoop):
             report.warnings.append(
                 f"{self.feed.kept} dead letters are mapping failures, not delivery failures: "
                 f"they stay in {self.path}; fix the input or the rules and run those lines "
-                "again")
+                "again"
+            )
         return report
 
     def _rewrite(self) -> None:

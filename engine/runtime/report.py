@@ -100,8 +100,11 @@ class RunReport:
     @property
     def other_kinds(self) -> dict[str, int]:
         """Delivered items of kinds other than events and user updates, by kind."""
-        return {kind: self.delivered_of(kind) for kind in self.ledger.kinds()
-                if kind not in (EVENT, USER)}
+        return {
+            kind: self.delivered_of(kind)
+            for kind in self.ledger.kinds()
+            if kind not in (EVENT, USER)
+        }
 
     @property
     def items_in(self) -> int:
@@ -109,12 +112,12 @@ class RunReport:
 
     @property
     def delivered(self) -> int:
-        return self.delivered_events + self.delivered_user_updates + sum(
-            self.other_kinds.values())
+        return self.delivered_events + self.delivered_user_updates + sum(self.other_kinds.values())
 
     def balanced(self) -> bool:
         return self.items_in == self.delivered + sum(self.dropped.values()) + sum(
-            self.dead_lettered.values())
+            self.dead_lettered.values()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {} if self.units == "events" else {"units": self.units}
@@ -156,13 +159,16 @@ class RunReport:
         verb = "would deliver" if self.dry_run else "delivered"
         if self.units == "events":
             read = f"{self.events_in} events, {self.user_updates_in} user updates"
-            kinds = (f"{self.delivered_events} events, {self.delivered_user_updates} user "
-                     "updates" + "".join(f", {n} {kind}" for kind, n in
-                                         self.other_kinds.items()))
+            kinds = (
+                f"{self.delivered_events} events, {self.delivered_user_updates} user "
+                "updates" + "".join(f", {n} {kind}" for kind, n in self.other_kinds.items())
+            )
         else:  # a source of other units (a cohort flow's words about users)
             read = f"{self.events_in} {self.units}"
-            kinds = ", ".join(f"{n} {KINDS.get(kind, kind)}"
-                              for kind, n in self.other_kinds.items()) or "nothing"
+            kinds = (
+                ", ".join(f"{n} {KINDS.get(kind, kind)}" for kind, n in self.other_kinds.items())
+                or "nothing"
+            )
         lines = [
             f"moerules: {self.bundle}{' (dry run)' if self.dry_run else ''}",
             f"  read      {self.lines_in} lines: {read}, {self.unreadable_lines} unreadable",
@@ -175,13 +181,16 @@ class RunReport:
         if self.routing:
             lines.append("  routing")
             lines += [f"    {n:>7}  {target}" for target, n in self.routing.most_common()]
-            lines += [f"    {n:>7}  portfolio level: {why}" for why, n in
-                      self.fallback.most_common()]
+            lines += [
+                f"    {n:>7}  portfolio level: {why}" for why, n in self.fallback.most_common()
+            ]
         for part in self.parts.values():
             lines += part.summary_lines()
         if self.statuses:
-            lines.append("  responses " + ", ".join(
-                f"{code}: {n}" for code, n in sorted(self.statuses.items())))
+            lines.append(
+                "  responses "
+                + ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
+            )
             lines.append(f"  retries   {self.retries} ({self.throttled} after 429)")
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  warning: {w}" for w in self.warnings]

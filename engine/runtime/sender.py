@@ -82,10 +82,19 @@ class Sender:
     written.
     """
 
-    def __init__(self, sink: Sink, client: httpx.AsyncClient, limiter: Limiter,
-                 policy: RetryPolicy, report: RunReport, dead: DeadLetterWriter,
-                 control: RunControl, *, on_final: Callable[[list[Item], int], None],
-                 request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        client: httpx.AsyncClient,
+        limiter: Limiter,
+        policy: RetryPolicy,
+        report: RunReport,
+        dead: DeadLetterWriter,
+        control: RunControl,
+        *,
+        on_final: Callable[[list[Item], int], None],
+        request_timeout: float = 30.0,
+    ) -> None:
         self.sink = sink
         self.client = client
         self.limiter = limiter
@@ -121,9 +130,9 @@ class Sender:
         before it is cut, so that no part of one is left at the cut)."""
         excerpt = answer.excerpt
         longest = max(map(len, self._header_secrets), default=0)
-        wide = answer.body[:len(answer.body[:300]) + longest].decode("utf-8", "replace")
+        wide = answer.body[: len(answer.body[:300]) + longest].decode("utf-8", "replace")
         shown = self.shown(wide)
-        return excerpt if shown == wide else shown[:len(excerpt)]
+        return excerpt if shown == wide else shown[: len(excerpt)]
 
     def shown(self, text: str) -> str:
         """``text`` (an answer's excerpt, a verdict's reason) as outputs may show it."""
@@ -150,14 +159,23 @@ class Sender:
                 await self._split(request, verdict, answer, attempt)
                 return
             if isinstance(verdict, Fatal):
-                self.control.abort(self.shown(
-                    verdict.reason if answer is None else
-                    f"the destination refused the request ({verdict.reason}): "
-                    f"{self.excerpt(answer)[:200]}"))
+                self.control.abort(
+                    self.shown(
+                        verdict.reason
+                        if answer is None
+                        else f"the destination refused the request ({verdict.reason}): "
+                        f"{self.excerpt(answer)[:200]}"
+                    )
+                )
                 return
             if isinstance(verdict, Reject):
-                self._dead(request.items, f"rejected by the destination: {verdict.reason}",
-                           verdict.reason, answer, attempt)
+                self._dead(
+                    request.items,
+                    f"rejected by the destination: {verdict.reason}",
+                    verdict.reason,
+                    answer,
+                    attempt,
+                )
                 return
             if isinstance(verdict, Partial):
                 await self._partial(request, verdict, answer, attempt)
@@ -170,12 +188,24 @@ class Sender:
                 self.limiter.widen(request.limit_key)
             if not await self._wait_to_retry(request, verdict.after, attempt):
                 if not self.control.aborted:
-                    self._dead(request.items, f"retries exhausted: {verdict.reason}",
-                               verdict.reason, answer, attempt)
+                    self._dead(
+                        request.items,
+                        f"retries exhausted: {verdict.reason}",
+                        verdict.reason,
+                        answer,
+                        attempt,
+                    )
                 return
 
-    async def _hold(self, request: WireRequest, items: list[Item] | None, reason: str,
-                    after: float | None, answer: Response | None, attempt: int) -> None:
+    async def _hold(
+        self,
+        request: WireRequest,
+        items: list[Item] | None,
+        reason: str,
+        after: float | None,
+        answer: Response | None,
+        attempt: int,
+    ) -> None:
         """``items`` (the whole request when None) wait ``after`` seconds in a task of their
         own, then are sent again (re-encoded when a part); the limiter is neither paused nor
         slowed, so other requests go on (the partner throttled these users, not the key)."""
@@ -197,8 +227,7 @@ class Sender:
         else:
             self._holding.start_soon(later)
 
-    async def _wait_to_retry(self, request: WireRequest, after: float | None,
-                             attempt: int) -> bool:
+    async def _wait_to_retry(self, request: WireRequest, after: float | None, attempt: int) -> bool:
         """Wait before another try; False when none may follow (retries out, or aborted)."""
         if not self.policy.can_retry(attempt):
             return False
@@ -218,9 +247,12 @@ class Sender:
         try:
             with anyio.move_on_after(self.request_timeout):
                 # compressed here, at send time: the request keeps its readable body
-                response = await self.client.request(request.method, request.url,
-                                                     headers=request.wire_headers(),
-                                                     content=request.wire_body())
+                response = await self.client.request(
+                    request.method,
+                    request.url,
+                    headers=request.wire_headers(),
+                    content=request.wire_body(),
+                )
         except httpx.TimeoutException:
             pass
         except httpx.UnsupportedProtocol as exc:
@@ -234,8 +266,9 @@ class Sender:
         report.statuses[str(response.status_code)] += 1
         # scrubbed as it arrives: a partner (or proxy) that echoes the request would put the
         # key into excerpts, cut short where no later scrubbing could recognise it
-        answer = Response(response.status_code, response.headers,
-                          self.dead.scrub.bytes(response.content))
+        answer = Response(
+            response.status_code, response.headers, self.dead.scrub.bytes(response.content)
+        )
         verdict = self.sink.classify(request, answer)
         if getattr(verdict, "throttled", False):
             report.throttled += 1
@@ -253,21 +286,28 @@ class Sender:
             self.on_final([r.item for r in refused], 0)
         return requests + encoder.flush()
 
-    async def _split(self, request: WireRequest, verdict: Split, answer: Response | None,
-                     attempt: int) -> None:
+    async def _split(
+        self, request: WireRequest, verdict: Split, answer: Response | None, attempt: int
+    ) -> None:
         """Too large for the partner: send each half again, re-encoded; alone, dead-letter."""
         items = request.items
         if len(items) <= 1:
-            self._dead(items, f"too large for one request ({verdict.reason})", verdict.reason,
-                       answer, attempt)
+            self._dead(
+                items,
+                f"too large for one request ({verdict.reason})",
+                verdict.reason,
+                answer,
+                attempt,
+            )
             return
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
             for part in self._encode(half):
                 await self.send(part)
 
-    async def _partial(self, request: WireRequest, verdict: Partial, answer: Response | None,
-                       attempt: int) -> None:
+    async def _partial(
+        self, request: WireRequest, verdict: Partial, answer: Response | None, attempt: int
+    ) -> None:
         """Rejected items dead-lettered, the ones to retry sent again, the rest delivered."""
         items = request.items
         rejected = {i: why for i, why in verdict.rejected.items() if 0 <= i < len(items)}
@@ -276,10 +316,16 @@ class Sender:
         for index, why in rejected.items():
             self._write_dead(items[index], reason, answer, attempt, why)
         self.ledger.settle([items[i] for i in rejected], reason)
-        resend = [items[i] for i in sorted(verdict.resend) if 0 <= i < len(items)
-                  and i not in rejected and i not in verdict.retry]
-        arrived = [item for i, item in enumerate(items)
-                   if i not in verdict.retry and i not in rejected and i not in verdict.resend]
+        resend = [
+            items[i]
+            for i in sorted(verdict.resend)
+            if 0 <= i < len(items) and i not in rejected and i not in verdict.retry
+        ]
+        arrived = [
+            item
+            for i, item in enumerate(items)
+            if i not in verdict.retry and i not in rejected and i not in verdict.resend
+        ]
         self.ledger.settle(arrived, None)
         self.on_final([items[i] for i in rejected] + arrived, len(arrived))
         retry = [items[i] for i in again]
@@ -297,14 +343,16 @@ class Sender:
             self.limiter.widen(request.limit_key)
         if not await self._wait_to_retry(request, verdict.after, attempt):
             if not self.control.aborted:
-                self._dead(retry, f"retries exhausted: {verdict.reason}", verdict.reason,
-                           answer, attempt)
+                self._dead(
+                    retry, f"retries exhausted: {verdict.reason}", verdict.reason, answer, attempt
+                )
             return
         for part in self._encode(retry):
             await self.send(part, attempt)
 
-    async def _resend(self, items: list[Item], reason: str, answer: Response | None,
-                      attempt: int) -> None:
+    async def _resend(
+        self, items: list[Item], reason: str, answer: Response | None, attempt: int
+    ) -> None:
         """Items the answer did not ingest, though not refused: sent again at once."""
         if not items:
             return
@@ -319,22 +367,31 @@ class Sender:
         self.ledger.settle(items, None)
         self.on_final(items, len(items))
 
-    def _dead(self, items: list[Item], reason: str, error: str, answer: Response | None,
-              attempt: int) -> None:
+    def _dead(
+        self, items: list[Item], reason: str, error: str, answer: Response | None, attempt: int
+    ) -> None:
         reason = self.shown(reason)
         for item in items:
             self._write_dead(item, reason, answer, attempt, error)
         self.ledger.settle(items, reason)
         self.on_final(items, 0)
 
-    def _write_dead(self, item: Item, reason: str, answer: Response | None, attempt: int,
-                    error: str) -> None:
+    def _write_dead(
+        self, item: Item, reason: str, answer: Response | None, attempt: int, error: str
+    ) -> None:
         """The dead letter of a taken item (its outcome goes to the ledger with it)."""
         line, index = item.ref
         error = self.shown(error)
-        self.dead.write(reason, record=item_record(item), error=error, line=line,
-                        rule=item.rule, event_index=None if index < 0 else index,
-                        stage="delivery", format=DEAD_LETTER_FORMAT,
-                        status=None if answer is None else answer.status,
-                        response="" if answer is None else self.excerpt(answer),
-                        attempts=attempt)
+        self.dead.write(
+            reason,
+            record=item_record(item),
+            error=error,
+            line=line,
+            rule=item.rule,
+            event_index=None if index < 0 else index,
+            stage="delivery",
+            format=DEAD_LETTER_FORMAT,
+            status=None if answer is None else answer.status,
+            response="" if answer is None else self.excerpt(answer),
+            attempts=attempt,
+        )

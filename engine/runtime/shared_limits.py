@@ -163,8 +163,9 @@ def connect(url: str, *, timeout: float = 0.5) -> Redis:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                          retry=Retry(NoBackoff(), 0))
+    return Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
 
 
 def _limit_id(limit: RateLimit) -> str:
@@ -181,13 +182,22 @@ class SharedRateLimiter:
     and are not retried inside the client, so that an unreachable Redis is noticed at once.
     """
 
-    def __init__(self, redis: Redis, scope: str, limits: Sequence[RateLimit], *,
-                 burst_fraction: float = 0.01, jitter: float = DEFAULT_JITTER,
-                 retry_wait: float = 0.1, retry_cap: float = 2.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        scope: str,
+        limits: Sequence[RateLimit],
+        *,
+        burst_fraction: float = 0.01,
+        jitter: float = DEFAULT_JITTER,
+        retry_wait: float = 0.1,
+        retry_cap: float = 2.0,
+    ) -> None:
         self.redis = redis
         self.scope = scope
-        self.buckets = [TokenBucket(limit, burst_fraction=burst_fraction, jitter=jitter)
-                        for limit in limits]
+        self.buckets = [
+            TokenBucket(limit, burst_fraction=burst_fraction, jitter=jitter) for limit in limits
+        ]
         self._script: Any = redis.register_script(GCRA_SCRIPT)
         self._by_key: dict[str, list[TokenBucket]] = {}
         self._paused: dict[str, float] = {}  # by limit key: until when (monotonic), to tell
@@ -219,9 +229,13 @@ class SharedRateLimiter:
                 continue
             name = _limit_id(bucket.limit)
             keys += [self._key(name), self._key(name + ":log")]
-            args += [max(1, round(bucket.interval * _MICROS)),
-                     round(bucket.tolerance * _MICROS), round(bucket.span * _MICROS),
-                     bucket.limit.amount, units]
+            args += [
+                max(1, round(bucket.interval * _MICROS)),
+                round(bucket.tolerance * _MICROS),
+                round(bucket.span * _MICROS),
+                bucket.limit.amount,
+                units,
+            ]
         return keys, args
 
     async def try_acquire(self, target: WireRequest | str) -> float:

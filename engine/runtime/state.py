@@ -160,8 +160,10 @@ def _reason(exc: BaseException) -> str:
 def check_state_dir(path: Path) -> None:
     """StateError when ``path`` exists and is not a directory (missing ones are created)."""
     if path.exists() and not path.is_dir():
-        raise StateError(f"the state directory {path} is a file; pass --state-dir a directory "
-                         "(it is created if missing)")
+        raise StateError(
+            f"the state directory {path} is a file; pass --state-dir a directory "
+            "(it is created if missing)"
+        )
 
 
 class CheckpointStore:
@@ -175,30 +177,39 @@ class CheckpointStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StateError(f"cannot create the state directory {path.parent}: "
-                             f"{exc.strerror or exc}; pass --state-dir a directory moerules "
-                             "can write") from None
+            raise StateError(
+                f"cannot create the state directory {path.parent}: "
+                f"{exc.strerror or exc}; pass --state-dir a directory moerules "
+                "can write"
+            ) from None
         if path.is_dir():
-            raise StateError(f"{path} is a directory, not a state file; move it away or pass "
-                             "another --state-dir")
+            raise StateError(
+                f"{path} is a directory, not a state file; move it away or pass another --state-dir"
+            )
         try:
             # autocommit mode: transactions are explicit. Commits may run in a worker thread,
             # one at a time (the delivery's checkpoint task awaits each), hence
             # check_same_thread off.
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state file {path}: {_reason(exc)}; check that "
-                             "its directory is writable, or pass another --state-dir") from None
+            raise StateError(
+                f"cannot open the state file {path}: {_reason(exc)}; check that "
+                "its directory is writable, or pass another --state-dir"
+            ) from None
         try:
             self._setup()
         except sqlite3.DatabaseError as exc:
             self.db.close()
             if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-                raise StateError(f"cannot write the state file {path}: {_reason(exc)}; pass "
-                                 "--state-dir a directory moerules can write") from None
-            raise StateError(f"{path} is corrupt or not a moerules state file "
-                             f"({_reason(exc)}); move it away to start over (every input is "
-                             "then read from line 1), or pass another --state-dir") from None
+                raise StateError(
+                    f"cannot write the state file {path}: {_reason(exc)}; pass "
+                    "--state-dir a directory moerules can write"
+                ) from None
+            raise StateError(
+                f"{path} is corrupt or not a moerules state file "
+                f"({_reason(exc)}); move it away to start over (every input is "
+                "then read from line 1), or pass another --state-dir"
+            ) from None
         except StateError:
             self.db.close()
             raise
@@ -210,20 +221,23 @@ class CheckpointStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        tables = {row[0] for row in db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables and version == 0:  # a new file
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={STATE_FORMAT}")
             return
         if version > STATE_FORMAT:
-            raise StateError(f"{self.path} was written by a newer moerules (state format "
-                             f"{version}; this one reads {STATE_FORMAT}): run that version, or "
-                             "pass another --state-dir")
+            raise StateError(
+                f"{self.path} was written by a newer moerules (state format "
+                f"{version}; this one reads {STATE_FORMAT}): run that version, or "
+                "pass another --state-dir"
+            )
         if version < STATE_FORMAT or "runs" not in tables:
-            raise StateError(f"{self.path} holds checkpoints in an older format ({version}; "
-                             f"this moerules reads {STATE_FORMAT}): finish those runs with the "
-                             "moerules that started them, or move the file away to start over")
+            raise StateError(
+                f"{self.path} holds checkpoints in an older format ({version}; "
+                f"this moerules reads {STATE_FORMAT}): finish those runs with the "
+                "moerules that started them, or move the file away to start over"
+            )
         db.executescript(_SCHEMA)  # a table dropped by hand comes back empty
 
     def close(self) -> None:
@@ -233,14 +247,19 @@ class CheckpointStore:
         self.db.close()
 
     def open_run(self, bundle: str, input_path: str, fingerprint: str) -> int:
-        self.db.execute("INSERT OR IGNORE INTO runs (bundle, input, fingerprint, updated) "
-                        "VALUES (?, ?, ?, ?)", (bundle, input_path, fingerprint, self.clock()))
-        row = self.db.execute("SELECT id FROM runs WHERE bundle=? AND input=? AND fingerprint=?",
-                              (bundle, input_path, fingerprint)).fetchone()
+        self.db.execute(
+            "INSERT OR IGNORE INTO runs (bundle, input, fingerprint, updated) VALUES (?, ?, ?, ?)",
+            (bundle, input_path, fingerprint, self.clock()),
+        )
+        row = self.db.execute(
+            "SELECT id FROM runs WHERE bundle=? AND input=? AND fingerprint=?",
+            (bundle, input_path, fingerprint),
+        ).fetchone()
         return int(row[0])
 
-    def resume(self, bundle: str, path: Path, *, from_start: bool = False,
-               shown_as: str | None = None) -> Resumption:
+    def resume(
+        self, bundle: str, path: Path, *, from_start: bool = False, shown_as: str | None = None
+    ) -> Resumption:
         """Open the run of ``bundle`` over the file ``path`` and decide where it starts.
 
         The checkpoint applies only when the file still starts with the bytes it speaks of
@@ -257,18 +276,22 @@ class CheckpointStore:
         if saved.hashed:
             hasher.advance(saved.hashed)
             if hasher.position < saved.hashed or hasher.digest() != saved.digest:
-                how = (f"it is shorter than the {saved.hashed} bytes read before"
-                       if hasher.position < saved.hashed
-                       else f"its first {saved.hashed} bytes differ")
-                changed = (f"{name} is not the input its checkpoint in {self.path} was made "
-                           f"from ({how})")
+                how = (
+                    f"it is shorter than the {saved.hashed} bytes read before"
+                    if hasher.position < saved.hashed
+                    else f"its first {saved.hashed} bytes differ"
+                )
+                changed = (
+                    f"{name} is not the input its checkpoint in {self.path} was made from ({how})"
+                )
                 if saved.complete:
                     resumed.notes.append(f"{changed}: read as a new input, from line 1")
                 else:
                     resumed.warnings.append(
                         f"{changed}; the unfinished run of that earlier input (stopped after "
                         f"line {saved.line}) cannot be resumed. {name} is read as a new input, "
-                        "from line 1")
+                        "from line 1"
+                    )
                 self.reset(run)
                 resumed.checkpoint = Checkpoint()
                 return resumed
@@ -277,30 +300,33 @@ class CheckpointStore:
             resumed.checkpoint = None
             resumed.notes.append(
                 f"already complete: {name} was fully delivered by an earlier run (checkpoint "
-                f"in {self.path}); nothing sent. Use --from-start to send it again")
+                f"in {self.path}); nothing sent. Use --from-start to send it again"
+            )
         elif saved.line:
             resumed.notes.append(f"resumed after line {saved.line} (checkpoint in {self.path})")
         return resumed
 
     def load(self, run: int) -> Checkpoint:
         line, offset, fed, complete, size, hashed, digest = self.db.execute(
-            "SELECT line, byte_offset, fed, complete, size, hashed, digest FROM runs "
-            "WHERE id=?", (run,)
+            "SELECT line, byte_offset, fed, complete, size, hashed, digest FROM runs WHERE id=?",
+            (run,),
         ).fetchone()
         acked: set[tuple[int, int]] = set()
-        for (refs,) in self.db.execute("SELECT refs FROM acks WHERE run=? AND last_line>?",
-                                       (run, line)):
+        for (refs,) in self.db.execute(
+            "SELECT refs FROM acks WHERE run=? AND last_line>?", (run, line)
+        ):
             acked.update((r[0], r[1]) for r in orjson.loads(refs) if r[0] > line)
-        return Checkpoint(line, offset, fed, bool(complete), size, frozenset(acked), hashed,
-                          digest)
+        return Checkpoint(line, offset, fed, bool(complete), size, frozenset(acked), hashed, digest)
 
     def reset(self, run: int) -> None:
         """Forget the run's progress (``--from-start``, or another input at the path)."""
         with self._transaction():
             self.db.execute("DELETE FROM acks WHERE run=?", (run,))
-            self.db.execute("UPDATE runs SET line=0, byte_offset=0, fed=0, complete=0, "
-                            "size=NULL, hashed=0, digest=NULL, updated=? WHERE id=?",
-                            (self.clock(), run))
+            self.db.execute(
+                "UPDATE runs SET line=0, byte_offset=0, fed=0, complete=0, "
+                "size=NULL, hashed=0, digest=NULL, updated=? WHERE id=?",
+                (self.clock(), run),
+            )
         hasher = self._hashers.get(run)
         if hasher is not None:
             hasher.restart()
@@ -314,8 +340,17 @@ class CheckpointStore:
         hasher.advance(fed_offset)
         return hasher.position, hasher.digest()
 
-    def save(self, run: int, acked: Iterable[tuple[int, int]], line: int, offset: int,
-             fed: int, *, prune: bool, fed_offset: int | None = None) -> None:
+    def save(
+        self,
+        run: int,
+        acked: Iterable[tuple[int, int]],
+        line: int,
+        offset: int,
+        fed: int,
+        *,
+        prune: bool,
+        fed_offset: int | None = None,
+    ) -> None:
         """Commit acknowledgements and the watermark in one transaction.
 
         ``fed_offset`` (where line ``fed`` ends) moves the input's prefix hash on, so the
@@ -324,13 +359,19 @@ class CheckpointStore:
         hashed = self._hashed(run, fed_offset)
         with self._transaction():
             if refs:
-                self.db.execute("INSERT INTO acks (run, last_line, refs) VALUES (?, ?, ?)",
-                                (run, max(r[0] for r in refs), orjson.dumps(refs)))
-            self.db.execute("UPDATE runs SET line=?, byte_offset=?, fed=MAX(fed, ?), updated=? "
-                            "WHERE id=?", (line, offset, fed, self.clock(), run))
+                self.db.execute(
+                    "INSERT INTO acks (run, last_line, refs) VALUES (?, ?, ?)",
+                    (run, max(r[0] for r in refs), orjson.dumps(refs)),
+                )
+            self.db.execute(
+                "UPDATE runs SET line=?, byte_offset=?, fed=MAX(fed, ?), updated=? WHERE id=?",
+                (line, offset, fed, self.clock(), run),
+            )
             if hashed is not None:
-                self.db.execute("UPDATE runs SET hashed=?, digest=? WHERE id=? AND hashed<=?",
-                                (*hashed, run, hashed[0]))
+                self.db.execute(
+                    "UPDATE runs SET hashed=?, digest=? WHERE id=? AND hashed<=?",
+                    (*hashed, run, hashed[0]),
+                )
             if prune:
                 self.db.execute("DELETE FROM acks WHERE run=? AND last_line<=?", (run, line))
 
@@ -338,12 +379,16 @@ class CheckpointStore:
         hashed = self._hashed(run, size)
         with self._transaction():
             self.db.execute("DELETE FROM acks WHERE run=?", (run,))
-            self.db.execute("UPDATE runs SET line=?, byte_offset=?, fed=MAX(fed, ?), complete=1, "
-                            "size=?, updated=? WHERE id=?",
-                            (line, offset, line, size, self.clock(), run))
+            self.db.execute(
+                "UPDATE runs SET line=?, byte_offset=?, fed=MAX(fed, ?), complete=1, "
+                "size=?, updated=? WHERE id=?",
+                (line, offset, line, size, self.clock(), run),
+            )
             if hashed is not None:
-                self.db.execute("UPDATE runs SET hashed=?, digest=? WHERE id=? AND hashed<=?",
-                                (*hashed, run, hashed[0]))
+                self.db.execute(
+                    "UPDATE runs SET hashed=?, digest=? WHERE id=? AND hashed<=?",
+                    (*hashed, run, hashed[0]),
+                )
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)

@@ -69,8 +69,9 @@ class IngestRoute:
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, error: str, detail: str = "",
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(error)
         self.status = status
         self.error = error
@@ -79,13 +80,23 @@ class _Refused(Exception):
 
 
 def _json(status: int, payload: object, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, headers=dict(headers or {}),
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(payload),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type="application/json",
+    )
 
 
-def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceMetrics,
-              limits: IngestLimits, *, ready: Callable[[], bool],
-              stopping: Callable[[], bool]) -> Starlette:
+def build_app(
+    routes: Mapping[str, IngestRoute],
+    spool: Spool,
+    metrics: ServiceMetrics,
+    limits: IngestLimits,
+    *,
+    ready: Callable[[], bool],
+    stopping: Callable[[], bool],
+) -> Starlette:
     """The ASGI app of the service."""
 
     def backpressure(name: str) -> str | None:
@@ -98,16 +109,18 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
             return f"{size} bytes are waiting (limit {limits.max_spool_bytes})"
         age = spool.oldest_age(name)
         if age is not None and age >= limits.max_spool_age:
-            return (f"the oldest message has waited {age:.0f} s (limit "
-                    f"{limits.max_spool_age:g} s)")
+            return f"the oldest message has waited {age:.0f} s (limit {limits.max_spool_age:g} s)"
         return None
 
     def check_declared(request: Request) -> None:
         """A declared Content-Length over the limit: refused before a byte is read."""
         declared = request.headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise _Refused(413, "payload too large",
-                           f"{declared} bytes declared; the limit is {limits.max_body_bytes}")
+            raise _Refused(
+                413,
+                "payload too large",
+                f"{declared} bytes declared; the limit is {limits.max_body_bytes}",
+            )
 
     async def read_capped(request: Request) -> bytes:
         check_declared(request)
@@ -115,8 +128,7 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
         async for chunk in request.stream():
             body += chunk
             if len(body) > limits.max_body_bytes:
-                raise _Refused(413, "payload too large",
-                               f"more than {limits.max_body_bytes} bytes")
+                raise _Refused(413, "payload too large", f"more than {limits.max_body_bytes} bytes")
         return bytes(body)
 
     def gunzip(data: bytes) -> bytes:
@@ -126,8 +138,11 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
         except zlib.error as exc:
             raise _Refused(400, "malformed gzip body", str(exc)) from None
         if len(out) > limits.max_body_bytes or inflater.unconsumed_tail:
-            raise _Refused(413, "payload too large",
-                           f"more than {limits.max_body_bytes} bytes once decompressed")
+            raise _Refused(
+                413,
+                "payload too large",
+                f"more than {limits.max_body_bytes} bytes once decompressed",
+            )
         if not inflater.eof:
             raise _Refused(400, "malformed gzip body", "truncated gzip stream")
         return out
@@ -136,22 +151,35 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
         """Steps 2-7 of the module docstring; the spool id of the stored payload."""
         if not route.auth.allows(request.headers):
             challenge = route.auth.challenge
-            raise _Refused(401, "unauthenticated", "missing or wrong credentials",
-                           {"WWW-Authenticate": challenge} if challenge else None)
+            raise _Refused(
+                401,
+                "unauthenticated",
+                "missing or wrong credentials",
+                {"WWW-Authenticate": challenge} if challenge else None,
+            )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in _JSON_TYPES:
-            raise _Refused(415, "unsupported media type",
-                           f"send Content-Type: application/json, not {content_type!r}"
-                           if content_type else "send Content-Type: application/json")
+            raise _Refused(
+                415,
+                "unsupported media type",
+                f"send Content-Type: application/json, not {content_type!r}"
+                if content_type
+                else "send Content-Type: application/json",
+            )
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity", "gzip"):
-            raise _Refused(415, "unsupported content encoding",
-                           f"{encoding!r}: send the body plain or gzip")
+            raise _Refused(
+                415, "unsupported content encoding", f"{encoding!r}: send the body plain or gzip"
+            )
         check_declared(request)
         full = backpressure(name)
         if full is not None:
-            raise _Refused(429, "too many payloads waiting", f"{full}; retry later",
-                           {"Retry-After": str(limits.retry_after)})
+            raise _Refused(
+                429,
+                "too many payloads waiting",
+                f"{full}; retry later",
+                {"Retry-After": str(limits.retry_after)},
+            )
         body = await read_capped(request)
         if encoding == "gzip":
             body = gunzip(body)
@@ -174,12 +202,18 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
         status = 202
         try:
             if route is None:
-                raise _Refused(404, "no such route", "this service serves: "
-                               + ", ".join(f"/ingest/{n}" for n in sorted(routes)))
+                raise _Refused(
+                    404,
+                    "no such route",
+                    "this service serves: " + ", ".join(f"/ingest/{n}" for n in sorted(routes)),
+                )
             if stopping():
-                raise _Refused(503, "the service is stopping",
-                               "retry later: another instance, or this one after its restart",
-                               {"Retry-After": str(limits.retry_after)})
+                raise _Refused(
+                    503,
+                    "the service is stopping",
+                    "retry later: another instance, or this one after its restart",
+                    {"Retry-After": str(limits.retry_after)},
+                )
             stored = await accept(name, route, request)
             response = _json(202, {"status": "accepted", "id": stored})
         except _Refused as refused:
@@ -194,22 +228,28 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
         except OSError as exc:  # the spool could not store it: the partner retries
             status = 503
             log_event(_log, "spool write failed", logging.ERROR, bundle=name, error=str(exc))
-            response = _json(503, {"error": "could not store the payload", "detail": str(exc)},
-                             {"Retry-After": str(limits.retry_after)})
+            response = _json(
+                503,
+                {"error": "could not store the payload", "detail": str(exc)},
+                {"Retry-After": str(limits.retry_after)},
+            )
         elapsed = time.perf_counter() - started
         if route is not None:
             metrics.requests.labels(name, partner, str(status)).inc()
             metrics.latency.labels(name).observe(elapsed)
         fields: dict[str, object] = {
-            "method": request.method, "path": request.url.path, "bundle": name,
-            "status": status, "ms": round(elapsed * 1000, 2),
-            "client": request.client.host if request.client else None}
+            "method": request.method,
+            "path": request.url.path,
+            "bundle": name,
+            "status": status,
+            "ms": round(elapsed * 1000, 2),
+            "client": request.client.host if request.client else None,
+        }
         if stored is not None:
             fields["id"] = stored
         if status >= 400 and status != CLIENT_CLOSED:
             fields["error"] = orjson.loads(response.body).get("error")
-        log_event(_log, "request", logging.INFO if status < 500 else logging.WARNING,
-                  **fields)
+        log_event(_log, "request", logging.INFO if status < 500 else logging.WARNING, **fields)
         return response
 
     async def healthz(request: Request) -> Response:
@@ -218,15 +258,18 @@ def build_app(routes: Mapping[str, IngestRoute], spool: Spool, metrics: ServiceM
     async def readyz(request: Request) -> Response:
         if ready():
             return _json(200, {"status": "ready", "bundles": sorted(routes)})
-        return _json(503, {"status": "not ready",
-                           "detail": "stopping" if stopping() else "starting"})
+        return _json(
+            503, {"status": "not ready", "detail": "stopping" if stopping() else "starting"}
+        )
 
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    return Starlette(routes=[
-        Route("/ingest/{bundle}", ingest, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_route, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/ingest/{bundle}", ingest, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_route, methods=["GET"]),
+        ]
+    )

@@ -41,8 +41,16 @@ def env_name(bundle: str) -> str:
 def auth_variables(bundle: str) -> list[str]:
     """The variables that configure the route of ``bundle``, its own first."""
     own = f"{PREFIX}_{env_name(bundle)}"
-    return [f"{own}_BASIC", f"{own}_BEARER", f"{own}_HEADER", own,
-            f"{PREFIX}_BASIC", f"{PREFIX}_BEARER", f"{PREFIX}_HEADER", PREFIX]
+    return [
+        f"{own}_BASIC",
+        f"{own}_BEARER",
+        f"{own}_HEADER",
+        own,
+        f"{PREFIX}_BASIC",
+        f"{PREFIX}_BEARER",
+        f"{PREFIX}_HEADER",
+        PREFIX,
+    ]
 
 
 @dataclass(frozen=True)
@@ -111,15 +119,18 @@ def route_auth(bundle: str, env: Mapping[str, str]) -> RouteAuth:
             continue
         mode = env.get(prefix, "").strip().lower()
         if mode and mode != "none":
-            raise AuthError(f"{prefix} may only be 'none' (no authentication); use "
-                            f"{prefix}_BASIC, {prefix}_BEARER or {prefix}_HEADER for "
-                            "credentials")
+            raise AuthError(
+                f"{prefix} may only be 'none' (no authentication); use "
+                f"{prefix}_BASIC, {prefix}_BEARER or {prefix}_HEADER for "
+                "credentials"
+            )
         basic = env.get(f"{prefix}_BASIC", "")
         bearer = env.get(f"{prefix}_BEARER", "")
         header = env.get(f"{prefix}_HEADER", "")
         if mode == "none" and (basic or bearer or header):
-            raise AuthError(f"{prefix}=none contradicts the credentials set in "
-                            f"{prefix}_BASIC/_BEARER/_HEADER")
+            raise AuthError(
+                f"{prefix}=none contradicts the credentials set in {prefix}_BASIC/_BEARER/_HEADER"
+            )
         if mode == "none":
             return RouteAuth(open=True, sources=(prefix,))
         basics: tuple[bytes, ...] = ()
@@ -135,13 +146,17 @@ def route_auth(bundle: str, env: Mapping[str, str]) -> RouteAuth:
             if not sep or not re.fullmatch(r"[A-Za-z0-9-]+", name) or not value:
                 raise AuthError(f"{prefix}_HEADER must be 'Header-Name: value'")
             if name.lower() == "authorization":
-                raise AuthError(f"{prefix}_HEADER: use {prefix}_BASIC or {prefix}_BEARER for "
-                                "the Authorization header")
+                raise AuthError(
+                    f"{prefix}_HEADER: use {prefix}_BASIC or {prefix}_BEARER for "
+                    "the Authorization header"
+                )
             headers = ((name.lower(), value.encode()),)
         used = tuple(n for n in names if env.get(n))
-        return RouteAuth(basics, (bearer.strip().encode(),) if bearer.strip() else (),
-                         headers, sources=used)
+        return RouteAuth(
+            basics, (bearer.strip().encode(),) if bearer.strip() else (), headers, sources=used
+        )
     raise AuthError(
         f"no credentials for the ingest route of {bundle!r}: set {own}_BASIC=user:password, "
         f"{own}_BEARER=token or {own}_HEADER='Name: value' (or the same without _"
-        f"{env_name(bundle)} for every route), or {own}=none to accept unauthenticated posts")
+        f"{env_name(bundle)} for every route), or {own}=none to accept unauthenticated posts"
+    )

@@ -76,9 +76,12 @@ class DeliveryTotals:
 
     def add(self, report: RunReport) -> None:
         ledger = report.ledger
-        for target, source in ((self.delivered, ledger.delivered),
-                               (self.dropped, ledger.dropped), (self.dead, ledger.dead),
-                               (self.statuses, report.statuses)):
+        for target, source in (
+            (self.delivered, ledger.delivered),
+            (self.dropped, ledger.dropped),
+            (self.dead, ledger.dead),
+            (self.statuses, report.statuses),
+        ):
             for key, n in source.items():
                 target[key] = target.get(key, 0) + n
         self.retries += report.retries
@@ -238,8 +241,12 @@ class LoggingSender(Sender):
         reason = getattr(verdict, "reason", "")
         if reason:
             fields["reason"] = reason
-        log_event(_log, "delivery", logging.INFO if answer is not None and answer.status < 400
-                  else logging.WARNING, **fields)
+        log_event(
+            _log,
+            "delivery",
+            logging.INFO if answer is not None and answer.status < 400 else logging.WARNING,
+            **fields,
+        )
         return answer, verdict
 
 
@@ -248,8 +255,15 @@ class _Pass(DeliveryLoop):
 
     sender_class = LoggingSender
 
-    def __init__(self, name: str, compiled: CompiledBundle, spool: Spool,
-                 options: DeliveryOptions, dead_path: Path, totals: DeliveryTotals) -> None:
+    def __init__(
+        self,
+        name: str,
+        compiled: CompiledBundle,
+        spool: Spool,
+        options: DeliveryOptions,
+        dead_path: Path,
+        totals: DeliveryTotals,
+    ) -> None:
         super().__init__(compiled, RunReport(bundle=name, dry_run=False), options, quiet=True)
         self.name = name
         self.spool = spool
@@ -278,8 +292,9 @@ class _Pass(DeliveryLoop):
         self.tracker.resolve(items)
         self.wake.set()
 
-    async def _produce(self, feed: Feed, first_line: int,
-                       stream: MemoryObjectSendStream[WireRequest]) -> None:
+    async def _produce(
+        self, feed: Feed, first_line: int, stream: MemoryObjectSendStream[WireRequest]
+    ) -> None:
         self.started = True  # the control exists from here on
         if self.stop_reason:
             self.control.stop(self.stop_reason)
@@ -308,8 +323,9 @@ class _Pass(DeliveryLoop):
         pipeline = feed_for(self.compiled, self.report, self.dead, dry_run=False)
         pipeline.encoder = _TrackingEncoder(pipeline.encoder, self.tracker)
         try:
-            await self.deliver_lines(_SpoolFeed(pipeline, self.source, self.tracker), self.dead,
-                                     background=self._acks)
+            await self.deliver_lines(
+                _SpoolFeed(pipeline, self.source, self.tracker), self.dead, background=self._acks
+            )
         finally:
             self._ack_done()
             self.dead.close()
@@ -325,8 +341,14 @@ class _Pass(DeliveryLoop):
 class BundleConsumer:
     """Runs one bundle's passes until the service stops (see the module docstring)."""
 
-    def __init__(self, name: str, compiled: CompiledBundle, spool: Spool,
-                 options: DeliveryOptions, state_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        compiled: CompiledBundle,
+        spool: Spool,
+        options: DeliveryOptions,
+        state_dir: Path,
+    ) -> None:
         self.name = name
         self.compiled = compiled
         self.spool = spool
@@ -363,8 +385,9 @@ class BundleConsumer:
     async def run(self) -> None:
         backoff = FATAL_BACKOFF[0]
         while not self.stopping:
-            live = self.live = _Pass(self.name, self.compiled, self.spool, self.options,
-                                     self.dead_path, self.totals)
+            live = self.live = _Pass(
+                self.name, self.compiled, self.spool, self.options, self.dead_path, self.totals
+            )
             try:
                 await live.run()
             finally:
@@ -377,8 +400,14 @@ class BundleConsumer:
                 continue
             self.up = False
             self.last_error = live.control.reason
-            log_event(_log, "delivery stopped", logging.ERROR, bundle=self.name,
-                      reason=live.control.reason, retry_in_s=backoff)
+            log_event(
+                _log,
+                "delivery stopped",
+                logging.ERROR,
+                bundle=self.name,
+                reason=live.control.reason,
+                retry_in_s=backoff,
+            )
             self._changed = anyio.Event()
             with anyio.move_on_after(backoff):
                 await self._changed.wait()

@@ -52,8 +52,9 @@ class Scrubber(logging.Filter):
             record.args = None
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            record.fields = {k: self.scrub(v) if isinstance(v, str) else v
-                             for k, v in fields.items()}
+            record.fields = {
+                k: self.scrub(v) if isinstance(v, str) else v for k, v in fields.items()
+            }
         if record.exc_info and record.exc_info[1] is not None:
             # a traceback may quote a secret; the text is scrubbed, the frames dropped
             exc = record.exc_info[1]
@@ -90,8 +91,11 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
-                shown = value if isinstance(value, str) and " " not in value else (
-                    orjson.dumps(value, default=str).decode())
+                shown = (
+                    value
+                    if isinstance(value, str) and " " not in value
+                    else (orjson.dumps(value, default=str).decode())
+                )
                 parts.append(f"{key}={shown}")
         if record.exc_text:
             parts.append(f"error={record.exc_text!r}")
@@ -99,12 +103,15 @@ class TextFormatter(logging.Formatter):
 
 
 def _iso(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + \
-        f".{int(created % 1 * 1000):03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
 
 
-def service_logger(*, json_lines: bool | None = None, stream: IO[str] | None = None,
-                   level: int = logging.INFO) -> tuple[logging.Logger, Scrubber]:
+def service_logger(
+    *, json_lines: bool | None = None, stream: IO[str] | None = None, level: int = logging.INFO
+) -> tuple[logging.Logger, Scrubber]:
     """The service's logger (and uvicorn's, whose errors would else go nowhere), writing to
     ``stream`` (stderr): JSON unless ``json_lines`` is False, or by default unless the stream
     is a terminal."""
@@ -127,8 +134,7 @@ def service_logger(*, json_lines: bool | None = None, stream: IO[str] | None = N
     return logger, scrubber
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
-              **fields: Any) -> None:
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """One log line: ``event`` with ``fields``."""
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields})

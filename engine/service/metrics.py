@@ -55,16 +55,26 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class ServiceMetrics:
     """The registry of one service: counters updated by the app, the rest collected."""
 
-    def __init__(self, consumers: Mapping[str, BundleConsumer], spool: Spool,
-                 ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, consumers: Mapping[str, BundleConsumer], spool: Spool, ready: Callable[[], bool]
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter("moerules_ingest_requests", "Ingest requests answered",
-                                ["bundle", "partner", "status"], registry=self.registry)
-        self.latency = Histogram("moerules_ingest_request_seconds",
-                                 "Time from a request's arrival to its answer",
-                                 ["bundle"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.reloads = Counter("moerules_reloads", "Bundle reloads", ["bundle", "result"],
-                               registry=self.registry)
+        self.requests = Counter(
+            "moerules_ingest_requests",
+            "Ingest requests answered",
+            ["bundle", "partner", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "moerules_ingest_request_seconds",
+            "Time from a request's arrival to its answer",
+            ["bundle"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "moerules_reloads", "Bundle reloads", ["bundle", "result"], registry=self.registry
+        )
         self.registry.register(_Delivery(consumers, spool, ready))
 
     def render(self) -> bytes:
@@ -74,43 +84,62 @@ class ServiceMetrics:
 class _Delivery(Collector):
     """Reads the consumers' totals, their live ledgers and the spool at scrape time."""
 
-    def __init__(self, consumers: Mapping[str, BundleConsumer], spool: Spool,
-                 ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, consumers: Mapping[str, BundleConsumer], spool: Spool, ready: Callable[[], bool]
+    ) -> None:
         self.consumers = consumers
         self.spool = spool
         self.ready = ready
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        records = CounterMetricFamily("moerules_records", "Items by outcome",
-                                      labels=["bundle", "outcome", "reason"])
-        dead = CounterMetricFamily("moerules_dead_letters", "Dead letters written",
-                                   labels=["bundle", "reason"])
-        statuses = CounterMetricFamily("moerules_delivery_requests",
-                                       "Requests sent to partners, by answer",
-                                       labels=["bundle", "status"])
-        retries = CounterMetricFamily("moerules_delivery_retries", "Requests tried again",
-                                      labels=["bundle"])
-        throttled = CounterMetricFamily("moerules_delivery_throttled",
-                                        "Answers saying the partner's rate limit refused",
-                                        labels=["bundle"])
-        waits = CounterMetricFamily("moerules_rate_limit_waits",
-                                    "Requests the client-side rate limits held back",
-                                    labels=["bundle"])
-        wait_seconds = CounterMetricFamily("moerules_rate_limit_wait_seconds",
-                                           "Time requests waited for the rate limits",
-                                           labels=["bundle"])
-        acked = CounterMetricFamily("moerules_spool_acked", "Spooled messages done",
-                                    labels=["bundle"])
-        depth = GaugeMetricFamily("moerules_spool_depth", "Messages not yet acknowledged",
-                                  labels=["bundle"])
-        size = GaugeMetricFamily("moerules_spool_bytes", "Bytes of those messages",
-                                 labels=["bundle"])
-        age = GaugeMetricFamily("moerules_spool_oldest_age_seconds",
-                                "Age of the oldest message not yet acknowledged",
-                                labels=["bundle"])
-        up = GaugeMetricFamily("moerules_delivery_up",
-                               "1 while delivering; 0 while waiting after a fatal answer",
-                               labels=["bundle"])
+        records = CounterMetricFamily(
+            "moerules_records", "Items by outcome", labels=["bundle", "outcome", "reason"]
+        )
+        dead = CounterMetricFamily(
+            "moerules_dead_letters", "Dead letters written", labels=["bundle", "reason"]
+        )
+        statuses = CounterMetricFamily(
+            "moerules_delivery_requests",
+            "Requests sent to partners, by answer",
+            labels=["bundle", "status"],
+        )
+        retries = CounterMetricFamily(
+            "moerules_delivery_retries", "Requests tried again", labels=["bundle"]
+        )
+        throttled = CounterMetricFamily(
+            "moerules_delivery_throttled",
+            "Answers saying the partner's rate limit refused",
+            labels=["bundle"],
+        )
+        waits = CounterMetricFamily(
+            "moerules_rate_limit_waits",
+            "Requests the client-side rate limits held back",
+            labels=["bundle"],
+        )
+        wait_seconds = CounterMetricFamily(
+            "moerules_rate_limit_wait_seconds",
+            "Time requests waited for the rate limits",
+            labels=["bundle"],
+        )
+        acked = CounterMetricFamily(
+            "moerules_spool_acked", "Spooled messages done", labels=["bundle"]
+        )
+        depth = GaugeMetricFamily(
+            "moerules_spool_depth", "Messages not yet acknowledged", labels=["bundle"]
+        )
+        size = GaugeMetricFamily(
+            "moerules_spool_bytes", "Bytes of those messages", labels=["bundle"]
+        )
+        age = GaugeMetricFamily(
+            "moerules_spool_oldest_age_seconds",
+            "Age of the oldest message not yet acknowledged",
+            labels=["bundle"],
+        )
+        up = GaugeMetricFamily(
+            "moerules_delivery_up",
+            "1 while delivering; 0 while waiting after a fatal answer",
+            labels=["bundle"],
+        )
         for name, consumer in sorted(self.consumers.items()):
             totals = _current(consumer)
             for kind, n in sorted(totals.delivered.items()):
@@ -131,18 +160,37 @@ class _Delivery(Collector):
             size.add_metric([name], self.spool.size_bytes(name))
             age.add_metric([name], self.spool.oldest_age(name) or 0.0)
             up.add_metric([name], 1 if consumer.up else 0)
-        ready = GaugeMetricFamily("moerules_ready", "1 when the service is ready",
-                                  value=1 if self.ready() else 0)
-        yield from (records, dead, statuses, retries, throttled, waits, wait_seconds, acked,
-                    depth, size, age, up, ready)
+        ready = GaugeMetricFamily(
+            "moerules_ready", "1 when the service is ready", value=1 if self.ready() else 0
+        )
+        yield from (
+            records,
+            dead,
+            statuses,
+            retries,
+            throttled,
+            waits,
+            wait_seconds,
+            acked,
+            depth,
+            size,
+            age,
+            up,
+            ready,
+        )
 
 
 def _current(consumer: BundleConsumer) -> DeliveryTotals:
     """The consumer's totals with its live pass's counts added (copies: scraping changes
     nothing)."""
     kept = consumer.totals
-    totals = replace(kept, delivered=dict(kept.delivered), dropped=dict(kept.dropped),
-                     dead=dict(kept.dead), statuses=dict(kept.statuses))
+    totals = replace(
+        kept,
+        delivered=dict(kept.delivered),
+        dropped=dict(kept.dropped),
+        dead=dict(kept.dead),
+        statuses=dict(kept.statuses),
+    )
     report = consumer.report
     if report is not None:
         totals.add(report)

@@ -52,8 +52,9 @@ class ServedBundle:
         folder = self.path.parent
         files = {self.path}
         with contextlib.suppress(OSError):  # the folder went away: the file alone
-            files.update(p for p in folder.iterdir()
-                         if p.suffix in (".yaml", ".yml") and p.is_file())
+            files.update(
+                p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+            )
         return sorted(files)
 
     def stamp(self) -> dict[Path, tuple[int, int]]:
@@ -90,15 +91,33 @@ class ServedBundle:
             _reject(self.name, self.path, why, exc.problems)
             return False
         if compiled.model.bundle != self.name:
-            _reject(self.name, self.path, why, [Problem(
-                Position(str(self.path)), f"the bundle is named {compiled.model.bundle!r} now; "
-                f"the service serves it as {self.name!r} (its route, spool and dead letters "
-                "are keyed by the name): restart the service to rename it")])
+            _reject(
+                self.name,
+                self.path,
+                why,
+                [
+                    Problem(
+                        Position(str(self.path)),
+                        f"the bundle is named {compiled.model.bundle!r} now; "
+                        f"the service serves it as {self.name!r} (its route, spool and dead "
+                        "letters are keyed by the name): restart the service to rename it",
+                    )
+                ],
+            )
             return False
         if compiled.missing_env:
-            _reject(self.name, self.path, why, [Problem(
-                Position(str(self.path)), "these environment variables are not set: "
-                + ", ".join(compiled.missing_env))])
+            _reject(
+                self.name,
+                self.path,
+                why,
+                [
+                    Problem(
+                        Position(str(self.path)),
+                        "these environment variables are not set: "
+                        + ", ".join(compiled.missing_env),
+                    )
+                ],
+            )
             return False
         self.compiled = compiled
         for callback in self.on_swap:
@@ -108,15 +127,23 @@ class ServedBundle:
 
 
 def _reject(name: str, path: Path, why: str, problems: Sequence[Problem]) -> None:
-    log_event(_log, "reload rejected", logging.ERROR, bundle=name, file=str(path), trigger=why,
-              problems=[str(p) for p in problems],
-              note="the previous version keeps serving")
+    log_event(
+        _log,
+        "reload rejected",
+        logging.ERROR,
+        bundle=name,
+        file=str(path),
+        trigger=why,
+        problems=[str(p) for p in problems],
+        note="the previous version keeps serving",
+    )
     for problem in problems:  # one line each too, so `grep file:line` finds it
         log_event(_log, str(problem), logging.ERROR, bundle=name)
 
 
-def load_served(ref: str, sets: Sequence[str],
-                env: Mapping[str, str] | None = None) -> ServedBundle:
+def load_served(
+    ref: str, sets: Sequence[str], env: Mapping[str, str] | None = None
+) -> ServedBundle:
     """A bundle for the service; RuleError as ``moerules run`` reports it."""
     path = resolve_bundle(ref)
     compiled = load_bundle(path, sets, env=env)

@@ -45,8 +45,7 @@ class ServiceOptions:
     port: int = 8080
     state_dir: Path = Path(".moerules")
     limits: IngestLimits = field(default_factory=IngestLimits)
-    delivery: DeliveryOptions = field(
-        default_factory=lambda: DeliveryOptions(handle_signals=False))
+    delivery: DeliveryOptions = field(default_factory=lambda: DeliveryOptions(handle_signals=False))
     watch_interval: float = 1.0  # seconds between looks at the rule files; 0: no watching
     # nats://...: the spool is a shared JetStream stream and this process is ingress only;
     # `moerules worker` processes deliver (engine/distributed/)
@@ -58,6 +57,7 @@ def _open_spool(options: ServiceOptions) -> contextlib.AbstractAsyncContextManag
     if options.broker is None:
         return SqliteSpool(options.state_dir)
     from moerules.engine.distributed.jetstream import JetStreamSpool
+
     return JetStreamSpool(options.broker)
 
 
@@ -72,8 +72,13 @@ class _Server(uvicorn.Server):
 class Service:
     """Serves ``bundles`` (see the module docstring); ``run`` returns the exit code."""
 
-    def __init__(self, bundles: list[ServedBundle], auths: Mapping[str, RouteAuth],
-                 options: ServiceOptions, scrubber: Scrubber | None = None) -> None:
+    def __init__(
+        self,
+        bundles: list[ServedBundle],
+        auths: Mapping[str, RouteAuth],
+        options: ServiceOptions,
+        scrubber: Scrubber | None = None,
+    ) -> None:
         self.bundles = bundles
         self.auths = auths
         self.options = options
@@ -96,8 +101,9 @@ class Service:
             log_event(_log, "stopping at once", logging.WARNING, reason=why)
             self._force.set()
         else:
-            log_event(_log, "stopping", reason=why,
-                      drain_timeout_s=self.options.delivery.drain_timeout)
+            log_event(
+                _log, "stopping", reason=why, drain_timeout_s=self.options.delivery.drain_timeout
+            )
             self._stop.set()
 
     def reload(self, why: str, bundles: list[ServedBundle] | None = None) -> None:
@@ -105,8 +111,7 @@ class Service:
         for served in self.bundles if bundles is None else bundles:
             applied = served.reload(why)
             if self.metrics is not None:
-                self.metrics.reloads.labels(served.name,
-                                            "applied" if applied else "rejected").inc()
+                self.metrics.reloads.labels(served.name, "applied" if applied else "rejected").inc()
 
     async def run(self) -> int:
         options = self.options
@@ -117,24 +122,46 @@ class Service:
         for auth in self.auths.values():
             self.scrubber.update(auth.secrets())
         async with _open_spool(options) as spool:
-            consumers = {served.name: BundleConsumer(served.name, served.compiled, spool,
-                                                     options.delivery, options.state_dir)
-                         for served in self.bundles}
+            consumers = {
+                served.name: BundleConsumer(
+                    served.name, served.compiled, spool, options.delivery, options.state_dir
+                )
+                for served in self.bundles
+            }
             for served in self.bundles:
                 served.on_swap.append(consumers[served.name].swap)
-            routes = {served.name: IngestRoute(served, self.auths[served.name])
-                      for served in self.bundles}
+            routes = {
+                served.name: IngestRoute(served, self.auths[served.name]) for served in self.bundles
+            }
             metrics = self.metrics = ServiceMetrics(consumers, spool, self.ready)
-            app = build_app(routes, spool, metrics, options.limits, ready=self.ready,
-                            stopping=lambda: self.stopping)
-            server = _Server(uvicorn.Config(
-                app, host=options.host, port=options.port, lifespan="off", ws="none",
-                log_config=None, access_log=False, server_header=False,
-                timeout_graceful_shutdown=max(1, int(options.delivery.drain_timeout))))
+            app = build_app(
+                routes,
+                spool,
+                metrics,
+                options.limits,
+                ready=self.ready,
+                stopping=lambda: self.stopping,
+            )
+            server = _Server(
+                uvicorn.Config(
+                    app,
+                    host=options.host,
+                    port=options.port,
+                    lifespan="off",
+                    ws="none",
+                    log_config=None,
+                    access_log=False,
+                    server_header=False,
+                    timeout_graceful_shutdown=max(1, int(options.delivery.drain_timeout)),
+                )
+            )
             if spool.redelivered_at_open:
-                log_event(_log, "spool recovered", messages=spool.redelivered_at_open,
-                          note="acknowledged before the last stop and not yet delivered: "
-                               "delivering now")
+                log_event(
+                    _log,
+                    "spool recovered",
+                    messages=spool.redelivered_at_open,
+                    note="acknowledged before the last stop and not yet delivered: delivering now",
+                )
             async with anyio.create_task_group() as tasks:
                 async with anyio.create_task_group() as work:
                     for consumer in consumers.values():
@@ -158,17 +185,27 @@ class Service:
                         consumer.stop()
                 tasks.cancel_scope.cancel()
             left = {name: spool.depth(name) for name in consumers}
-            log_event(_log, "stopped", spooled=left,
-                      note="what is spooled is delivered after the next start" if any(
-                          left.values()) else "nothing left to deliver")
+            log_event(
+                _log,
+                "stopped",
+                spooled=left,
+                note="what is spooled is delivered after the next start"
+                if any(left.values())
+                else "nothing left to deliver",
+            )
         return 0
 
     async def _serve(self, server: _Server) -> None:
         with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
             await server.serve()
         if not server.started:
-            log_event(_log, "could not listen", logging.ERROR, host=self.options.host,
-                      port=self.options.port)
+            log_event(
+                _log,
+                "could not listen",
+                logging.ERROR,
+                host=self.options.host,
+                port=self.options.port,
+            )
         if self._stop is not None:
             self._stop.set()
 
@@ -179,9 +216,13 @@ class Service:
             await anyio.sleep(0.01)
         sockname = server.servers[0].sockets[0].getsockname()
         self.url = f"http://{self.options.host}:{sockname[1]}"
-        log_event(_log, "listening", url=self.url,
-                  bundles={s.name: f"{self.url}/ingest/{s.name}" for s in self.bundles},
-                  state_dir=str(self.options.state_dir))
+        log_event(
+            _log,
+            "listening",
+            url=self.url,
+            bundles={s.name: f"{self.url}/ingest/{s.name}" for s in self.bundles},
+            state_dir=str(self.options.state_dir),
+        )
         return True
 
     async def _forced(self, work: anyio.abc.TaskGroup) -> None:

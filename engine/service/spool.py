@@ -145,8 +145,9 @@ class SqliteSpool:
     calls it.
     """
 
-    def __init__(self, state_dir: Path, *, synchronous: str = "FULL",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, state_dir: Path, *, synchronous: str = "FULL", clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = state_dir / SPOOL_FILE
         self.synchronous = synchronous
         self.clock = clock
@@ -181,7 +182,8 @@ class SqliteSpool:
         self._reader = self._connect()
         # everything left over was acknowledged to a partner and not delivered: ready again
         for id_, bundle, size, enqueued in self._reader.execute(
-                "SELECT id, bundle, length(body), enqueued FROM messages ORDER BY id"):
+            "SELECT id, bundle, length(body), enqueued FROM messages ORDER BY id"
+        ):
             q = self._queue(bundle)
             q.ready.append(id_)
             q.order.append(id_)
@@ -189,8 +191,9 @@ class SqliteSpool:
             q.bytes += size
             q.redelivered.add(id_)
             self.redelivered_at_open += 1
-        self._writer = threading.Thread(target=self._write_loop, args=(writer,),
-                                        name="moerules-spool", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(writer,), name="moerules-spool", daemon=True
+        )
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
@@ -245,7 +248,8 @@ class SqliteSpool:
                 if write.put is not None:
                     cursor = db.execute(
                         "INSERT INTO messages (bundle, body, enqueued) VALUES (?, ?, ?)",
-                        (write.put.bundle, write.put.body, write.put.enqueued))
+                        (write.put.bundle, write.put.body, write.put.enqueued),
+                    )
                     stored.append((write, int(cursor.lastrowid or 0)))
                 else:
                     db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in write.acks])
@@ -318,10 +322,11 @@ class SqliteSpool:
             return []
         bodies: dict[int, bytes] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for id_, body in self._reader.execute(
-                    f"SELECT id, body FROM messages WHERE id IN ({marks})", chunk):
+                f"SELECT id, body FROM messages WHERE id IN ({marks})", chunk
+            ):
                 bodies[id_] = bytes(body)
         out = []
         for id_ in ids:

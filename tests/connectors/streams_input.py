@@ -11,19 +11,36 @@ import orjson
 from moerules.engine.runtime.delivery import DeliveryOptions
 
 # small backoffs keep fault tests fast; generous timeouts keep slow answers from timing out
-FAST = DeliveryOptions(concurrency=4, backoff_base=0.01, backoff_cap=0.05, request_timeout=10.0,
-                       drain_timeout=5.0, checkpoint_interval=0.05, handle_signals=False)
-CODES = ("NOTIFICATION_RECEIVED_MOE", "MOE_EMAIL_OPEN", "SMS_SENT", "USER_ENTERED_FLOW",
-         "MOE_CARD_CAMPAIGN_CLICKED")
+FAST = DeliveryOptions(
+    concurrency=4,
+    backoff_base=0.01,
+    backoff_cap=0.05,
+    request_timeout=10.0,
+    drain_timeout=5.0,
+    checkpoint_interval=0.05,
+    handle_signals=False,
+)
+CODES = (
+    "NOTIFICATION_RECEIVED_MOE",
+    "MOE_EMAIL_OPEN",
+    "SMS_SENT",
+    "USER_ENTERED_FLOW",
+    "MOE_CARD_CAMPAIGN_CLICKED",
+)
 
 
 def event(line: int, index: int, **extra: Any) -> dict[str, Any]:
-    return {"event_code": CODES[index % len(CODES)], "event_name": "ignored by the tables",
-            "event_uuid": uuid(line, index), "event_time": 1732300000 + index,
-            "event_type": "CAMPAIGN_EVENT", "event_source": "MOENGAGE",
-            "uid": f"cust-{line:05d}",
-            "event_attributes": {"campaign_id": f"c-{line}", "campaign_channel": "Push"},
-            **extra}
+    return {
+        "event_code": CODES[index % len(CODES)],
+        "event_name": "ignored by the tables",
+        "event_uuid": uuid(line, index),
+        "event_time": 1732300000 + index,
+        "event_type": "CAMPAIGN_EVENT",
+        "event_source": "MOENGAGE",
+        "uid": f"cust-{line:05d}",
+        "event_attributes": {"campaign_id": f"c-{line}", "campaign_channel": "Push"},
+        **extra,
+    }
 
 
 def uuid(line: int, index: int) -> str:
@@ -31,8 +48,12 @@ def uuid(line: int, index: int) -> str:
 
 
 def payload(line: int, events: int) -> dict[str, Any]:
-    return {"app_name": "App", "source": "MOENGAGE", "moe_request_id": f"req-{line}",
-            "events": [event(line, i) for i in range(events)]}
+    return {
+        "app_name": "App",
+        "source": "MOENGAGE",
+        "moe_request_id": f"req-{line}",
+        "events": [event(line, i) for i in range(events)],
+    }
 
 
 def write_streams(path: Path, lines: int, events: int = 3) -> list[str]:

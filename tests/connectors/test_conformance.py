@@ -74,8 +74,9 @@ def build(cls: type[Sink]) -> Sink:
     """The sink as the engine builds it: from its example settings, parsed by its model."""
     parsed = settings_model_of(cls).model_validate(dict(cls.example_settings))
     from_settings = getattr(cls, "from_settings", None)
-    sink: Sink = from_settings(parsed) if from_settings is not None else cls(
-        dict(cls.example_settings))
+    sink: Sink = (
+        from_settings(parsed) if from_settings is not None else cls(dict(cls.example_settings))
+    )
     return sink
 
 
@@ -87,8 +88,11 @@ def sink(request: pytest.FixtureRequest) -> Sink:
 def secrets_of(sink: Sink) -> list[str]:
     """The values of the example's secret settings (``SecretStr`` fields of the model)."""
     names = secret_fields(settings_model_of(type(sink))) | type(sink).secret_settings
-    return [str(type(sink).example_settings[k]) for k in sorted(names)
-            if k in type(sink).example_settings]
+    return [
+        str(type(sink).example_settings[k])
+        for k in sorted(names)
+        if k in type(sink).example_settings
+    ]
 
 
 def items_for(sink: Sink, count: int, pad: int = 0) -> list[Item]:
@@ -100,13 +104,31 @@ def items_for(sink: Sink, count: int, pad: int = 0) -> list[Item]:
         note = "x" * (n * 7919 % pad if pad else 0)
         if kind == COHORT_MEMBERSHIP:  # as engine/cohorts.py makes them: a user id (its size
             # varies here) joining one cohort; no attributes (Cohort Sync takes none)
-            out.append(Item(kind, f"user-{n % 7}-{note}", "Conformance cohort", {},
-                            dict(sink.example_fields.get(kind, {})), None,
-                            (n // 3 + 1, n % 3), "conformance"))
+            out.append(
+                Item(
+                    kind,
+                    f"user-{n % 7}-{note}",
+                    "Conformance cohort",
+                    {},
+                    dict(sink.example_fields.get(kind, {})),
+                    None,
+                    (n // 3 + 1, n % 3),
+                    "conformance",
+                )
+            )
             continue
-        out.append(Item(kind, f"user-{n % 7}", "" if kind == USER else f"Conformance {n}",
-                        {"n": n, "note": note}, dict(sink.example_fields.get(kind, {})), None,
-                        (n // 3 + 1, -1 if kind == USER else n % 3), "conformance"))
+        out.append(
+            Item(
+                kind,
+                f"user-{n % 7}",
+                "" if kind == USER else f"Conformance {n}",
+                {"n": n, "note": note},
+                dict(sink.example_fields.get(kind, {})),
+                None,
+                (n // 3 + 1, -1 if kind == USER else n % 3),
+                "conformance",
+            )
+        )
     return out
 
 
@@ -115,7 +137,7 @@ def encode(sink: Sink, items: list[Item], per_record: int = 3) -> list[WireReque
     encoder = sink.encoder()
     requests: list[WireRequest] = []
     for start in range(0, len(items), per_record):
-        out, refused = encoder.add_all(items[start:start + per_record])
+        out, refused = encoder.add_all(items[start : start + per_record])
         assert refused == []
         requests += out
     return requests + encoder.flush()
@@ -132,7 +154,8 @@ def test_declares_the_contract(sink: Sink) -> None:
     policy = sink.batch_policy
     assert policy.max_request_bytes is not None, "every partner caps a request's size"
     assert policy.max_age is not None and policy.max_age > 0, (
-        "a request that is not full must still leave (inputs that never end)")
+        "a request that is not full must still leave (inputs that never end)"
+    )
     assert sink.documented_answers, "the partner's documented answers, for the checks below"
     assert secrets_of(sink), "example_settings hold the sink's secret settings"
 
@@ -167,12 +190,27 @@ def test_an_item_no_request_can_hold_is_refused_when_encoded(sink: Sink) -> None
     limit = min(policy.max_request_bytes, policy.max_item_bytes or policy.max_request_bytes)
     small = items_for(sink, 2)
     for kind in sorted(sink.accepts):
-        big = Item(kind, "user-big", "" if kind == USER else "Big", {"blob": "y" * limit},
-                   dict(sink.example_fields.get(kind, {})), None,
-                   (9, -1 if kind == USER else 0), "conformance")
+        big = Item(
+            kind,
+            "user-big",
+            "" if kind == USER else "Big",
+            {"blob": "y" * limit},
+            dict(sink.example_fields.get(kind, {})),
+            None,
+            (9, -1 if kind == USER else 0),
+            "conformance",
+        )
         if kind == COHORT_MEMBERSHIP:  # a cohort change is as large as its user id
-            big = Item(kind, "y" * limit, "Conformance cohort", {},
-                       dict(sink.example_fields.get(kind, {})), None, (9, 0), "conformance")
+            big = Item(
+                kind,
+                "y" * limit,
+                "Conformance cohort",
+                {},
+                dict(sink.example_fields.get(kind, {})),
+                None,
+                (9, 0),
+                "conformance",
+            )
         encoder = sink.encoder()
         requests, refused = encoder.add_all([small[0], big, small[1]])
         assert [(r.item, r.reason) for r in refused] == [(big, ItemTooLarge.reason)]
@@ -198,8 +236,9 @@ def test_what_is_held_leaves_at_max_age(sink: Sink) -> None:
 # -- verdicts ---------------------------------------------------------------------------------
 def request_of(sink: Sink) -> WireRequest:
     """A request of several items (documented answers may name items by index)."""
-    return max(encode(sink, items_for(sink, 8 * len(sink.accepts))),
-               key=lambda request: len(request.items))
+    return max(
+        encode(sink, items_for(sink, 8 * len(sink.accepts))), key=lambda request: len(request.items)
+    )
 
 
 def test_every_documented_answer_maps_to_its_verdict(sink: Sink) -> None:
@@ -234,9 +273,14 @@ class Exchange:
         body = request.content
         if request.headers.get("content-encoding") == "gzip":  # echoed inflated: readable
             body = gzip.decompress(body)
-        echo = {"error": "refused", "echo": {"headers": dict(request.headers),
-                                              "url": str(request.url),
-                                              "body": body.decode()}}
+        echo = {
+            "error": "refused",
+            "echo": {
+                "headers": dict(request.headers),
+                "url": str(request.url),
+                "body": body.decode(),
+            },
+        }
         return httpx.Response(self.status, content=orjson.dumps(echo))
 
     def run(self, requests: list[WireRequest]) -> None:
@@ -245,10 +289,16 @@ class Exchange:
             dead = DeadLetterWriter(self.dead_path, "conformance", secrets)
             transport = httpx.MockTransport(self.handler)
             async with httpx.AsyncClient(transport=transport) as client:
-                sender = Sender(self.sink, client, RateLimiter([]),
-                                RetryPolicy(max_attempts=3, backoff_base=0, backoff_cap=0),
-                                self.report, dead, RunControl(),
-                                on_final=lambda items, _: self.settled.extend(items))
+                sender = Sender(
+                    self.sink,
+                    client,
+                    RateLimiter([]),
+                    RetryPolicy(max_attempts=3, backoff_base=0, backoff_cap=0),
+                    self.report,
+                    dead,
+                    RunControl(),
+                    on_final=lambda items, _: self.settled.extend(items),
+                )
                 for request in requests:
                     for item in request.items:
                         self.report.ledger.take(item.kind, item.ref[1] >= 0)
@@ -264,7 +314,8 @@ class Exchange:
 
 
 def test_partial_verdicts_dead_letter_exactly_the_rejected_items(
-        sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     items = items_for(sink, 12)
     requests = encode(sink, items)
     first = {id(r) for r in requests}
@@ -277,19 +328,23 @@ def test_partial_verdicts_dead_letter_exactly_the_rejected_items(
             resent.extend(request.items)
             return Delivered()
         last = len(request.items) - 1
-        rejected.extend({request.items[0].ref: request.items[0],
-                         request.items[last].ref: request.items[last]}.values())
+        rejected.extend(
+            {
+                request.items[0].ref: request.items[0],
+                request.items[last].ref: request.items[last],
+            }.values()
+        )
         retry = frozenset({1}) if last > 1 else frozenset()
         retried.extend(request.items[i] for i in retry)
-        return Partial({0: "bad record 0", last: f"bad record {last}"}, retry,
-                       reason="HTTP 400")
+        return Partial({0: "bad record 0", last: f"bad record {last}"}, retry, reason="HTTP 400")
 
     monkeypatch.setattr(sink, "classify", classify)
     exchange = Exchange(sink, tmp_path)
     exchange.run(requests)
     letters = exchange.letters()
     assert [(x["line"], x["event_index"]) for x in letters] == [
-        (i.ref[0], None if i.ref[1] < 0 else i.ref[1]) for i in rejected]
+        (i.ref[0], None if i.ref[1] < 0 else i.ref[1]) for i in rejected
+    ]
     assert {x["reason"] for x in letters} == {"rejected by the destination: HTTP 400"}
     assert all(x["error"].startswith("bad record ") for x in letters)
     ledger = exchange.report.ledger
@@ -301,23 +356,27 @@ def test_partial_verdicts_dead_letter_exactly_the_rejected_items(
 
 
 def test_secrets_never_appear_in_requests_shown_reports_or_dead_letters(
-        sink: Sink, tmp_path: Path) -> None:
+    sink: Sink, tmp_path: Path
+) -> None:
     secrets = secrets_of(sink)
     forms = set(secrets)
     for request in encode(sink, items_for(sink, 4)):
         for name, value in request.headers.items():
             if name.lower() in sink.secret_headers:  # e.g. the Basic token: a derived form
                 forms.add(value.split()[-1])
-    shown = b"".join(request_json(r, sink.secret_headers, frozenset(secrets))
-                     for r in encode(sink, items_for(sink, 4)))
+    shown = b"".join(
+        request_json(r, sink.secret_headers, frozenset(secrets))
+        for r in encode(sink, items_for(sink, 4))
+    )
     for status in (400, 401, 500):
         exchange = Exchange(sink, tmp_path / str(status), status)
         exchange.run(encode(sink, items_for(sink, 4)))
         report = exchange.report
-        outputs = {"dry-run requests": shown,
-                   "report": orjson.dumps(report.to_dict()) + report.summary().encode(),
-                   "dead letters": exchange.dead_path.read_bytes()
-                   if exchange.dead_path.exists() else b""}
+        outputs = {
+            "dry-run requests": shown,
+            "report": orjson.dumps(report.to_dict()) + report.summary().encode(),
+            "dead letters": exchange.dead_path.read_bytes() if exchange.dead_path.exists() else b"",
+        }
         for where, data in outputs.items():
             for form in forms:
                 assert form.encode() not in data, f"{where} shows a secret ({status})"
@@ -333,26 +392,45 @@ def _b64(text: str) -> bytes | None:
 
 
 def test_bad_settings_are_validate_errors_at_their_line(
-        cli: Any, tmp_path: Path, sink: Sink) -> None:
+    cli: Any, tmp_path: Path, sink: Sink
+) -> None:
     """An unknown setting, and a wrong type for a setting that takes a number, are errors at
     ``file:line:col`` of the setting (never a traceback in a real run)."""
     model = settings_model_of(type(sink))
-    numbers = [name for name, info in model.model_fields.items()
-               if info.annotation in (int, float)]
-    lines = [f"    {key}: {orjson.dumps(value).decode()}"
-             for key, value in type(sink).example_settings.items() if key not in numbers[:1]]
+    numbers = [name for name, info in model.model_fields.items() if info.annotation in (int, float)]
+    lines = [
+        f"    {key}: {orjson.dumps(value).decode()}"
+        for key, value in type(sink).example_settings.items()
+        if key not in numbers[:1]
+    ]
     bad = ["    no_such_setting: 1"] + [f"    {name}: abc" for name in numbers[:1]]
     bundle = tmp_path / "bundle.yaml"
-    bundle.write_text("\n".join([
-        "bundle: conformance", "source: {connector: mparticle}", "destination:",
-        f"  connector: {sink.name}", "  settings:", *lines, *bad,
-        "identity:", "  candidates: {customer_id: batch.user_identities.customer_id}",
-        "events:", "  - name: all", "    event_name: \"{{ event.event_type }}\"", ""]))
+    bundle.write_text(
+        "\n".join(
+            [
+                "bundle: conformance",
+                "source: {connector: mparticle}",
+                "destination:",
+                f"  connector: {sink.name}",
+                "  settings:",
+                *lines,
+                *bad,
+                "identity:",
+                "  candidates: {customer_id: batch.user_identities.customer_id}",
+                "events:",
+                "  - name: all",
+                '    event_name: "{{ event.event_type }}"',
+                "",
+            ]
+        )
+    )
     result: Result = cli("validate", str(bundle))
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     first = 6 + len(lines)
     errors = [line for line in result.stderr.splitlines() if ": error: " in line]
-    assert any(line.startswith(f"{bundle}:{first}:5: error: ") and "no_such_setting" in line
-               for line in errors), errors
+    assert any(
+        line.startswith(f"{bundle}:{first}:5: error: ") and "no_such_setting" in line
+        for line in errors
+    ), errors
     if numbers:
         assert any(line.startswith(f"{bundle}:{first + 1}:") for line in errors), errors

@@ -30,8 +30,10 @@ def need(binary: str) -> str:
     if found:
         return found
     if os.environ.get("CI"):
-        pytest.fail(f"{binary} is missing: .ci/run installs it (apt-get install -y "
-                    "nats-server redis-server)")
+        pytest.fail(
+            f"{binary} is missing: .ci/run installs it (apt-get install -y "
+            "nats-server redis-server)"
+        )
     pytest.skip(f"{binary} is not installed")
 
 
@@ -57,8 +59,9 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
-        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port, self.process)
         return self
 
@@ -77,13 +80,14 @@ def redis_server() -> Server:
     """A Redis that keeps nothing on disk: a restart starts it empty."""
     binary = need(REDIS_SERVER)
     port = free_port()
-    return Server([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no"], port)
+    return Server(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        port,
+    )
 
 
 def nats_server(store: Path) -> Server:
     """A NATS server with JetStream, its store in ``store`` (kept across restarts)."""
     binary = need(NATS_SERVER)
     port = free_port()
-    return Server([binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-                  port)
+    return Server([binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)], port)

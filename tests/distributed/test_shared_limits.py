@@ -89,7 +89,8 @@ async def test_a_request_over_any_limit_is_charged_to_none(redis: Server) -> Non
 
 @pytest.mark.anyio
 async def test_redis_away_sends_nothing_then_continues_after_an_empty_restart(
-        redis: Server) -> None:
+    redis: Server,
+) -> None:
     limits = [RateLimit(10, 1.0)]
     limiter = SharedRateLimiter(client(redis), "ws-3", limits, retry_wait=0.05, retry_cap=0.2)
     await limiter.acquire(request(1))
@@ -127,14 +128,27 @@ def test_a_run_delivers_through_the_shared_limit(redis: Server, tmp_path: Path) 
         made: list[SharedRateLimiter] = []
 
         def shared(sink: Sink) -> SharedRateLimiter:
-            made.append(SharedRateLimiter(connect(f"redis://127.0.0.1:{redis.port}"),
-                                          workspace_scope(sink), sink.rate_limits()))
+            made.append(
+                SharedRateLimiter(
+                    connect(f"redis://127.0.0.1:{redis.port}"),
+                    workspace_scope(sink),
+                    sink.rate_limits(),
+                )
+            )
             return made[0]
 
-        report = deliver(compiled(url, "destination.max_request_bytes=1024",
-                                  f"destination.requests_per_second={limit}"),
-                         str(tmp_path / "in.jsonl"), state_dir=tmp_path, quiet=True,
-                         options=FAST, limiter=shared)
+        report = deliver(
+            compiled(
+                url,
+                "destination.max_request_bytes=1024",
+                f"destination.requests_per_second={limit}",
+            ),
+            str(tmp_path / "in.jsonl"),
+            state_dir=tmp_path,
+            quiet=True,
+            options=FAST,
+            limiter=shared,
+        )
         assert emu.stats()["rate_limited"] == 0 and report.throttled == 0
         assert report.ledger.delivered["event"] == 180 and report.requests > 20
         assert made[0].calls >= report.requests  # every request asked Redis

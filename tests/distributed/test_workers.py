@@ -28,8 +28,9 @@ from tests.engine.runtime.conftest import (
     expected_ids,
 )
 
-OPTIONS = DeliveryOptions(handle_signals=False, backoff_base=0.05, backoff_cap=0.2,
-                          drain_timeout=5.0)
+OPTIONS = DeliveryOptions(
+    handle_signals=False, backoff_base=0.05, backoff_cap=0.2, drain_timeout=5.0
+)
 
 
 @pytest.fixture
@@ -43,14 +44,16 @@ def nats(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.mark.anyio
 async def test_two_workers_deliver_everything_within_the_shared_limit(
-        nats: Server, redis: Server, tmp_path: Path) -> None:
+    nats: Server, redis: Server, tmp_path: Path
+) -> None:
     emu = TimedEmulator(WS, KEY)
     lines = 120
     limit = 20
     with serve(emu) as url:
         emu.faults.set_rate_limit(WindowLimit(per_second=limit))
-        bundle = compiled(url, f"destination.requests_per_second={limit}",
-                          "destination.max_request_bytes=1024")
+        bundle = compiled(
+            url, f"destination.requests_per_second={limit}", "destination.max_request_bytes=1024"
+        )
         broker = f"nats://127.0.0.1:{nats.port}"
         async with JetStreamSpool(broker) as ingress:
             for line in range(1, lines + 1):
@@ -60,8 +63,9 @@ async def test_two_workers_deliver_everything_within_the_shared_limit(
 
         async def one(n: int, stop_after: float | None) -> None:
             async with JetStreamSpool(broker, ack_wait=2.0, refresh=0.2) as spool:
-                worker = Worker([(bundle.model.bundle, bundle)], spool, OPTIONS,
-                                tmp_path / f"w{n}", limits)
+                worker = Worker(
+                    [(bundle.model.bundle, bundle)], spool, OPTIONS, tmp_path / f"w{n}", limits
+                )
                 with anyio.move_on_after(stop_after if stop_after else 60):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(partial(worker.run, handle_signals=False))

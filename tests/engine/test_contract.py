@@ -39,23 +39,26 @@ class Clock:
         return self.now
 
 
-def encoder(policy: BatchPolicy, clock: Callable[[], float] | None = None,
-            by_kind: bool = False) -> JsonArrayEncoder:
+def encoder(
+    policy: BatchPolicy, clock: Callable[[], float] | None = None, by_kind: bool = False
+) -> JsonArrayEncoder:
     return JsonArrayEncoder(
-        policy, element=lambda i: {"event": i.name, "user": i.identity, **i.attributes},
-        request=lambda key, body, items: WireRequest("POST", f"https://x/{key}", {}, body,
-                                                     items),
+        policy,
+        element=lambda i: {"event": i.name, "user": i.identity, **i.attributes},
+        request=lambda key, body, items: WireRequest("POST", f"https://x/{key}", {}, body, items),
         key=(lambda i: i.kind) if by_kind else None,
         envelope=lambda key: (b'{"api_key":"k","events":[', b"]}"),
-        **({"clock": clock} if clock else {}))
+        **({"clock": clock} if clock else {}),
+    )
 
 
 def test_json_array_encoder_builds_envelope_and_keeps_order() -> None:
     enc = encoder(BatchPolicy())
     assert enc.add(item(1)) == [] and enc.add(item(2)) == []
     (request,) = enc.flush()
-    assert request.body == (b'{"api_key":"k","events":[{"event":"E1","user":"u1"},'
-                            b'{"event":"E2","user":"u2"}]}')
+    assert request.body == (
+        b'{"api_key":"k","events":[{"event":"E1","user":"u1"},{"event":"E2","user":"u2"}]}'
+    )
     assert [i.name for i in request.items] == ["E1", "E2"]
     assert enc.flush() == []
 
@@ -93,7 +96,9 @@ def test_json_array_encoder_keeps_one_batch_per_key() -> None:
     enc = encoder(BatchPolicy(max_items=2), by_kind=True)
     out = enc.add(item(1)) + enc.add(item(2, USER)) + enc.add(item(3)) + enc.flush()
     assert [(r.url, [i.name for i in r.items]) for r in out] == [
-        ("https://x/event", ["E1", "E3"]), ("https://x/user", ["E2"])]
+        ("https://x/event", ["E1", "E3"]),
+        ("https://x/user", ["E2"]),
+    ]
 
 
 def test_until_next_counts_from_the_oldest_held_item() -> None:
@@ -118,8 +123,9 @@ def test_batch_policy_refuses_nonsense() -> None:
 
 
 def test_rate_limit_costs_count_what_the_partner_counts() -> None:
-    request = WireRequest("POST", "u", {}, b"x" * 1234,
-                          [item(1), item(2, USER), item(3), item(4, USER), item(5)])
+    request = WireRequest(
+        "POST", "u", {}, b"x" * 1234, [item(1), item(2, USER), item(3), item(4, USER), item(5)]
+    )
     assert RateLimit(10, 1.0).cost(request) == 1
     assert RateLimit(10, 1.0, counts=ITEMS).cost(request) == 5
     assert RateLimit(10, 1.0, counts=ITEMS, kind=EVENT).cost(request) == 3
@@ -140,22 +146,29 @@ def test_kind_problem_names_what_the_destination_accepts() -> None:
     assert kind_problem(MoEngageDataSink, EVENT) is None
     assert kind_problem(MoEngageDataSink, "cohort_membership") == (
         "destination 'moengage' cannot take 'cohort_membership' items (cohort membership "
-        "changes); it accepts: event, user")
+        "changes); it accepts: event, user"
+    )
 
 
 def test_validate_refuses_a_kind_the_destination_cannot_take(
-        cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(MoEngageDataSink, "accepts", frozenset({EVENT}))
     bundle = tmp_path / "bundle.yaml"
-    bundle.write_text(MINIMAL_BUNDLE + "  - name: profile\n"
-                      "    when: event.event_type == 'user_attribute_change'\n"
-                      "    emit: user\n"
-                      "    attributes: {from: event.data}\n"
-                      "user:\n  attributes: {plan: batch.user_attributes.plan}\n")
+    bundle.write_text(
+        MINIMAL_BUNDLE + "  - name: profile\n"
+        "    when: event.event_type == 'user_attribute_change'\n"
+        "    emit: user\n"
+        "    attributes: {from: event.data}\n"
+        "user:\n  attributes: {plan: batch.user_attributes.plan}\n"
+    )
     result = cli("validate", str(bundle))
     assert result.exit_code == 1
-    message = ("destination 'moengage' cannot take 'user' items (user profile updates); it "
-               "accepts: event")
-    assert result.stderr.splitlines() == [f"{bundle}:15:5: error: {message}",
-                                          f"{bundle}:17:1: error: {message}",
-                                          "2 problems found in 1 files"]
+    message = (
+        "destination 'moengage' cannot take 'user' items (user profile updates); it accepts: event"
+    )
+    assert result.stderr.splitlines() == [
+        f"{bundle}:15:5: error: {message}",
+        f"{bundle}:17:1: error: {message}",
+        "2 problems found in 1 files",
+    ]

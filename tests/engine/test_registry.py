@@ -25,7 +25,7 @@ from moerules.engine.connector import (
 from moerules.engine.errors import RuleError
 from moerules.engine.rules.schema import bundle_schema
 
-ACME = '''
+ACME = """
 from typing import ClassVar, Literal
 
 from moerules.engine.connector import (
@@ -69,7 +69,7 @@ class AcmeSink(Sink):
 class AcmeEmulator:
     def __init__(self, **options):
         self.options = options
-'''
+"""
 
 BUNDLE = """\
 bundle: to-acme
@@ -96,7 +96,8 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-moerules\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[moerules.connectors]\nacme = acme_moerules:AcmeSink\n\n"
-        "[moerules.emulators]\nacme = acme_moerules:AcmeEmulator\n")
+        "[moerules.emulators]\nacme = acme_moerules:AcmeEmulator\n"
+    )
     monkeypatch.syspath_prepend(str(site))
     yield site
     import sys
@@ -105,9 +106,18 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 def test_a_third_party_connector_is_found(third_party: Path) -> None:
-    assert connector_names() == ["acme", "amplitude", "amplitude-cohorts", "mixpanel",
-                                 "mixpanel-cohorts", "moengage", "moengage-cohort-sync",
-                                 "moengage-streams", "mparticle", "segment"]
+    assert connector_names() == [
+        "acme",
+        "amplitude",
+        "amplitude-cohorts",
+        "mixpanel",
+        "mixpanel-cohorts",
+        "moengage",
+        "moengage-cohort-sync",
+        "moengage-streams",
+        "mparticle",
+        "segment",
+    ]
     sink = load_connector("acme")
     assert sink is not None and sink.__module__ == "acme_moerules"
     assert "acme" in emulator_names()
@@ -116,24 +126,32 @@ def test_a_third_party_connector_is_found(third_party: Path) -> None:
 
 
 def test_a_third_party_connector_runs_with_its_typed_settings(
-        third_party: Path, write: Callable[..., Path]) -> None:
+    third_party: Path, write: Callable[..., Path]
+) -> None:
     path = write("bundle.yaml", BUNDLE)
     compiled = load_bundle(path, env={"ACME_KEY": "acme-secret-key"})
     out = io.BytesIO()
-    line = json.dumps({"user_identities": {"customer_id": "c1"}, "events": [
-        {"event_type": "custom_event", "data": {"event_name": n}} for n in "ABC"]}).encode()
+    line = json.dumps(
+        {
+            "user_identities": {"customer_id": "c1"},
+            "events": [{"event_type": "custom_event", "data": {"event_name": n}} for n in "ABC"],
+        }
+    ).encode()
     dry_run(compiled, [(1, line)], out)
     requests = [json.loads(r) for r in out.getvalue().splitlines()]
     assert [(r["url"], r["body"]) for r in requests] == [
-        ("https://eu.acme.example/track", [{"user": "c1", "event": "A"},
-                                           {"user": "c1", "event": "B"}]),
+        (
+            "https://eu.acme.example/track",
+            [{"user": "c1", "event": "A"}, {"user": "c1", "event": "B"}],
+        ),
         ("https://eu.acme.example/track", [{"user": "c1", "event": "C"}]),
     ]
     assert "acme-secret-key" not in out.getvalue().decode()
 
 
 def test_a_third_party_connectors_settings_are_checked_and_in_the_schema(
-        third_party: Path, write: Callable[..., Path]) -> None:
+    third_party: Path, write: Callable[..., Path]
+) -> None:
     path = write("bundle.yaml", BUNDLE.replace("batch_size: 2", "batch_size: 0, regoin: eu"))
     with pytest.raises(RuleError) as info:
         load_bundle(path)
@@ -145,9 +163,18 @@ def test_a_third_party_connectors_settings_are_checked_and_in_the_schema(
     ]
     schema = bundle_schema()
     assert schema["$defs"]["DestinationRef"]["properties"]["connector"]["enum"] == [
-        "acme", "amplitude", "mixpanel", "moengage", "moengage-cohort-sync", "segment"]
-    assert list(schema["$defs"]["AcmeSettings"]["properties"]) == ["api_key", "region",
-                                                                   "batch_size"]
+        "acme",
+        "amplitude",
+        "mixpanel",
+        "moengage",
+        "moengage-cohort-sync",
+        "segment",
+    ]
+    assert list(schema["$defs"]["AcmeSettings"]["properties"]) == [
+        "api_key",
+        "region",
+        "batch_size",
+    ]
 
 
 def test_entry_points_are_the_only_registry(monkeypatch: pytest.MonkeyPatch) -> None:

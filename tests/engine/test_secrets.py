@@ -22,8 +22,10 @@ def forms(key: str) -> dict[str, str]:
         "form": quote_plus(key),
         "json": json.dumps(key)[1:-1],
         "json in json": json.dumps(json.dumps(key))[1:-1],
-        **{f"basic, user {user!r}": base64.b64encode(f"{user}:{key}".encode()).decode()
-           for user in ("", "W", "WS", "WS_DELIVERY")},
+        **{
+            f"basic, user {user!r}": base64.b64encode(f"{user}:{key}".encode()).decode()
+            for user in ("", "W", "WS", "WS_DELIVERY")
+        },
         "url-safe base64": base64.urlsafe_b64encode(f"WS:{key}".encode()).decode().rstrip("="),
         "base64 of the key alone": base64.b64encode(key.encode()).decode(),
     }
@@ -47,7 +49,7 @@ def test_the_whole_basic_token_goes() -> None:
 
 
 def test_text_without_secrets_is_unchanged() -> None:
-    text = "Basic V1M6b3RoZXIta2V5LXZhbHVl and a JSON body {\"a\": 1}"
+    text = 'Basic V1M6b3RoZXIta2V5LXZhbHVl and a JSON body {"a": 1}'
     assert scrubber([KEY]).text(text) == text
     assert scrubber([]).text(text) == text
     assert not scrubber([])

@@ -17,9 +17,11 @@ from ruamel.yaml import YAML
 from tests.conftest import EXAMPLES, Result
 
 EXAMPLE = EXAMPLES / "streams-events.jsonl"
-SECRETS = {"moengage-to-amplitude": {"AMPLITUDE_API_KEY": "amp-secret-key-123"},
-           "moengage-to-segment": {"SEGMENT_WRITE_KEY": "seg-secret-write-key"},
-           "moengage-to-mixpanel": {"MIXPANEL_PROJECT_TOKEN": "mp-secret-token-42"}}
+SECRETS = {
+    "moengage-to-amplitude": {"AMPLITUDE_API_KEY": "amp-secret-key-123"},
+    "moengage-to-segment": {"SEGMENT_WRITE_KEY": "seg-secret-write-key"},
+    "moengage-to-mixpanel": {"MIXPANEL_PROJECT_TOKEN": "mp-secret-token-42"},
+}
 
 
 def tables(bundle: str) -> dict[str, dict[str, str]]:
@@ -48,8 +50,12 @@ def test_segment_code_table_names_only_rows_of_segments_table() -> None:
 def test_segment_catalog_test_sends_every_row(tmp_path: Path) -> None:
     catalog = tables("moengage-to-segment")["segment_event_catalog"]
     test = shipped_bundles()["moengage-to-segment"].parent / "tests" / "catalog.yaml"
-    sent = {e["event"] for case in YAML(typ="safe").load(test.read_text())["cases"]
-            for request in case["expect"]["requests"] for e in request["body"]["batch"]}
+    sent = {
+        e["event"]
+        for case in YAML(typ="safe").load(test.read_text())["cases"]
+        for request in case["expect"]["requests"]
+        for e in request["body"]["batch"]
+    }
     assert sent == (set(catalog) - {"Custom Event"}) | {"Added to Cart"}
 
 
@@ -57,35 +63,66 @@ def test_segment_catalog_test_sends_every_row(tmp_path: Path) -> None:
 EXPECTED: dict[str, dict[str, Any]] = {
     "moengage-to-amplitude": {
         "delivered": 7,
-        "dropped": {"event not selected for Amplitude": 1,
-                    "no uid: Amplitude needs the MoEngage uid as user_id": 1,
-                    "event has no event_uuid": 1,
-                    "event_time is not epoch seconds between 1971 and 2099": 1},
-        "dead_lettered": {"no usable identity": 1, "user_id shorter than min_id_length": 1,
-                          "payload is not a JSON object": 1, "payload has no events": 1,
-                          "malformed JSON": 1}},
+        "dropped": {
+            "event not selected for Amplitude": 1,
+            "no uid: Amplitude needs the MoEngage uid as user_id": 1,
+            "event has no event_uuid": 1,
+            "event_time is not epoch seconds between 1971 and 2099": 1,
+        },
+        "dead_lettered": {
+            "no usable identity": 1,
+            "user_id shorter than min_id_length": 1,
+            "payload is not a JSON object": 1,
+            "payload has no events": 1,
+            "malformed JSON": 1,
+        },
+    },
     "moengage-to-segment": {
         "delivered": 9,
-        "dropped": {"no uid: Segment's userId is the MoEngage uid": 1,
-                    "event has no event_uuid": 1,
-                    "event_time is not epoch seconds between 1971 and 2099": 1},
-        "dead_lettered": {"no usable identity": 1, "payload is not a JSON object": 1,
-                          "payload has no events": 1, "malformed JSON": 1}},
+        "dropped": {
+            "no uid: Segment's userId is the MoEngage uid": 1,
+            "event has no event_uuid": 1,
+            "event_time is not epoch seconds between 1971 and 2099": 1,
+        },
+        "dead_lettered": {
+            "no usable identity": 1,
+            "payload is not a JSON object": 1,
+            "payload has no events": 1,
+            "malformed JSON": 1,
+        },
+    },
     "moengage-to-mixpanel": {
         "delivered": 9,
-        "dropped": {"no uid: Mixpanel's distinct_id is the MoEngage uid": 1,
-                    "event has no event_uuid": 1,
-                    "event_time is not epoch seconds between 1971 and 2099": 1},
-        "dead_lettered": {"no usable identity": 1, "payload is not a JSON object": 1,
-                          "payload has no events": 1, "malformed JSON": 1}},
+        "dropped": {
+            "no uid: Mixpanel's distinct_id is the MoEngage uid": 1,
+            "event has no event_uuid": 1,
+            "event_time is not epoch seconds between 1971 and 2099": 1,
+        },
+        "dead_lettered": {
+            "no usable identity": 1,
+            "payload is not a JSON object": 1,
+            "payload has no events": 1,
+            "malformed JSON": 1,
+        },
+    },
 }
 
 
 @pytest.mark.parametrize("bundle", sorted(EXPECTED))
 def test_example_dry_run(bundle: str, cli: Callable[..., Result], tmp_path: Path) -> None:
     report, dead = tmp_path / "report.json", tmp_path / "dead.jsonl"
-    result = cli("run", bundle, "--input", str(EXAMPLE), "--dry-run", "--report", str(report),
-                 "--dead-letter", str(dead), env=SECRETS[bundle])
+    result = cli(
+        "run",
+        bundle,
+        "--input",
+        str(EXAMPLE),
+        "--dry-run",
+        "--report",
+        str(report),
+        "--dead-letter",
+        str(dead),
+        env=SECRETS[bundle],
+    )
     assert result.exit_code == 0, result.stderr
     data = json.loads(report.read_text())
     expected = EXPECTED[bundle]

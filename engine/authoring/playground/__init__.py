@@ -62,15 +62,23 @@ class Playground:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, default=str), status_code=status,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(data, default=str), status_code=status, media_type="application/json"
+    )
 
 
 def _problem(problem: Problem, bundle: Path) -> dict[str, Any]:
     pos = problem.position
     mine = Path(pos.path).resolve() == bundle.resolve() if pos.path else False
-    return {"line": pos.line, "col": pos.col, "severity": problem.severity,
-            "message": problem.message, "file": pos.path, "here": mine, "text": str(problem)}
+    return {
+        "line": pos.line,
+        "col": pos.col,
+        "severity": problem.severity,
+        "message": problem.message,
+        "file": pos.path,
+        "here": mine,
+        "text": str(problem),
+    }
 
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -84,11 +92,9 @@ def create_app(playground: Playground) -> Starlette:
         async def endpoint(request: Request) -> Response:
             host = request.headers.get("host", "").rsplit(":", 1)[0]
             if host not in state.hosts:
-                return _json({"error": "this playground answers on its loopback address only"},
-                             403)
+                return _json({"error": "this playground answers on its loopback address only"}, 403)
             if request.headers.get("x-moerules-token") != state.token:
-                return _json({"error": "missing or wrong playground token: reload the page"},
-                             403)
+                return _json({"error": "missing or wrong playground token: reload the page"}, 403)
             body: Any = None
             if request.method == "POST":
                 raw = await request.body()
@@ -109,28 +115,39 @@ def create_app(playground: Playground) -> Starlette:
         if host not in state.hosts:
             return HTMLResponse("this playground answers on its loopback address only", 403)
         html = _asset("index.html").replace("__TOKEN__", state.token)
-        return HTMLResponse(html, headers={"Cache-Control": "no-store",
-                                           "Content-Security-Policy": _CSP})
+        return HTMLResponse(
+            html, headers={"Cache-Control": "no-store", "Content-Security-Policy": _CSP}
+        )
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in _STATIC:
             return Response(status_code=404)
-        return Response(_asset(name), media_type=_STATIC[name],
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            _asset(name), media_type=_STATIC[name], headers={"Cache-Control": "no-store"}
+        )
 
     def get_state(request: Request, body: Any) -> Response:
         from moerules.engine.rules.schema import bundle_schema
 
-        return _json({"bundle": str(state.bundle), "text": state.text(),
-                      "version": state.version(),
-                      "records": [{"line": n, "text": line.decode("utf-8", "replace").strip()}
-                                  for n, line in state.sample[:SAMPLE_RECORDS]],
-                      "schema": bundle_schema(), "tests": [str(p) for p in _tests(state)]})
+        return _json(
+            {
+                "bundle": str(state.bundle),
+                "text": state.text(),
+                "version": state.version(),
+                "records": [
+                    {"line": n, "text": line.decode("utf-8", "replace").strip()}
+                    for n, line in state.sample[:SAMPLE_RECORDS]
+                ],
+                "schema": bundle_schema(),
+                "tests": [str(p) for p in _tests(state)],
+            }
+        )
 
     def evaluate(request: Request, body: Any) -> Response:
-        return _json(evaluate_text(state.bundle, str(body.get("text", "")),
-                                   str(body.get("record", ""))))
+        return _json(
+            evaluate_text(state.bundle, str(body.get("text", "")), str(body.get("record", "")))
+        )
 
     def run_tests(request: Request, body: Any) -> Response:
         from moerules.engine.authoring.testing import run_test_file
@@ -146,13 +163,20 @@ def create_app(playground: Playground) -> Starlette:
                 failed += 1
                 continue
             cases: list[dict[str, Any]] = [
-                {"name": r.name, "passed": r.passed, "at": str(r.position),
-                 "failures": r.failures} for r in results]
+                {"name": r.name, "passed": r.passed, "at": str(r.position), "failures": r.failures}
+                for r in results
+            ]
             passed += sum(r.passed for r in results)
             failed += sum(not r.passed for r in results)
             files.append({"file": str(path), "cases": cases})
-        return _json({"passed": passed, "failed": failed, "files": files,
-                      "summary": f"{passed} passed, {failed} failed"})
+        return _json(
+            {
+                "passed": passed,
+                "failed": failed,
+                "files": files,
+                "summary": f"{passed} passed, {failed} failed",
+            }
+        )
 
     def diff(request: Request, body: Any) -> Response:
         from moerules.engine.api import load_bundle
@@ -166,8 +190,9 @@ def create_app(playground: Playground) -> Starlette:
             new = load_bundle(state.bundle, text=str(body.get("text", "")))
         except RuleError as exc:
             return _json({"error": "the edited rules do not compile:\n" + str(exc)})
-        result = diff_bundles(old, new, state.sample[:DIFF_RECORDS], old_label="on disk",
-                              new_label="edited").to_dict()
+        result = diff_bundles(
+            old, new, state.sample[:DIFF_RECORDS], old_label="on disk", new_label="edited"
+        ).to_dict()
         for group in result["groups"]:
             group["changes"] = group["changes"][:CHANGES_SHOWN]
         return _json(result)
@@ -177,9 +202,14 @@ def create_app(playground: Playground) -> Starlette:
         if not isinstance(text, str):
             return _json({"error": "nothing to save"}, 400)
         if body.get("version") != state.version():
-            return _json({"error": f"{state.bundle} changed on disk since the page loaded it; "
-                                   "reload the page (your edit is lost on reload: copy it "
-                                   "first)"}, 409)
+            return _json(
+                {
+                    "error": f"{state.bundle} changed on disk since the page loaded it; "
+                    "reload the page (your edit is lost on reload: copy it "
+                    "first)"
+                },
+                409,
+            )
         state.bundle.write_text(text, encoding="utf-8")
         return _json({"saved": str(state.bundle), "version": state.version()})
 
@@ -195,13 +225,14 @@ def create_app(playground: Playground) -> Starlette:
     return Starlette(routes=routes)
 
 
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _asset(name: str) -> str:
-    return resources.files(__package__ or "").joinpath("static", name).read_text(
-        encoding="utf-8")
+    return resources.files(__package__ or "").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _tests(state: Playground) -> list[Path]:
@@ -217,8 +248,14 @@ def evaluate_text(bundle: Path, text: str, record: str) -> dict[str, Any]:
     from moerules.engine.compile.compiler import compile_bundle
     from moerules.engine.rules.overlay import load_bundle_document
 
-    out: dict[str, Any] = {"problems": [], "requests": [], "trace": "", "steps": [],
-                           "report": None, "compiled": False}
+    out: dict[str, Any] = {
+        "problems": [],
+        "requests": [],
+        "trace": "",
+        "steps": [],
+        "report": None,
+        "compiled": False,
+    }
     try:
         raw = load_bundle_document(bundle, text=text)
         traced = compile_bundle(raw, trace=True)
@@ -237,21 +274,26 @@ def evaluate_text(bundle: Path, text: str, record: str) -> dict[str, Any]:
         return out
     buffer = io.StringIO()
     buffer.write(explanation.render())
-    out.update(requests=explanation.requests, steps=explanation.steps,
-               trace=buffer.getvalue(), report=explanation.report)
+    out.update(
+        requests=explanation.requests,
+        steps=explanation.steps,
+        trace=buffer.getvalue(),
+        report=explanation.report,
+    )
     return out
 
 
-def serve(playground: Playground, host: str, port: int,
-          ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    playground: Playground, host: str, port: int, ready: Callable[[str], None] | None = None
+) -> None:
     """Serve the playground until interrupted."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(playground), host=host, port=port, log_level="warning",
-                            lifespan="off", ws="none")
+    config = uvicorn.Config(
+        create_app(playground), host=host, port=port, log_level="warning", lifespan="off", ws="none"
+    )
     server = uvicorn.Server(config)
     if ready is not None:
         shown = f"[{host}]" if ":" in host else host
         ready(f"http://{shown}:{port}/")
     server.run()
-

@@ -15,9 +15,14 @@ from moerules.connectors.emulation import AmplitudeEmulator, Fault, serve
 from tests.connectors.emulation.rawhttp import chunks, exchange, head
 
 KEY = "amp-key-123"
-EVENT = {"user_id": "user@x.com", "device_id": "C8F9-device", "event_type": "watch_tutorial",
-         "time": 1396381378123, "event_properties": {"source": "notification"},
-         "insert_id": "5f0adeff-1"}
+EVENT = {
+    "user_id": "user@x.com",
+    "device_id": "C8F9-device",
+    "event_type": "watch_tutorial",
+    "time": 1396381378123,
+    "event_properties": {"source": "notification"},
+    "insert_id": "5f0adeff-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +36,9 @@ def client(url: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def upload(client: httpx.Client, events: list[Any], path: str = "/2/httpapi",
-           **extra: Any) -> httpx.Response:
+def upload(
+    client: httpx.Client, events: list[Any], path: str = "/2/httpapi", **extra: Any
+) -> httpx.Response:
     return client.post(path, json={"api_key": KEY, "events": events, **extra})
 
 
@@ -42,8 +48,9 @@ SECOND = dict(EVENT, insert_id="5f0adeff-2")
 def test_accepts_events(client: httpx.Client, emu: AmplitudeEmulator) -> None:
     before = int(time.time() * 1000)
     payload = orjson.dumps({"api_key": KEY, "events": [EVENT, SECOND]})
-    response = client.post("/2/httpapi", content=payload,
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/2/httpapi", content=payload, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["code"] == 200
@@ -60,11 +67,16 @@ def test_batch_endpoint(client: httpx.Client, emu: AmplitudeEmulator) -> None:
 
 
 def test_requires_json_content_type(client: httpx.Client) -> None:
-    response = client.post("/2/httpapi", content=orjson.dumps({"api_key": KEY, "events": [EVENT]}),
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        "/2/httpapi",
+        content=orjson.dumps({"api_key": KEY, "events": [EVENT]}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 400
-    assert response.json() == {"code": 400,
-                               "error": "Invalid request: Content-Type must be application/json"}
+    assert response.json() == {
+        "code": 400,
+        "error": "Invalid request: Content-Type must be application/json",
+    }
 
 
 def test_invalid_api_key(client: httpx.Client, emu: AmplitudeEmulator) -> None:
@@ -74,19 +86,28 @@ def test_invalid_api_key(client: httpx.Client, emu: AmplitudeEmulator) -> None:
     assert emu.records() == []
 
 
-@pytest.mark.parametrize(("payload", "field"), [({"events": [EVENT]}, "api_key"),
-                                                ({"api_key": KEY}, "events"),
-                                                ({"api_key": KEY, "events": []}, "events")])
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"events": [EVENT]}, "api_key"),
+        ({"api_key": KEY}, "events"),
+        ({"api_key": KEY, "events": []}, "events"),
+    ],
+)
 def test_missing_request_fields(client: httpx.Client, payload: dict[str, Any], field: str) -> None:
     response = client.post("/2/httpapi", json=payload)
     assert response.status_code == 400
-    assert response.json() == {"code": 400, "error": "Request missing required field",
-                               "missing_field": field}
+    assert response.json() == {
+        "code": 400,
+        "error": "Request missing required field",
+        "missing_field": field,
+    }
 
 
 def test_invalid_json(client: httpx.Client) -> None:
-    response = client.post("/2/httpapi", content=b"[1,",
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/2/httpapi", content=b"[1,", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json() == {"code": 400, "error": "Invalid JSON request body"}
 
@@ -108,16 +129,26 @@ def test_payload_size_limit(client: httpx.Client) -> None:
 
 
 def test_size_is_refused_before_the_body(url: str, emu: AmplitudeEmulator) -> None:
-    declared = exchange(url, head("POST", "/2/httpapi", {
-        "Content-Type": "application/json", "Content-Length": "1000001"}))
-    assert (declared.status, declared.json()) == (413, {"code": 413,
-                                                        "error": "Payload too large"})
-    endless = exchange(url, head("POST", "/2/httpapi", {
-        "Content-Type": "application/json", "Transfer-Encoding": "chunked"})
-        + chunks([b" " * 65536] * 16))  # 1 MB and counting, never finished
+    declared = exchange(
+        url,
+        head(
+            "POST", "/2/httpapi", {"Content-Type": "application/json", "Content-Length": "1000001"}
+        ),
+    )
+    assert (declared.status, declared.json()) == (413, {"code": 413, "error": "Payload too large"})
+    endless = exchange(
+        url,
+        head(
+            "POST",
+            "/2/httpapi",
+            {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        )
+        + chunks([b" " * 65536] * 16),
+    )  # 1 MB and counting, never finished
     assert endless.status == 413
-    wrong_type = exchange(url, head("POST", "/2/httpapi", {
-        "Content-Type": "text/plain", "Content-Length": "500"}))
+    wrong_type = exchange(
+        url, head("POST", "/2/httpapi", {"Content-Type": "text/plain", "Content-Length": "500"})
+    )
     assert wrong_type.status == 400
     assert [r.status for r in emu.received] == [413, 413, 400]
 
@@ -140,8 +171,9 @@ def test_events_must_be_objects(client: httpx.Client) -> None:
     assert response.json() == {"code": 400, "error": "Invalid event JSON"}
 
 
-def test_per_event_problems_reject_the_whole_request(client: httpx.Client,
-                                                     emu: AmplitudeEmulator) -> None:
+def test_per_event_problems_reject_the_whole_request(
+    client: httpx.Client, emu: AmplitudeEmulator
+) -> None:
     events = [
         EVENT,
         {"user_id": "user-2"},  # no event_type
@@ -162,9 +194,14 @@ def test_per_event_problems_reject_the_whole_request(client: httpx.Client,
         "code": 400,
         "error": "Request missing required field",
         "events_with_missing_fields": {"event_type": [1], "user_id": [2]},
-        "events_with_invalid_fields": {"time": [4, 5], "device_id": [6],
-                                       "event_properties": [7], "event_type": [8],
-                                       "user_id": [9], "user_properties": [10]},
+        "events_with_invalid_fields": {
+            "time": [4, 5],
+            "device_id": [6],
+            "event_properties": [7],
+            "event_type": [8],
+            "user_id": [9],
+            "user_properties": [10],
+        },
         "events_with_invalid_id_lengths": {"user_id": [3]},
     }
     assert emu.records() == []
@@ -182,15 +219,21 @@ def nested(depth: int) -> dict[str, Any]:
 def test_invalid_values_only(client: httpx.Client) -> None:
     response = upload(client, [EVENT, dict(EVENT, time="yesterday")])
     assert response.status_code == 400
-    assert response.json() == {"code": 400, "error": "Invalid field values on some events",
-                               "events_with_invalid_fields": {"time": [1]}}
+    assert response.json() == {
+        "code": 400,
+        "error": "Invalid field values on some events",
+        "events_with_invalid_fields": {"time": [1]},
+    }
 
 
 def test_short_ids_only(client: httpx.Client) -> None:
     response = upload(client, [EVENT, {"device_id": "d1", "event_type": "e"}])
     assert response.status_code == 400
-    assert response.json() == {"code": 400, "error": "Invalid id length for user_id or device_id",
-                               "events_with_invalid_id_lengths": {"device_id": [1]}}
+    assert response.json() == {
+        "code": 400,
+        "error": "Invalid id length for user_id or device_id",
+        "events_with_invalid_id_lengths": {"device_id": [1]},
+    }
 
 
 def test_min_id_length_option(client: httpx.Client) -> None:
@@ -199,8 +242,10 @@ def test_min_id_length_option(client: httpx.Client) -> None:
     assert upload(client, events, options={"min_id_length": 1}).status_code == 200
     bad = upload(client, events, options={"min_id_length": 0})
     assert bad.status_code == 400
-    assert bad.json() == {"code": 400,
-                          "error": "Invalid options: min_id_length must be a positive integer"}
+    assert bad.json() == {
+        "code": 400,
+        "error": "Invalid options: min_id_length must be a positive integer",
+    }
 
 
 def test_injected_429_lists_throttled_users(client: httpx.Client, emu: AmplitudeEmulator) -> None:
@@ -209,26 +254,34 @@ def test_injected_429_lists_throttled_users(client: httpx.Client, emu: Amplitude
     assert response.status_code == 429
     assert "retry-after" not in response.headers
     assert response.json() == {
-        "code": 429, "error": "Too many requests for some devices and users",
-        "eps_threshold": 10, "throttled_devices": {"C8F9-device": 1},
-        "throttled_users": {"user@x.com": 1, "other-user": 1}, "throttled_events": [0, 1]}
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "eps_threshold": 10,
+        "throttled_devices": {"C8F9-device": 1},
+        "throttled_users": {"user@x.com": 1, "other-user": 1},
+        "throttled_events": [0, 1],
+    }
     assert emu.received == []
 
 
-def test_record_fault_names_the_failing_events(client: httpx.Client,
-                                               emu: AmplitudeEmulator) -> None:
+def test_record_fault_names_the_failing_events(
+    client: httpx.Client, emu: AmplitudeEmulator
+) -> None:
     emu.faults.push(Fault("record_400", indices=(0, 2), field="time"))
     response = upload(client, [EVENT, EVENT, EVENT])
     assert response.status_code == 400
-    assert response.json() == {"code": 400, "error": "Invalid field values on some events",
-                               "events_with_invalid_fields": {"time": [0, 2]}}
+    assert response.json() == {
+        "code": 400,
+        "error": "Invalid field values on some events",
+        "events_with_invalid_fields": {"time": [0, 2]},
+    }
     assert emu.records() == []
     assert upload(client, [EVENT]).status_code == 200
 
 
 # -- de-duplication, throttling and regions --------------------------------------------------
 def test_insert_id_deduplicates(client: httpx.Client, emu: AmplitudeEmulator) -> None:
-    """"We will ignore subsequent events sent with the same insert_id within the past 7
+    """ "We will ignore subsequent events sent with the same insert_id within the past 7
     days" [A1]: a resent request is answered like the first, and ingested once."""
     first = upload(client, [EVENT, SECOND])
     again = upload(client, [SECOND, dict(EVENT, insert_id="new-1")])
@@ -239,8 +292,11 @@ def test_insert_id_deduplicates(client: httpx.Client, emu: AmplitudeEmulator) ->
 
 
 def throttling(**limits: Any) -> AmplitudeEmulator:
-    defaults: dict[str, Any] = {"eps_threshold": None, "batch_eps_threshold": None,
-                                "daily_quota": None}
+    defaults: dict[str, Any] = {
+        "eps_threshold": None,
+        "batch_eps_threshold": None,
+        "daily_quota": None,
+    }
     return AmplitudeEmulator(KEY, limits=AmplitudeLimits(**{**defaults, **limits}))
 
 
@@ -254,18 +310,30 @@ def test_users_and_devices_over_their_rate_get_429() -> None:
     emu = throttling(eps_threshold=10, window=0.5)
     with serve(emu) as url, httpx.Client(base_url=url) as c:
         fits = upload(c, [event("user-a", "dev-1", n) for n in range(5)])
-        over = upload(c, [event("user-a", None, 5), event("user-b", "dev-2", 6),
-                          event(None, "dev-1", 7)])
+        over = upload(
+            c, [event("user-a", None, 5), event("user-b", "dev-2", 6), event(None, "dev-1", 7)]
+        )
         other = upload(c, [event("user-b", "dev-2", 8)])
         time.sleep(0.55)
         later = upload(c, [event("user-a", "dev-1", 9)])
     assert [r.status_code for r in (fits, over, other, later)] == [200, 429, 200, 200]
     assert over.json() == {
-        "code": 429, "error": "Too many requests for some devices and users",
-        "eps_threshold": 10, "throttled_devices": {"dev-1": 12},
-        "throttled_users": {"user-a": 12}, "throttled_events": [0, 2]}
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "eps_threshold": 10,
+        "throttled_devices": {"dev-1": 12},
+        "throttled_users": {"user-a": 12},
+        "throttled_events": [0, 2],
+    }
     assert [e["insert_id"] for e in emu.records()] == [
-        "i-0", "i-1", "i-2", "i-3", "i-4", "i-8", "i-9"]
+        "i-0",
+        "i-1",
+        "i-2",
+        "i-3",
+        "i-4",
+        "i-8",
+        "i-9",
+    ]
     assert emu.stats()["rate_limited"] == 1
 
 
@@ -288,16 +356,26 @@ def test_daily_quota_per_id() -> None:
         next_day = upload(c, [event("user-a", None, 4), event("user-a", None, 5)])
     assert [r.status_code for r in (first, over, next_day)] == [200, 429, 200]
     assert over.json() == {
-        "code": 429, "error": "Too many requests for some devices and users",
-        "eps_threshold": None, "throttled_devices": {}, "throttled_users": {},
-        "exceeded_daily_quota_users": {"user-a": 4}, "exceeded_daily_quota_devices": {},
-        "throttled_events": [0, 1]}
+        "code": 429,
+        "error": "Too many requests for some devices and users",
+        "eps_threshold": None,
+        "throttled_devices": {},
+        "throttled_users": {},
+        "exceeded_daily_quota_users": {"user-a": 4},
+        "exceeded_daily_quota_devices": {},
+        "throttled_events": [0, 1],
+    }
 
 
 def test_default_limits_are_the_documented_ones() -> None:
     limits = AmplitudeLimits()
-    assert (limits.eps_threshold, limits.batch_eps_threshold, limits.window,
-            limits.daily_quota, limits.day) == (10, 1000, 30.0, 500_000, 86_400.0)
+    assert (
+        limits.eps_threshold,
+        limits.batch_eps_threshold,
+        limits.window,
+        limits.daily_quota,
+        limits.day,
+    ) == (10, 1000, 30.0, 500_000, 86_400.0)
     with pytest.raises(ValueError, match="window must be a number within"):
         AmplitudeLimits(window=0)
 
@@ -309,9 +387,15 @@ def test_reset_forgets_usage_and_insert_ids(client: httpx.Client, emu: Amplitude
     assert emu.records() == [EVENT]
 
 
-@pytest.mark.parametrize(("region", "host", "status"), [
-    ("us", "api2.amplitude.com", 200), ("us", "api.eu.amplitude.com", 400),
-    ("eu", "api.eu.amplitude.com", 200), ("eu", "api2.amplitude.com", 400)])
+@pytest.mark.parametrize(
+    ("region", "host", "status"),
+    [
+        ("us", "api2.amplitude.com", 200),
+        ("us", "api.eu.amplitude.com", 400),
+        ("eu", "api.eu.amplitude.com", 200),
+        ("eu", "api2.amplitude.com", 400),
+    ],
+)
 def test_a_key_works_on_its_own_regions_host(region: str, host: str, status: int) -> None:
     emu = AmplitudeEmulator(KEY, region=region)
     with serve(emu) as url, httpx.Client(base_url=url, headers={"Host": host}) as c:

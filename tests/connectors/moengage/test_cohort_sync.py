@@ -31,15 +31,35 @@ from tests.conftest import Result
 
 
 def sink(**settings: object) -> CohortSyncSink:
-    return CohortSyncSink({"workspace_id": "WS", "data_api_key": "KEY-cohort-sync",
-                           "partner": "amplitude", "state": ":memory:", **settings})
+    return CohortSyncSink(
+        {
+            "workspace_id": "WS",
+            "data_api_key": "KEY-cohort-sync",
+            "partner": "amplitude",
+            "state": ":memory:",
+            **settings,
+        }
+    )
 
 
-def change(uid: str, member: bool = True, cohort: str = "c1", name: str = "[Amplitude][P]",
-           description: str | None = None, line: int = 1) -> Item:
-    return Item(COHORT_MEMBERSHIP, uid, name, {},
-                {"cohort_id": cohort, "member": member, "description": description}, None,
-                (line, 0), "entered" if member else "left")
+def change(
+    uid: str,
+    member: bool = True,
+    cohort: str = "c1",
+    name: str = "[Amplitude][P]",
+    description: str | None = None,
+    line: int = 1,
+) -> Item:
+    return Item(
+        COHORT_MEMBERSHIP,
+        uid,
+        name,
+        {},
+        {"cohort_id": cohort, "member": member, "description": description},
+        None,
+        (line, 0),
+        "entered" if member else "left",
+    )
 
 
 def bodies(requests: list[WireRequest]) -> list[Any]:
@@ -55,10 +75,14 @@ def test_the_exact_request() -> None:
     assert request.url == "https://api-02.moengage.com/v1/integrations/cohortsync"
     assert request.headers == {
         "Authorization": "Basic " + base64.b64encode(b"WS:KEY-cohort-sync").decode(),
-        "Content-Type": "application/json", "MOE-APPKEY": "WS"}
-    assert request.body == (b'{"action":"add_members","partner":"amplitude","parameters":'
-                            b'{"cohort_name":"[Amplitude][P]","cohort_id":"c1","members":'
-                            b'[{"uid":"u1"},{"uid":"u2"}]}}')
+        "Content-Type": "application/json",
+        "MOE-APPKEY": "WS",
+    }
+    assert request.body == (
+        b'{"action":"add_members","partner":"amplitude","parameters":'
+        b'{"cohort_name":"[Amplitude][P]","cohort_id":"c1","members":'
+        b'[{"uid":"u1"},{"uid":"u2"}]}}'
+    )
     assert validate_cohort_sync(orjson.loads(request.body)) is None  # the spec's own checks
     assert request.redacted_headers(s.secret_headers)["Authorization"] == "***"
 
@@ -69,9 +93,15 @@ def test_description_and_removals() -> None:
     (request,) = encoder.flush()
     assert request.url == "http://127.0.0.1:9/v1/integrations/cohortsync"
     assert orjson.loads(request.body) == {
-        "action": "remove_members", "partner": "amplitude",
-        "parameters": {"cohort_name": "[Amplitude][P]", "cohort_id": "c1",
-                       "cohort_description": "Bought twice", "members": [{"uid": "u1"}]}}
+        "action": "remove_members",
+        "partner": "amplitude",
+        "parameters": {
+            "cohort_name": "[Amplitude][P]",
+            "cohort_id": "c1",
+            "cohort_description": "Bought twice",
+            "members": [{"uid": "u1"}],
+        },
+    }
 
 
 def test_requests_stay_within_128_kb_and_carry_every_change() -> None:
@@ -107,10 +137,14 @@ def test_an_id_no_request_can_hold_is_refused() -> None:
 
 def test_what_cohort_sync_cannot_carry_is_refused_not_dropped() -> None:
     encoder = sink().encoder()
-    with_attributes = Item(COHORT_MEMBERSHIP, "u1", "P", {"plan": "gold"}, {"cohort_id": "c"},
-                           None, (1, 0), "r")
-    with pytest.raises(Unencodable, match=r"a uid alone; this change carries attributes "
-                                          r"\(plan\)"):
+    with_attributes = Item(
+        COHORT_MEMBERSHIP, "u1", "P", {"plan": "gold"}, {"cohort_id": "c"}, None, (1, 0), "r"
+    )
+    with pytest.raises(
+        Unencodable,
+        match=r"a uid alone; this change carries attributes "
+        r"\(plan\)",
+    ):
         encoder.add(with_attributes)
     with pytest.raises(Unencodable, match="does not take 'event' items"):
         encoder.add(Item("event", "u1", "Opened", {}, {}, None, (1, 0), "r"))
@@ -124,11 +158,21 @@ def test_a_change_undoing_one_held_closes_that_request_first() -> None:
     out = encoder.add(change("u1")) + encoder.add(change("u2", member=False))
     assert out == []
     (first,) = encoder.add(change("u1", member=False))
-    assert bodies([first]) == [{"action": "add_members", "partner": "amplitude", "parameters": {
-        "cohort_name": "[Amplitude][P]", "cohort_id": "c1", "members": [{"uid": "u1"}]}}]
+    assert bodies([first]) == [
+        {
+            "action": "add_members",
+            "partner": "amplitude",
+            "parameters": {
+                "cohort_name": "[Amplitude][P]",
+                "cohort_id": "c1",
+                "members": [{"uid": "u1"}],
+            },
+        }
+    ]
     rest = bodies(encoder.flush())
     assert [(b["action"], [m["uid"] for m in b["parameters"]["members"]]) for b in rest] == [
-        ("remove_members", ["u2", "u1"])]
+        ("remove_members", ["u2", "u1"])
+    ]
 
 
 def test_cohorts_go_in_requests_of_their_own_under_their_latest_name() -> None:
@@ -136,11 +180,15 @@ def test_cohorts_go_in_requests_of_their_own_under_their_latest_name() -> None:
     encoder.add(change("u1", cohort="a", name="A"))
     encoder.add(change("u1", cohort="b", name="B"))
     assert encoder.add(change("u2", cohort="a", name="A renamed", description="d")) == []
-    assert [(b["parameters"]["cohort_id"], b["parameters"]["cohort_name"],
-             b["parameters"].get("cohort_description"),
-             [m["uid"] for m in b["parameters"]["members"]])
-            for b in bodies(encoder.flush())] == [("a", "A renamed", "d", ["u1", "u2"]),
-                                                  ("b", "B", None, ["u1"])]
+    assert [
+        (
+            b["parameters"]["cohort_id"],
+            b["parameters"]["cohort_name"],
+            b["parameters"].get("cohort_description"),
+            [m["uid"] for m in b["parameters"]["members"]],
+        )
+        for b in bodies(encoder.flush())
+    ] == [("a", "A renamed", "d", ["u1", "u2"]), ("b", "B", None, ["u1"])]
 
 
 def test_a_rename_that_leaves_no_room_closes_the_request() -> None:
@@ -190,8 +238,9 @@ def test_verdict_details() -> None:
     assert isinstance(s.classify(request, Response(200, {}, b"")), Delivered)
 
 
-@pytest.mark.parametrize("name", ["a|b", "a*b", "a?b", "a\\b", "a:b", "a<b", "a>b", "a=b",
-                                  "a$b", 'a"b'])
+@pytest.mark.parametrize(
+    "name", ["a|b", "a*b", "a?b", "a\\b", "a:b", "a<b", "a>b", "a=b", "a$b", 'a"b']
+)
 def test_each_restricted_character_is_named(name: str) -> None:
     char = name[1]
     with pytest.raises(InvalidCohortName) as raised:
@@ -238,8 +287,7 @@ identity:
 """
 
 
-def test_bad_settings_are_errors_at_their_line(cli: Callable[..., Result],
-                                               tmp_path: Path) -> None:
+def test_bad_settings_are_errors_at_their_line(cli: Callable[..., Result], tmp_path: Path) -> None:
     path = tmp_path / "bundle.yaml"
     path.write_text(BUNDLE)
     result = cli("validate", str(path))
@@ -249,7 +297,7 @@ def test_bad_settings_are_errors_at_their_line(cli: Callable[..., Result],
         f"{path}:9:19: error: destination setting 'cohort_names': Input should be 'check' or "
         "'clean'",
         f"{path}:10:23: error: destination setting 'name_replacement': the replacement must "
-        "itself be allowed in a cohort name (not . at the start, none of | * ? \\ : < > = $ \")",
+        'itself be allowed in a cohort name (not . at the start, none of | * ? \\ : < > = $ ")',
         f"{path}:11:24: error: destination setting 'max_request_bytes': Input should be less "
         "than or equal to 131072",
         f"{path}:12:26: error: destination setting 'requests_per_minute': Input should be "
@@ -257,12 +305,19 @@ def test_bad_settings_are_errors_at_their_line(cli: Callable[..., Result],
     ]
 
 
-def test_a_template_whose_own_text_is_refused_is_an_error(cli: Callable[..., Result],
-                                                          tmp_path: Path) -> None:
+def test_a_template_whose_own_text_is_refused_is_an_error(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
     path = tmp_path / "bundle.yaml"
-    path.write_text("\n".join(line for line in BUNDLE.splitlines()
-                              if not line.startswith(("    cohort_names", "    name_repl",
-                                                      "    max_request", "    requests_per"))))
+    path.write_text(
+        "\n".join(
+            line
+            for line in BUNDLE.splitlines()
+            if not line.startswith(
+                ("    cohort_names", "    name_repl", "    max_request", "    requests_per")
+            )
+        )
+    )
     result = cli("validate", str(path))
     assert result.exit_code == 1
     assert result.stderr.splitlines()[0] == (
@@ -270,18 +325,25 @@ def test_a_template_whose_own_text_is_refused_is_an_error(cli: Callable[..., Res
         "cohort name 'Amplitude: Cohort' contains ':': MoEngage refuses a segment name that "
         "starts with '.' or contains any of | * ? \\ : < > = $ \". Rename the cohort at the "
         "partner, or set the destination setting `cohort_names: clean` to replace such "
-        "characters with '_'")
-    path.write_text(path.read_text().replace("partner: amplitude",
-                                             "partner: amplitude\n    cohort_names: clean"))
+        "characters with '_'"
+    )
+    path.write_text(
+        path.read_text().replace(
+            "partner: amplitude", "partner: amplitude\n    cohort_names: clean"
+        )
+    )
     assert cli("validate", str(path)).exit_code == 0
 
 
-def test_a_cohort_source_needs_a_cohort_destination(cli: Callable[..., Result],
-                                                    tmp_path: Path) -> None:
+def test_a_cohort_source_needs_a_cohort_destination(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
     path = tmp_path / "bundle.yaml"
-    path.write_text("bundle: b\nsource: {connector: mixpanel-cohorts}\ndestination:\n"
-                    "  connector: moengage\n  settings: {workspace_id: WS, data_api_key: k}\n"
-                    "events:\n  - {name: e, event_name: x}\n")
+    path.write_text(
+        "bundle: b\nsource: {connector: mixpanel-cohorts}\ndestination:\n"
+        "  connector: moengage\n  settings: {workspace_id: WS, data_api_key: k}\n"
+        "events:\n  - {name: e, event_name: x}\n"
+    )
     result = cli("validate", str(path))
     assert result.exit_code == 1
     assert result.stderr.splitlines()[:3] == [

@@ -31,8 +31,9 @@ def sink(**settings: object) -> MoEngageDataSink:
 
 
 def event(cid: str, name: str, project: str | None = None, pad: int = 0) -> Item:
-    return Item(EVENT, cid, name, {"p": "x" * pad} if pad else {}, {"current_time": 1}, project,
-                (1, 0), "r")
+    return Item(
+        EVENT, cid, name, {"p": "x" * pad} if pad else {}, {"current_time": 1}, project, (1, 0), "r"
+    )
 
 
 def user(cid: str, attributes: dict[str, object], line: int = 1) -> Item:
@@ -55,18 +56,34 @@ def test_headers_and_urls() -> None:
 
 def test_bulk_groups_consecutive_actions_of_a_customer() -> None:
     enc = sink().encoder()
-    for item in (user("c1", {"a": 1}, 1), event("c1", "A"), event("c1", "B"),
-                 event("c2", "C"), event("c1", "D", project="P1")):
+    for item in (
+        user("c1", {"a": 1}, 1),
+        event("c1", "A"),
+        event("c1", "B"),
+        event("c2", "C"),
+        event("c1", "D", project="P1"),
+    ):
         assert enc.add(item) == []
     portfolio, project = enc.flush()
-    assert orjson.loads(portfolio.body) == {"type": "transition", "elements": [
-        {"type": "customer", "customer_id": "c1", "attributes": {"a": 1}},
-        {"type": "event", "customer_id": "c1", "actions": [
-            {"action": "A", "attributes": {}, "current_time": 1},
-            {"action": "B", "attributes": {}, "current_time": 1}]},
-        {"type": "event", "customer_id": "c2", "actions": [
-            {"action": "C", "attributes": {}, "current_time": 1}]},
-    ]}
+    assert orjson.loads(portfolio.body) == {
+        "type": "transition",
+        "elements": [
+            {"type": "customer", "customer_id": "c1", "attributes": {"a": 1}},
+            {
+                "type": "event",
+                "customer_id": "c1",
+                "actions": [
+                    {"action": "A", "attributes": {}, "current_time": 1},
+                    {"action": "B", "attributes": {}, "current_time": 1},
+                ],
+            },
+            {
+                "type": "event",
+                "customer_id": "c2",
+                "actions": [{"action": "C", "attributes": {}, "current_time": 1}],
+            },
+        ],
+    }
     assert [i.kind for i in portfolio.items] == ["user", "event", "event", "event"]
     assert project.url.endswith("?app_id=WS&project_code=P1")
     assert len(orjson.loads(project.body)["elements"]) == 1
@@ -80,8 +97,12 @@ def test_requests_stay_within_max_bytes_and_lose_nothing() -> None:
         requests += enc.add(event(f"c{i % 7}", f"E{i}", pad=i % 200))
     requests += enc.flush()
     assert all(len(r.body) <= 4096 for r in requests)
-    names = [a["action"] for r in requests for e in orjson.loads(r.body)["elements"]
-             for a in e["actions"]]
+    names = [
+        a["action"]
+        for r in requests
+        for e in orjson.loads(r.body)["elements"]
+        for a in e["actions"]
+    ]
     assert names == [f"E{i}" for i in range(300)]
     assert sum(len(r.items) for r in requests) == 300
 
@@ -98,11 +119,19 @@ def test_single_mode_uses_event_and_customer_endpoints() -> None:
         "https://api-01.moengage.com/v1/event/WS?app_id=WS",
         "https://api-01.moengage.com/v1/event/WS?app_id=WS&project_code=P",
     ]
-    assert orjson.loads(out[0].body) == {"type": "customer", "customer_id": "c1",
-                                         "attributes": {"a": 1}}
-    assert orjson.loads(out[1].body) == {"type": "event", "customer_id": "c1", "actions": [
-        {"action": "A", "attributes": {}, "current_time": 1},
-        {"action": "B", "attributes": {}, "current_time": 1}]}
+    assert orjson.loads(out[0].body) == {
+        "type": "customer",
+        "customer_id": "c1",
+        "attributes": {"a": 1},
+    }
+    assert orjson.loads(out[1].body) == {
+        "type": "event",
+        "customer_id": "c1",
+        "actions": [
+            {"action": "A", "attributes": {}, "current_time": 1},
+            {"action": "B", "attributes": {}, "current_time": 1},
+        ],
+    }
 
 
 def test_endpoint_overrides_host() -> None:
@@ -115,20 +144,23 @@ def answer(status: int, body: bytes = b"", **headers: str) -> Verdict:
     return sink().classify(request, Response(status, headers, body))
 
 
-@pytest.mark.parametrize(("status", "body", "verdict"), [
-    (200, b'{"status":"success","request_id":"x"}', Delivered()),
-    (202, b"", Delivered()),
-    (200, b'{"status":"fail","error":{"type":"X"}}', Reject("rejected in a 2xx answer")),
-    (400, b'{"status":"fail"}', Reject("HTTP 400")),
-    (409, b"", Reject("HTTP 409")),
-    (401, b"", Fatal("HTTP 401")),
-    (403, b"", Fatal("HTTP 403")),
-    (413, b"", Split("HTTP 413")),
-    (408, b"", Retry("HTTP 408")),
-    (429, b'{"title":"Rate Limits Exceeded"}', Retry("HTTP 429", throttled=True)),
-    (500, b"", Retry("HTTP 500")),
-    (503, b"", Retry("HTTP 503")),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "verdict"),
+    [
+        (200, b'{"status":"success","request_id":"x"}', Delivered()),
+        (202, b"", Delivered()),
+        (200, b'{"status":"fail","error":{"type":"X"}}', Reject("rejected in a 2xx answer")),
+        (400, b'{"status":"fail"}', Reject("HTTP 400")),
+        (409, b"", Reject("HTTP 409")),
+        (401, b"", Fatal("HTTP 401")),
+        (403, b"", Fatal("HTTP 403")),
+        (413, b"", Split("HTTP 413")),
+        (408, b"", Retry("HTTP 408")),
+        (429, b'{"title":"Rate Limits Exceeded"}', Retry("HTTP 429", throttled=True)),
+        (500, b"", Retry("HTTP 500")),
+        (503, b"", Retry("HTTP 503")),
+    ],
+)
 def test_classify(status: int, body: bytes, verdict: Verdict) -> None:
     assert answer(status, body) == verdict
 
@@ -144,11 +176,11 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 def test_an_item_that_fits_no_request_is_refused_when_encoded() -> None:
     enc = sink(max_request_bytes=2048).encoder()
-    requests, refused = enc.add_all([event("c1", "small"), event("c1", "big", pad=3000),
-                                     event("c1", "after")])
+    requests, refused = enc.add_all(
+        [event("c1", "small"), event("c1", "big", pad=3000), event("c1", "after")]
+    )
     requests += enc.flush()
-    assert [(r.item.name, r.reason) for r in refused] == [
-        ("big", "too large for the destination")]
+    assert [(r.item.name, r.reason) for r in refused] == [("big", "too large for the destination")]
     assert "a request to the destination holds at most 2048 bytes" in refused[0].error
     assert [i.name for r in requests for i in r.items] == ["small", "after"]
     with pytest.raises(ItemTooLarge):

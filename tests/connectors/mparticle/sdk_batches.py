@@ -52,8 +52,9 @@ def captured_uploads() -> Iterator[tuple[mparticle.EventsApi, list[tuple[str, by
         thread.join(5)
 
 
-def _identities(customerid: str | None = None, email: str | None = None,
-                mobile: str | None = None) -> mparticle.UserIdentities:
+def _identities(
+    customerid: str | None = None, email: str | None = None, mobile: str | None = None
+) -> mparticle.UserIdentities:
     ids = mparticle.UserIdentities()
     if customerid is not None:
         ids.customerid = customerid
@@ -88,10 +89,10 @@ def _app(version: str) -> mparticle.ApplicationInformation:
     return app
 
 
-def _app_event(name: str, kind: str = "other", ms: int = T0,
-               **attrs: str) -> mparticle.AppEvent:
-    event = mparticle.AppEvent(event_name=name, custom_event_type=kind,
-                               custom_attributes=attrs or None)
+def _app_event(name: str, kind: str = "other", ms: int = T0, **attrs: str) -> mparticle.AppEvent:
+    event = mparticle.AppEvent(
+        event_name=name, custom_event_type=kind, custom_attributes=attrs or None
+    )
     event.timestamp_unixtime_ms = ms
     return event
 
@@ -104,8 +105,13 @@ def _product(sku: str, price: float, quantity: int, **extra: Any) -> mparticle.P
     return product
 
 
-def _commerce(action: str, products: list[mparticle.Product], currency: str | None = None,
-              ms: int = T0, **extra: Any) -> mparticle.CommerceEvent:
+def _commerce(
+    action: str,
+    products: list[mparticle.Product],
+    currency: str | None = None,
+    ms: int = T0,
+    **extra: Any,
+) -> mparticle.CommerceEvent:
     product_action = mparticle.ProductAction(action)
     product_action.products = products
     for name, value in extra.items():
@@ -120,64 +126,156 @@ def _commerce(action: str, products: list[mparticle.Product], currency: str | No
 def build_batches() -> list[mparticle.Batch]:
     """Ten batches as a new user would write them, touching every decision of issue 9."""
     consent = mparticle.ConsentState()
-    consent.gdpr = {"marketing": mparticle.GDPRConsentState(
-        document="v4", consented=True, timestamp_unixtime_ms=T0)}
-    consent.ccpa = {"data_sale_opt_out": mparticle.CCPAConsentState(
-        document="v1", consented=False, timestamp_unixtime_ms=T0)}
-    push = mparticle.PushRegistrationEvent(timestamp_unixtime_ms=T0 + 6000, register=True,
-                                           registration_token="fcm-token-6")
+    consent.gdpr = {
+        "marketing": mparticle.GDPRConsentState(
+            document="v4", consented=True, timestamp_unixtime_ms=T0
+        )
+    }
+    consent.ccpa = {
+        "data_sale_opt_out": mparticle.CCPAConsentState(
+            document="v1", consented=False, timestamp_unixtime_ms=T0
+        )
+    }
+    push = mparticle.PushRegistrationEvent(
+        timestamp_unixtime_ms=T0 + 6000, register=True, registration_token="fcm-token-6"
+    )
     return [
         # 1. customer ID as the client spells it, reserved/blocked names, IDFA, consent
-        _batch(_identities("cust-1", "ada@example.com", "+15550001"),
-               [_app_event("Viewed Product", "navigation", T0 + 1000, product_id="sku-1")],
-               mpid=1001, device_info=_device("iOS", ios_advertising_id=IDFA),
-               application_info=_app("4.2.0"), consent_state=consent,
-               user_attributes={"$FirstName": "Ada", "$City": "London", "status": "gold"}),
+        _batch(
+            _identities("cust-1", "ada@example.com", "+15550001"),
+            [_app_event("Viewed Product", "navigation", T0 + 1000, product_id="sku-1")],
+            mpid=1001,
+            device_info=_device("iOS", ios_advertising_id=IDFA),
+            application_info=_app("4.2.0"),
+            consent_state=consent,
+            user_attributes={"$FirstName": "Ada", "$City": "London", "status": "gold"},
+        ),
         # 2. a purchase with fields outside the MoEngage tables; GAID
-        _batch(_identities("cust-2"),
-               [_commerce("purchase",
-                          [_product("sku-1", 12.5, 2, name="Trail Shoe", variant="red",
-                                    position=1, coupon_code="SHOE5", total_product_amount=25.0)],
-                          "USD", T0 + 2000, transaction_id="T-2", total_amount=30.0,
-                          tax_amount=2.5, shipping_amount=2.5, coupon_code="SPRING",
-                          affiliation="app store")],
-               mpid=1002, device_info=_device("Android", android_advertising_id=GAID)),
+        _batch(
+            _identities("cust-2"),
+            [
+                _commerce(
+                    "purchase",
+                    [
+                        _product(
+                            "sku-1",
+                            12.5,
+                            2,
+                            name="Trail Shoe",
+                            variant="red",
+                            position=1,
+                            coupon_code="SHOE5",
+                            total_product_amount=25.0,
+                        )
+                    ],
+                    "USD",
+                    T0 + 2000,
+                    transaction_id="T-2",
+                    total_amount=30.0,
+                    tax_amount=2.5,
+                    shipping_amount=2.5,
+                    coupon_code="SPRING",
+                    affiliation="app store",
+                )
+            ],
+            mpid=1002,
+            device_info=_device("Android", android_advertising_id=GAID),
+        ),
         # 3. a refund keeps its amount and currency
-        _batch(_identities("cust-3"),
-               [_commerce("refund", [_product("sku-1", 12.5, 1)], "EUR", T0 + 3000,
-                          transaction_id="T-2", total_amount=12.5)], mpid=1003),
+        _batch(
+            _identities("cust-3"),
+            [
+                _commerce(
+                    "refund",
+                    [_product("sku-1", 12.5, 1)],
+                    "EUR",
+                    T0 + 3000,
+                    transaction_id="T-2",
+                    total_amount=12.5,
+                )
+            ],
+            mpid=1003,
+        ),
         # 4. a checkout step
-        _batch(_identities("cust-4"),
-               [_commerce("checkout", [_product("sku-9", 5.0, 3)], None, T0 + 4000,
-                          checkout_step=2, checkout_options="express")], mpid=1004),
+        _batch(
+            _identities("cust-4"),
+            [
+                _commerce(
+                    "checkout",
+                    [_product("sku-9", 5.0, 3)],
+                    None,
+                    T0 + 4000,
+                    checkout_step=2,
+                    checkout_options="express",
+                )
+            ],
+            mpid=1004,
+        ),
         # 5. attribute changes: one set, one deleted; deleted attributes on the batch
-        _batch(_identities("cust-5"),
-               [UserAttributeChangeEvent(timestamp_unixtime_ms=T0 + 5000,
-                                         user_attribute_name="tier", new="gold", old="silver",
-                                         deleted=False, is_new_attribute=False),
-                UserAttributeChangeEvent(timestamp_unixtime_ms=T0 + 5001,
-                                         user_attribute_name="coupon", new=None, old="X",
-                                         deleted=True, is_new_attribute=False)],
-               mpid=1005, deleted_user_attributes=["old_plan"]),
+        _batch(
+            _identities("cust-5"),
+            [
+                UserAttributeChangeEvent(
+                    timestamp_unixtime_ms=T0 + 5000,
+                    user_attribute_name="tier",
+                    new="gold",
+                    old="silver",
+                    deleted=False,
+                    is_new_attribute=False,
+                ),
+                UserAttributeChangeEvent(
+                    timestamp_unixtime_ms=T0 + 5001,
+                    user_attribute_name="coupon",
+                    new=None,
+                    old="X",
+                    deleted=True,
+                    is_new_attribute=False,
+                ),
+            ],
+            mpid=1005,
+            deleted_user_attributes=["old_plan"],
+        ),
         # 6. a Roku app: a push registration and a custom event
-        _batch(_identities("cust-6"), [push, _app_event("Played", ms=T0 + 6001)], mpid=1006,
-               device_info=_device("roku")),
+        _batch(
+            _identities("cust-6"),
+            [push, _app_event("Played", ms=T0 + 6001)],
+            mpid=1006,
+            device_info=_device("roku"),
+        ),
         # 7. an attribution event and a moe_-named event are not sent; a normal one is
-        _batch(_identities("cust-7"),
-               [_app_event("attribution", "attribution", T0 + 7000, publisher="ads-net",
-                           campaign="spring"),
-                _app_event("moe_internal", ms=T0 + 7001), _app_event("Shared", "social",
-                                                                     T0 + 7002)],
-               mpid=1007, device_info=_device("xbox")),
+        _batch(
+            _identities("cust-7"),
+            [
+                _app_event(
+                    "attribution", "attribution", T0 + 7000, publisher="ads-net", campaign="spring"
+                ),
+                _app_event("moe_internal", ms=T0 + 7001),
+                _app_event("Shared", "social", T0 + 7002),
+            ],
+            mpid=1007,
+            device_info=_device("xbox"),
+        ),
         # 8. email only: the default identity (Customer ID) is missing
-        _batch(_identities(email="only@example.com"), [_app_event("Opened App", ms=T0 + 8000)],
-               mpid=1008),
+        _batch(
+            _identities(email="only@example.com"),
+            [_app_event("Opened App", ms=T0 + 8000)],
+            mpid=1008,
+        ),
         # 9. session and screen events are not supported; the user attributes are sent
-        _batch(_identities("cust-9"),
-               [mparticle.SessionStartEvent(timestamp_unixtime_ms=T0 + 9000),
-                mparticle.ScreenViewEvent(timestamp_unixtime_ms=T0 + 9001, screen_name="Home")],
-               mpid=1009, user_attributes={"plan": "pro", "id": "internal-9"}),
+        _batch(
+            _identities("cust-9"),
+            [
+                mparticle.SessionStartEvent(timestamp_unixtime_ms=T0 + 9000),
+                mparticle.ScreenViewEvent(timestamp_unixtime_ms=T0 + 9001, screen_name="Home"),
+            ],
+            mpid=1009,
+            user_attributes={"plan": "pro", "id": "internal-9"},
+        ),
         # 10. a Fire TV user
-        _batch(_identities("cust-10"), [_app_event("Watched", ms=T0 + 10000)], mpid=1010,
-               device_info=_device("fire_tv")),
+        _batch(
+            _identities("cust-10"),
+            [_app_event("Watched", ms=T0 + 10000)],
+            mpid=1010,
+            device_info=_device("fire_tv"),
+        ),
     ]

@@ -42,18 +42,22 @@ def test_track_with_basic_auth(client: httpx.Client, emu: SegmentEmulator) -> No
 
 def test_write_key_in_body(url: str, emu: SegmentEmulator) -> None:
     with httpx.Client(base_url=url) as c:
-        response = c.post("/v1/identify", json={"writeKey": KEY, "anonymousId": "a1",
-                                                "traits": {"email": "a@b.com"}})
+        response = c.post(
+            "/v1/identify",
+            json={"writeKey": KEY, "anonymousId": "a1", "traits": {"email": "a@b.com"}},
+        )
     assert response.status_code == 200
-    assert emu.records() == [{"anonymousId": "a1", "traits": {"email": "a@b.com"},
-                              "type": "identify"}]
+    assert emu.records() == [
+        {"anonymousId": "a1", "traits": {"email": "a@b.com"}, "type": "identify"}
+    ]
 
 
-@pytest.mark.parametrize(("auth", "body_key"), [(("wrong", ""), None), (None, "wrong"),
-                                                ((KEY[:-1], ""), KEY)])
+@pytest.mark.parametrize(
+    ("auth", "body_key"), [(("wrong", ""), None), (None, "wrong"), ((KEY[:-1], ""), KEY)]
+)
 def test_an_unknown_write_key_is_answered_200_and_dropped(
-        url: str, emu: SegmentEmulator, auth: tuple[str, str] | None,
-        body_key: str | None) -> None:
+    url: str, emu: SegmentEmulator, auth: tuple[str, str] | None, body_key: str | None
+) -> None:
     """Segment's edge does not check write keys: "Invalid keys return 200 OK (events
     silently dropped server-side)" (segmentio/analytics-go#205, analytics-node#59)."""
     payload = TRACK if body_key is None else dict(TRACK, writeKey=body_key)
@@ -72,32 +76,39 @@ def test_no_write_key_at_all_is_a_400(url: str, emu: SegmentEmulator) -> None:
     assert response.json() == err("missing_write_key", "no write key")
 
 
-@pytest.mark.parametrize(("call", "payload"), [
-    ("page", {"userId": "u1", "name": "Home"}),
-    ("screen", {"anonymousId": "a1", "name": "Home"}),
-    ("group", {"userId": "u1", "groupId": "g1", "traits": {}}),
-    ("alias", {"userId": "u1", "previousId": "a1"}),
-])
-def test_other_calls(client: httpx.Client, emu: SegmentEmulator, call: str,
-                     payload: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("call", "payload"),
+    [
+        ("page", {"userId": "u1", "name": "Home"}),
+        ("screen", {"anonymousId": "a1", "name": "Home"}),
+        ("group", {"userId": "u1", "groupId": "g1", "traits": {}}),
+        ("alias", {"userId": "u1", "previousId": "a1"}),
+    ],
+)
+def test_other_calls(
+    client: httpx.Client, emu: SegmentEmulator, call: str, payload: dict[str, Any]
+) -> None:
     assert client.post(f"/v1/{call}", json=payload).status_code == 200
     assert emu.records() == [dict(payload, type=call)]
 
 
-@pytest.mark.parametrize(("call", "payload", "reason"), [
-    ("track", {"event": "x"}, "no_user_anon_id"),
-    ("track", {"userId": " ", "event": "x"}, "no_user_anon_id"),
-    ("track", {"userId": "u1"}, "event_not_defined"),
-    ("track", {"userId": "u1", "event": 5}, "event_not_string"),
-    ("track", {"userId": "u1", "event": "e", "properties": [1]}, "properties_not_object"),
-    ("identify", {"userId": "u1", "traits": "gold"}, "traits_not_object"),
-    ("page", {"userId": "u1", "name": ""}, "name_not_string"),
-    ("group", {"userId": "u1"}, "missing_groupId"),
-    ("alias", {"userId": "u1"}, "missing_previousId"),
-])
-def test_messages_segment_drops_are_answered_200(client: httpx.Client, emu: SegmentEmulator,
-                                                 call: str, payload: dict[str, Any],
-                                                 reason: str) -> None:
+@pytest.mark.parametrize(
+    ("call", "payload", "reason"),
+    [
+        ("track", {"event": "x"}, "no_user_anon_id"),
+        ("track", {"userId": " ", "event": "x"}, "no_user_anon_id"),
+        ("track", {"userId": "u1"}, "event_not_defined"),
+        ("track", {"userId": "u1", "event": 5}, "event_not_string"),
+        ("track", {"userId": "u1", "event": "e", "properties": [1]}, "properties_not_object"),
+        ("identify", {"userId": "u1", "traits": "gold"}, "traits_not_object"),
+        ("page", {"userId": "u1", "name": ""}, "name_not_string"),
+        ("group", {"userId": "u1"}, "missing_groupId"),
+        ("alias", {"userId": "u1"}, "missing_previousId"),
+    ],
+)
+def test_messages_segment_drops_are_answered_200(
+    client: httpx.Client, emu: SegmentEmulator, call: str, payload: dict[str, Any], reason: str
+) -> None:
     """Only size and JSON errors are 400s [G1]; the rest is dropped after a 200, with the
     discard code Segment's Delivery Overview shows."""
     response = client.post(f"/v1/{call}", json=payload)
@@ -119,18 +130,30 @@ def test_single_call_limit_is_32_kb(client: httpx.Client) -> None:
 
 
 def test_batch_merges_shared_context(client: httpx.Client, emu: SegmentEmulator) -> None:
-    payload = {"batch": [dict(TRACK, type="track", context={"ip": "1.2.3.4"}),
-                         {"type": "identify", "userId": "u2", "traits": {"a": 1}}],
-               "context": {"device": {"type": "phone"}, "ip": "0.0.0.0"},
-               "integrations": {"All": False}}
+    payload = {
+        "batch": [
+            dict(TRACK, type="track", context={"ip": "1.2.3.4"}),
+            {"type": "identify", "userId": "u2", "traits": {"a": 1}},
+        ],
+        "context": {"device": {"type": "phone"}, "ip": "0.0.0.0"},
+        "integrations": {"All": False},
+    }
     response = client.post("/v1/batch", json=payload)
     assert response.status_code == 200
     assert emu.records() == [
-        dict(TRACK, type="track", context={"device": {"type": "phone"}, "ip": "1.2.3.4"},
-             integrations={"All": False}),
-        {"type": "identify", "userId": "u2", "traits": {"a": 1},
-         "context": {"device": {"type": "phone"}, "ip": "0.0.0.0"},
-         "integrations": {"All": False}},
+        dict(
+            TRACK,
+            type="track",
+            context={"device": {"type": "phone"}, "ip": "1.2.3.4"},
+            integrations={"All": False},
+        ),
+        {
+            "type": "identify",
+            "userId": "u2",
+            "traits": {"a": 1},
+            "context": {"device": {"type": "phone"}, "ip": "0.0.0.0"},
+            "integrations": {"All": False},
+        },
     ]
 
 
@@ -148,8 +171,9 @@ def test_batch_limits(client: httpx.Client) -> None:
 
 def test_batch_items_are_dropped_one_by_one(client: httpx.Client, emu: SegmentEmulator) -> None:
     ok = dict(TRACK, type="track")
-    response = client.post("/v1/batch", json={"batch": [TRACK, {"type": "track", "event": "x"},
-                                                         ok, "x"]})
+    response = client.post(
+        "/v1/batch", json={"batch": [TRACK, {"type": "track", "event": "x"}, ok, "x"]}
+    )
     assert response.status_code == 200
     [received] = emu.received
     assert received.records == (ok,)
@@ -168,9 +192,14 @@ def test_size_is_refused_before_the_body(url: str, emu: SegmentEmulator) -> None
     auth = {"Authorization": basic(KEY, ""), "Content-Type": "application/json"}
     declared = exchange(url, head("POST", "/v1/batch", {**auth, "Content-Length": "600000"}))
     assert (declared.status, declared.json()) == (
-        400, err("max_request_size_exceeded", "request body exceeds 512000 bytes"))
-    endless = exchange(url, head("POST", "/v1/track", {**auth, "Transfer-Encoding": "chunked"})
-                       + chunks([b" " * 8192] * 5))  # 40 KB of a 32 KB call, never finished
+        400,
+        err("max_request_size_exceeded", "request body exceeds 512000 bytes"),
+    )
+    endless = exchange(
+        url,
+        head("POST", "/v1/track", {**auth, "Transfer-Encoding": "chunked"})
+        + chunks([b" " * 8192] * 5),
+    )  # 40 KB of a 32 KB call, never finished
     assert endless.status == 400
     assert [r.status for r in emu.received] == [400, 400]
 
@@ -190,7 +219,7 @@ def test_gzip_bodies(client: httpx.Client, emu: SegmentEmulator) -> None:
 
 
 def test_rate_limit_per_workspace() -> None:
-    """"Stay below 1,000 req/s per workspace"; a 429 carries Retry-After and
+    """ "Stay below 1,000 req/s per workspace"; a 429 carries Retry-After and
     X-RateLimit-Reset (§4). Scaled: 2 requests per 0.5 s."""
     emu = SegmentEmulator(KEY, requests_per_second=2, second=0.5)
     with serve(emu) as url, httpx.Client(base_url=url, auth=(KEY, "")) as c:
@@ -205,13 +234,18 @@ def test_rate_limit_per_workspace() -> None:
     assert len(emu.records()) == 3
 
 
-@pytest.mark.parametrize(("region", "host", "dropped"), [
-    ("us", "api.segment.io", False), ("us", "events.eu1.segmentapis.com", True),
-    ("eu", "events.eu1.segmentapis.com", False), ("eu", "api.segment.io", True)])
+@pytest.mark.parametrize(
+    ("region", "host", "dropped"),
+    [
+        ("us", "api.segment.io", False),
+        ("us", "events.eu1.segmentapis.com", True),
+        ("eu", "events.eu1.segmentapis.com", False),
+        ("eu", "api.segment.io", True),
+    ],
+)
 def test_the_other_regions_host_drops_silently(region: str, host: str, dropped: bool) -> None:
     emu = SegmentEmulator(KEY, region=region)
-    with serve(emu) as url, httpx.Client(base_url=url, auth=(KEY, ""),
-                                         headers={"Host": host}) as c:
+    with serve(emu) as url, httpx.Client(base_url=url, auth=(KEY, ""), headers={"Host": host}) as c:
         response = c.post("/v1/track", json=TRACK)
     assert response.status_code == 200
     assert emu.records() == ([] if dropped else [dict(TRACK, type="track")])
@@ -229,12 +263,12 @@ def test_too_many_messages_are_dropped_with_200(url: str) -> None:
 
 
 def test_content_type_and_json(client: httpx.Client) -> None:
-    wrong = client.post("/v1/track", content=orjson.dumps(TRACK),
-                        headers={"Content-Type": "text/plain"})
+    wrong = client.post(
+        "/v1/track", content=orjson.dumps(TRACK), headers={"Content-Type": "text/plain"}
+    )
     assert wrong.status_code == 400
     assert wrong.json() == err("invalid_content_type", "Content-Type must be application/json")
-    broken = client.post("/v1/track", content=b"{",
-                         headers={"Content-Type": "application/json"})
+    broken = client.post("/v1/track", content=b"{", headers={"Content-Type": "application/json"})
     assert broken.status_code == 400
     assert broken.json() == err("invalid_json", "invalid JSON body")
 

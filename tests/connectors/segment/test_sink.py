@@ -37,10 +37,23 @@ def sink(**settings: Any) -> SegmentSink:
     return SegmentSink({"write_key": "KEY", **settings})
 
 
-def item(identity: str = "019mr8mf4r", name: str = "Song Played", index: int = 0,
-         attributes: dict[str, Any] | None = None, **fields: Any) -> Item:
-    return Item(EVENT, identity, name, {"name": "x"} if attributes is None else attributes,
-                fields, None, (1, index), "r")
+def item(
+    identity: str = "019mr8mf4r",
+    name: str = "Song Played",
+    index: int = 0,
+    attributes: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Item:
+    return Item(
+        EVENT,
+        identity,
+        name,
+        {"name": "x"} if attributes is None else attributes,
+        fields,
+        None,
+        (1, index),
+        "r",
+    )
 
 
 def requests_of(s: SegmentSink, *items: Item) -> list[WireRequest]:
@@ -55,19 +68,25 @@ def test_request_is_byte_for_byte_segments_batch_with_its_librarys_auth() -> Non
     """Reference §4's batch, its track message; writeKey in the body and Basic auth with the
     key as user and an empty password, as analytics-python sends both."""
     (request,) = requests_of(sink(), item())
-    assert request.body == (b'{"batch":[{"type":"track","userId":"019mr8mf4r",'
-                            b'"event":"Song Played","properties":{"name":"x"}}],'
-                            b'"writeKey":"KEY"}')
+    assert request.body == (
+        b'{"batch":[{"type":"track","userId":"019mr8mf4r",'
+        b'"event":"Song Played","properties":{"name":"x"}}],'
+        b'"writeKey":"KEY"}'
+    )
     assert (request.method, request.url) == ("POST", "https://api.segment.io/v1/batch")
-    assert request.headers == {"Content-Type": "application/json",
-                               "Authorization": "Basic " + base64.b64encode(b"KEY:").decode()}
+    assert request.headers == {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(b"KEY:").decode(),
+    }
     assert request.redacted_headers(SegmentSink.secret_headers)["Authorization"] == "***"
 
 
 def test_fields_follow_in_rule_order() -> None:
     (request,) = requests_of(sink(), item(timestamp="2012-12-02T00:30:08Z", messageId="m-1"))
-    assert request.body.endswith(b'"properties":{"name":"x"},"timestamp":"2012-12-02T00:30:08Z",'
-                                 b'"messageId":"m-1"}],"writeKey":"KEY"}')
+    assert request.body.endswith(
+        b'"properties":{"name":"x"},"timestamp":"2012-12-02T00:30:08Z",'
+        b'"messageId":"m-1"}],"writeKey":"KEY"}'
+    )
 
 
 def test_region_picks_the_host() -> None:
@@ -80,10 +99,14 @@ def test_an_endpoint_of_another_regions_host_is_refused() -> None:
         sink(region="EU", endpoint="https://api.segment.io")
     (error,) = caught.value.errors()
     assert error["loc"] == ("endpoint",)
-    assert error["msg"] == ("https://api.segment.io is Segment's US host but region is EU: "
-                            "Segment drops events sent to another region than the workspace's")
-    assert sink(region="EU", endpoint="https://events.eu1.segmentapis.com/").url == \
-        "https://events.eu1.segmentapis.com/v1/batch"
+    assert error["msg"] == (
+        "https://api.segment.io is Segment's US host but region is EU: "
+        "Segment drops events sent to another region than the workspace's"
+    )
+    assert (
+        sink(region="EU", endpoint="https://events.eu1.segmentapis.com/").url
+        == "https://events.eu1.segmentapis.com/v1/batch"
+    )
 
 
 def test_batches_stay_within_segments_limits_and_big_messages_are_refused() -> None:
@@ -94,8 +117,10 @@ def test_batches_stay_within_segments_limits_and_big_messages_are_refused() -> N
     assert refused == []
     assert all(len(r.body) <= 500_000 for r in requests)
     assert sum(len(r.items) for r in requests) == 1200
-    assert max(len(r.items) for r in sink().encoder().add_all(
-        [item(index=i) for i in range(6000)])[0]) == 2500
+    assert (
+        max(len(r.items) for r in sink().encoder().add_all([item(index=i) for i in range(6000)])[0])
+        == 2500
+    )
     _, refused = sink().encoder().add_all([item(attributes={"blob": "x" * 40_000})])
     assert [r.reason for r in refused] == ["too large for the destination"]
 
@@ -116,28 +141,41 @@ def test_only_429_and_5xx_are_retried_as_segments_library_does() -> None:
     s = sink()
     assert s.classify(request, Response(200, {}, b'{"success":true}')) == Delivered()
     assert s.classify(request, Response(429, {"Retry-After": "7"}, b"")) == Retry(
-        "HTTP 429", after=7.0, throttled=True)
-    reset = s.classify(request, Response(429, {"X-RateLimit-Reset": str(int(time.time()) + 20)},
-                                         b""))
+        "HTTP 429", after=7.0, throttled=True
+    )
+    reset = s.classify(
+        request, Response(429, {"X-RateLimit-Reset": str(int(time.time()) + 20)}, b"")
+    )
     assert isinstance(reset, Retry) and reset.after is not None and 18 <= reset.after <= 20
     assert s.classify(request, Response(502, {}, b"")) == Retry("HTTP 502")
     for status in (400, 404, 408, 422):
         assert isinstance(s.classify(request, Response(status, {}, b"")), Reject)
-    assert s.classify(request, Response(400, {}, b'{"code":"invalid_json","message":"bad"}')) \
-        == Reject("HTTP 400 invalid_json: bad")
+    assert s.classify(
+        request, Response(400, {}, b'{"code":"invalid_json","message":"bad"}')
+    ) == Reject("HTTP 400 invalid_json: bad")
     assert isinstance(s.classify(request, Response(401, {}, b"")), Fatal)
     assert isinstance(s.classify(request, Response(413, {}, b"")), Split)
 
 
 # -- real runs ---------------------------------------------------------------------------------
-def run(url: str, tmp_path: Path, lines: int, *sets: str,
-        key: str = KEY) -> tuple[Any, list[str], Path]:
+def run(
+    url: str, tmp_path: Path, lines: int, *sets: str, key: str = KEY
+) -> tuple[Any, list[str], Path]:
     uuids = write_streams(tmp_path / "in.jsonl", lines)
     dead = tmp_path / "dead.jsonl"
-    bundle = load_bundle("moengage-to-segment", [f"destination.endpoint={url}", *sets],
-                         env={"SEGMENT_WRITE_KEY": key})
-    report = deliver(bundle, str(tmp_path / "in.jsonl"), dead_letter=dead,
-                     state_dir=tmp_path / "state", quiet=True, options=FAST)
+    bundle = load_bundle(
+        "moengage-to-segment",
+        [f"destination.endpoint={url}", *sets],
+        env={"SEGMENT_WRITE_KEY": key},
+    )
+    report = deliver(
+        bundle,
+        str(tmp_path / "in.jsonl"),
+        dead_letter=dead,
+        state_dir=tmp_path / "state",
+        quiet=True,
+        options=FAST,
+    )
     return report, uuids, dead
 
 
@@ -149,8 +187,9 @@ def test_every_event_arrives_once_as_a_track_message(tmp_path: Path) -> None:
     assert accepted(records, lambda m: m["messageId"]) == {u: 1 for u in uuids}
     assert {(m["type"], m["userId"][:5]) for m in records} == {("track", "cust-")}
     (first,) = [r for r in emu.received if r.status == 200]
-    assert first.headers["authorization"] == "Basic " + base64.b64encode(
-        f"{KEY}:".encode()).decode()
+    assert (
+        first.headers["authorization"] == "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+    )
     assert report.balanced() and not dead.exists()
 
 
@@ -173,26 +212,37 @@ def test_a_refused_batch_is_dead_lettered_whole_and_never_retried(tmp_path: Path
     with serve(emu) as url:
         uuids = write_streams(path, 4, events=2)
         with path.open("ab") as f:  # line 5: one event too big for this emulator
-            f.write(orjson.dumps({"app_name": "App", "events": [
-                event(5, 0, event_attributes={"note": "x" * 700})]}) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "app_name": "App",
+                        "events": [event(5, 0, event_attributes={"note": "x" * 700})],
+                    }
+                )
+                + b"\n"
+            )
         dead = tmp_path / "dead.jsonl"
-        bundle = load_bundle("moengage-to-segment", [f"destination.endpoint={url}",
-                                                     "destination.max_events_per_request=2"],
-                             env={"SEGMENT_WRITE_KEY": KEY})
-        report = deliver(bundle, str(path), dead_letter=dead, state_dir=tmp_path / "s",
-                         quiet=True, options=FAST)
+        bundle = load_bundle(
+            "moengage-to-segment",
+            [f"destination.endpoint={url}", "destination.max_events_per_request=2"],
+            env={"SEGMENT_WRITE_KEY": KEY},
+        )
+        report = deliver(
+            bundle, str(path), dead_letter=dead, state_dir=tmp_path / "s", quiet=True, options=FAST
+        )
     letters = dead_letters(dead, "messageId")
     big = "6f1d2c3b-0000-4000-0005-000000000000"
     assert set(letters) == {big}
-    assert letters[big]["reason"] == "rejected by the destination: HTTP 400 " \
+    assert (
+        letters[big]["reason"] == "rejected by the destination: HTTP 400 "
         "max_message_size_exceeded: batch[0] exceeds 600 bytes"
+    )
     assert letters[big]["attempts"] == 1
     assert accepted(emu.records("/v1/batch"), lambda m: m["messageId"]) == {u: 1 for u in uuids}
     assert report.balanced() and report.statuses["400"] == 1
 
 
-def test_a_wrong_write_key_is_answered_200_and_cannot_be_seen_by_the_sender(
-        tmp_path: Path) -> None:
+def test_a_wrong_write_key_is_answered_200_and_cannot_be_seen_by_the_sender(tmp_path: Path) -> None:
     """Segment answers 200 to everything but oversized or unreadable requests, a wrong write
     key included, and drops the events afterwards (reference §4): no verdict can catch it,
     which is why the README says to check the source's debugger after the first run."""
@@ -201,8 +251,7 @@ def test_a_wrong_write_key_is_answered_200_and_cannot_be_seen_by_the_sender(
         report, uuids, dead = run(url, tmp_path, 2, key="not-the-write-key")
     assert report.delivered == len(uuids) and not report.interrupted and not dead.exists()
     assert emu.records() == []
-    assert {reason for r in emu.received for reason in r.reasons.values()} == {
-        "project_not_found"}
+    assert {reason for r in emu.received for reason in r.reasons.values()} == {"project_not_found"}
 
 
 def test_segment_discards_a_resent_message_id(tmp_path: Path) -> None:

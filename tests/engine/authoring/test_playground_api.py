@@ -33,19 +33,20 @@ def test_state_and_evaluate(served: Served) -> None:
         assert state["text"] == served.bundle.read_text()
         assert state["records"][0] == {"line": 1, "text": RECORD}
         assert state["schema"]["title"] == "moerules bundle"
-        result = client.post("/api/evaluate", json={"text": state["text"],
-                                                    "record": RECORD}).json()
+        result = client.post("/api/evaluate", json={"text": state["text"], "record": RECORD}).json()
     assert result["compiled"] and result["problems"] == []
     assert [r["url"].split("?")[1] for r in result["requests"]] == [
         "app_id=${MOENGAGE_WORKSPACE_ID}",
-        "app_id=${MOENGAGE_WORKSPACE_ID}&project_code=BRANDA01"]
+        "app_id=${MOENGAGE_WORKSPACE_ID}&project_code=BRANDA01",
+    ]
     assert all(r["headers"]["Authorization"] == "***" for r in result["requests"])
-    assert "  candidate customer_id: \"cust-1001\"  -> chosen" in result["trace"]
+    assert '  candidate customer_id: "cust-1001"  -> chosen' in result["trace"]
 
 
 def test_problems_at_their_line(served: Served) -> None:
-    text = served.bundle.read_text().replace("precedence: [customer_id, email]",
-                                             "precedence: [customer_id, emial]")
+    text = served.bundle.read_text().replace(
+        "precedence: [customer_id, email]", "precedence: [customer_id, emial]"
+    )
     line = text.splitlines().index("  precedence: [customer_id, emial]") + 1
     with _client(served) as client:
         result = client.post("/api/evaluate", json={"text": text, "record": RECORD}).json()
@@ -59,20 +60,30 @@ def test_refusals(served: Served) -> None:
     with _client(served, token="wrong") as client:
         assert client.get("/api/state").status_code == 403
         assert client.post("/api/save", json={"text": "x"}).status_code == 403
-    rebound = httpx.get(served.url + "api/state", headers={
-        "X-Moerules-Token": served.state.token, "Host": "attacker.example"})
+    rebound = httpx.get(
+        served.url + "api/state",
+        headers={"X-Moerules-Token": served.state.token, "Host": "attacker.example"},
+    )
     assert rebound.status_code == 403
     with _client(served) as client:
         big = client.post("/api/evaluate", content=b"{" + b" " * (3 << 20) + b"}")
         assert big.status_code == 413
         assert client.post("/api/evaluate", content=b"[1]").status_code == 400
-        bomb = "a: &a [" + ",".join(["x"] * 50) + "]\n" + "".join(
-            f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 50) + "]\n"
-            for i in range(4))
+        bomb = (
+            "a: &a ["
+            + ",".join(["x"] * 50)
+            + "]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 50) + "]\n"
+                for i in range(4)
+            )
+        )
         result = client.post("/api/evaluate", json={"text": bomb, "record": "{}"}).json()
         assert not result["compiled"]
-        assert "alias" in result["problems"][0]["message"] or "nodes" in (
-            result["problems"][0]["message"])
+        assert (
+            "alias" in result["problems"][0]["message"]
+            or "nodes" in (result["problems"][0]["message"])
+        )
 
 
 def test_save_refuses_a_file_changed_on_disk(served: Served) -> None:
@@ -97,8 +108,10 @@ def test_tests_and_diff_run_on_the_edit(served: Served) -> None:
         bad = client.post("/api/test", json={"text": broken}).json()
         assert bad["summary"] == "0 passed, 1 failed"
         diff = client.post("/api/diff", json={"text": broken}).json()
-    assert diff["summary"].startswith("2 of 22 items change (in 1 of 8 records): 2 events move "
-                                      "from project 'Brand A' to the portfolio level")
+    assert diff["summary"].startswith(
+        "2 of 22 items change (in 1 of 8 records): 2 events move "
+        "from project 'Brand A' to the portfolio level"
+    )
 
 
 def test_secrets_never_reach_the_page(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,11 @@ SHOTS = os.environ.get("MOERULES_SCREENSHOTS")  # a folder: save the README's sc
 
 
 def _chromium() -> str | None:
-    return (os.environ.get("MOERULES_CHROMIUM") or shutil.which("chromium")
-            or shutil.which("chromium-browser"))
+    return (
+        os.environ.get("MOERULES_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +36,18 @@ def browser() -> Iterator[Any]:
         reason = "the playwright package is not installed: pip install -e '.[test]'"
     executable = _chromium()
     if reason is None and executable is None:
-        reason = ("no chromium browser on PATH: apt-get install chromium (Debian; .ci/run does "
-                  "it), or set MOERULES_CHROMIUM to a Chromium executable")
+        reason = (
+            "no chromium browser on PATH: apt-get install chromium (Debian; .ci/run does "
+            "it), or set MOERULES_CHROMIUM to a Chromium executable"
+        )
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must test the playground in a browser: {reason}")
         pytest.skip(reason)
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable,
-                                              args=["--no-sandbox", "--disable-gpu"])
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu"]
+        )
         try:
             yield launched
         finally:
@@ -81,27 +87,34 @@ def test_load_edit_and_see_the_output_change(page: Any, served: Served) -> None:
     text = served.bundle.read_text()
     _edit(page, text.replace('data_center: "02"', 'data_center: "03"'))
     page.wait_for_function(
-        "document.getElementById('tab-requests').innerText.includes('api-03.moengage.com')")
+        "document.getElementById('tab-requests').innerText.includes('api-03.moengage.com')"
+    )
     # another record from the sample
     page.select_option("#record-pick", index=2)
     page.wait_for_function(
         "document.getElementById('tab-requests').innerText.includes('cust-1002') === false"
-        " && document.getElementById('tab-requests').innerText.length > 0")
+        " && document.getElementById('tab-requests').innerText.length > 0"
+    )
     page.click("button[data-tab=trace]")
     assert "identity" in page.locator("#tab-trace").inner_text()
     # a pasted record instead of the sample's
     page.click("#paste-toggle")
-    page.fill("#record", '{"user_identities": {"customer_id": "pasted-1"}, "events": ['
-              '{"event_type": "custom_event", "data": {"event_name": "Pasted Event"}}]}')
+    page.fill(
+        "#record",
+        '{"user_identities": {"customer_id": "pasted-1"}, "events": ['
+        '{"event_type": "custom_event", "data": {"event_name": "Pasted Event"}}]}',
+    )
     page.click("button[data-tab=requests]")
     page.wait_for_function(
-        "document.getElementById('tab-requests').innerText.includes('Pasted Event')")
+        "document.getElementById('tab-requests').innerText.includes('Pasted Event')"
+    )
     assert '"customer_id": "pasted-1"' in page.locator("#tab-requests").inner_text()
 
 
 def test_an_error_appears_at_its_line(page: Any, served: Served) -> None:
-    text = served.bundle.read_text().replace("precedence: [customer_id, email]",
-                                             "precedence: [customer_id, emial]")
+    text = served.bundle.read_text().replace(
+        "precedence: [customer_id, email]", "precedence: [customer_id, emial]"
+    )
     line = _line_of(text, "precedence: [customer_id, emial]")
     _edit(page, text)
     marked = page.locator(f"#gutter div[data-line='{line}'].err")
@@ -116,7 +129,8 @@ def test_an_error_appears_at_its_line(page: Any, served: Served) -> None:
     # a path the source never has: a warning, at its line, and the output still runs
     typo = served.bundle.read_text() + (
         "events:\n  - name: commerce-purchase\n    attributes:\n"
-        "      Total Amount: {from: event.data.product_action.totl_amount, as: string}\n")
+        "      Total Amount: {from: event.data.product_action.totl_amount, as: string}\n"
+    )
     _edit(page, typo)
     warn = _line_of(typo, "totl_amount")
     page.locator(f"#gutter div[data-line='{warn}'].warn").wait_for(timeout=10_000)
@@ -132,8 +146,10 @@ def test_tests_diff_and_save(page: Any, served: Served) -> None:
     _edit(page, edited)
     page.click("#run-diff")
     page.wait_for_selector("#diff-summary")
-    assert ("are sent to https://api-03.moengage.com instead of https://api-02.moengage.com"
-            in page.locator("#diff-summary").inner_text())
+    assert (
+        "are sent to https://api-03.moengage.com instead of https://api-02.moengage.com"
+        in page.locator("#diff-summary").inner_text()
+    )
     if SHOTS:
         page.screenshot(path=str(Path(SHOTS) / "playground-diff.png"))
     page.click("#save")
@@ -147,8 +163,10 @@ def test_completion_from_the_schema(page: Any, served: Served) -> None:
     edited = text.replace(anchor, anchor + "  \n")
     _edit(page, edited)
     caret = edited.index(anchor) + len(anchor) + 2
-    page.evaluate(f"(() => {{ const s = document.getElementById('source'); s.focus(); "
-                  f"s.setSelectionRange({caret}, {caret}); }})()")
+    page.evaluate(
+        f"(() => {{ const s = document.getElementById('source'); s.focus(); "
+        f"s.setSelectionRange({caret}, {caret}); }})()"
+    )
     page.keyboard.press("Control+Space")
     items = page.locator("#completions li")
     items.first.wait_for(timeout=5_000)

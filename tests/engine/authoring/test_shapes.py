@@ -25,33 +25,50 @@ def _has(shape: RecordShape, path: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("path", "exists"), [
-    ("event.event_code", True), ("event.event_time", True),
-    ("event.event_attributes.campaign_id", True),  # an open map
-    ("event.user_attributes.moengage_user_id", True),
-    ("event.event_cdoe", False), ("batch.app_name", True), ("batch.moe_request_id", True),
-    ("batch.app", False),
-])
+@pytest.mark.parametrize(
+    ("path", "exists"),
+    [
+        ("event.event_code", True),
+        ("event.event_time", True),
+        ("event.event_attributes.campaign_id", True),  # an open map
+        ("event.user_attributes.moengage_user_id", True),
+        ("event.event_cdoe", False),
+        ("batch.app_name", True),
+        ("batch.moe_request_id", True),
+        ("batch.app", False),
+    ],
+)
 def test_streams_payload(path: str, exists: bool) -> None:
     assert _has(_shape("moengage/streams.schema.json", "events"), path) is exists
 
 
-@pytest.mark.parametrize(("path", "exists"), [
-    ("batch.action", True), ("batch.parameters.mixpanel_cohort_name", True),
-    ("batch.parameters.page_info.total_pages", True),
-    ("batch.parameters.members.[].email", True),
-    ("batch.parameters.members.[].$moengage_user_id", True),
-    ("batch.parameters.members.[].any_exported_property", True),
-    ("batch.parameters.cohort_name", False), ("batch.parameters.page_info.pages", False),
-])
+@pytest.mark.parametrize(
+    ("path", "exists"),
+    [
+        ("batch.action", True),
+        ("batch.parameters.mixpanel_cohort_name", True),
+        ("batch.parameters.page_info.total_pages", True),
+        ("batch.parameters.members.[].email", True),
+        ("batch.parameters.members.[].$moengage_user_id", True),
+        ("batch.parameters.members.[].any_exported_property", True),
+        ("batch.parameters.cohort_name", False),
+        ("batch.parameters.page_info.pages", False),
+    ],
+)
 def test_mixpanel_cohort_webhook(path: str, exists: bool) -> None:
     assert _has(_shape("mixpanel/cohort-webhook.schema.json", None), path) is exists
 
 
-@pytest.mark.parametrize(("path", "exists"), [
-    ("event.user_id", True), ("event.some_user_property", True), ("batch.in_cohort", True),
-    ("batch.cohort_id", True), ("batch.incohort", False),
-])
+@pytest.mark.parametrize(
+    ("path", "exists"),
+    [
+        ("event.user_id", True),
+        ("event.some_user_property", True),
+        ("batch.in_cohort", True),
+        ("batch.cohort_id", True),
+        ("batch.incohort", False),
+    ],
+)
 def test_amplitude_cohort_webhook(path: str, exists: bool) -> None:
     assert _has(_shape("amplitude/cohort-webhook.schema.json", "users"), path) is exists
 
@@ -60,9 +77,15 @@ def test_mparticle_batch_amended_to_the_current_reference() -> None:
     """The published schema predates ccpa, mobile_number and customerid; the shipped copy
     follows the current JSON reference (partner-apis.md §6)."""
     shape = _shape("mparticle/batch.schema.json", "events")
-    for path in ("batch.user_identities.mobile_number", "batch.user_identities.customerid",
-                 "batch.consent_state.ccpa", "batch.mpid", "event.data.product_action.products",
-                 "event.data.new.identity_type", "event.data.user_attribute_name"):
+    for path in (
+        "batch.user_identities.mobile_number",
+        "batch.user_identities.customerid",
+        "batch.consent_state.ccpa",
+        "batch.mpid",
+        "event.data.product_action.products",
+        "event.data.new.identity_type",
+        "event.data.user_attribute_name",
+    ):
         assert _has(shape, path), path
     gdpr = shape.child(shape.child([shape.batch], "consent_state"), "gdpr")
     assert shape.child(shape.values(gdpr), "consented")
@@ -84,6 +107,7 @@ def test_every_installed_source_declares_its_record_schema() -> None:
         schema = cls.record_schema
         assert isinstance(schema, Mapping), (
             f"source {name!r} declares no record_schema: ship its records' JSON Schema in its "
-            "connector folder and set record_schema = packaged_schema(__package__, '<file>')")
+            "connector folder and set record_schema = packaged_schema(__package__, '<file>')"
+        )
         shape = RecordShape(schema, cls.events_key, name)
         assert shape.names([shape.batch]), f"source {name!r}: its schema names no field"

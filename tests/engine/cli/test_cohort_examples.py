@@ -14,12 +14,16 @@ from tests.conftest import EXAMPLES, ROOT
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize(("bundle", "example"), [
-    ("amplitude-cohorts-to-moengage", "amplitude-cohort-webhooks.jsonl"),
-    ("mixpanel-cohorts-to-moengage", "mixpanel-cohort-webhooks.jsonl"),
-])
+@pytest.mark.parametrize(
+    ("bundle", "example"),
+    [
+        ("amplitude-cohorts-to-moengage", "amplitude-cohort-webhooks.jsonl"),
+        ("mixpanel-cohorts-to-moengage", "mixpanel-cohort-webhooks.jsonl"),
+    ],
+)
 def test_the_readme_shows_each_bundle_running_on_its_example(
-        moerules: Callable[..., object], tmp_path: Path, bundle: str, example: str) -> None:
+    moerules: Callable[..., object], tmp_path: Path, bundle: str, example: str
+) -> None:
     shutil.copytree(EXAMPLES, tmp_path / "examples")
     command = f"moerules run {bundle} --input examples/{example} --dry-run"
     assert f"```sh\n{command}\n```" in README

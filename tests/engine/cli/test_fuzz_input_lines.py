@@ -23,34 +23,63 @@ from moerules.engine.cli.main import main
 ENV = {"MOENGAGE_WORKSPACE_ID": "WS_FUZZ", "MOENGAGE_DATA_API_KEY": "fuzz-data-api-key"}
 MAX_LINE = 2048  # small, so huge lines stay cheap to generate
 BOM = b"\xef\xbb\xbf"
-FUZZ = settings(max_examples=60, deadline=timedelta(seconds=5), derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=60,
+    deadline=timedelta(seconds=5),
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                    st.floats(allow_nan=False), st.text(max_size=20))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
 attributes = st.dictionaries(st.text(max_size=10), scalars, max_size=4)
-events = st.fixed_dictionaries({
-    "event_type": st.sampled_from(["custom_event", "commerce_event", "screen_view",
-                                   "session_start", "other", ""]),
-    "data": st.fixed_dictionaries({}, optional={
-        "event_name": st.one_of(st.text(max_size=15), scalars),
-        "custom_attributes": st.one_of(attributes, scalars),
-        "timestamp_unixtime_ms": st.one_of(st.integers(-1, 2**45), scalars),
-        "product_action": st.fixed_dictionaries({}, optional={
-            "action": st.sampled_from(["purchase", "add_to_cart", "refund", "x"]),
-            "total_amount": scalars,
-            "products": st.lists(st.one_of(attributes, scalars), max_size=3)}),
-    }),
-})
-batches = st.fixed_dictionaries({}, optional={
-    "environment": st.sampled_from(["production", "development"]),
-    "mpid": scalars,
-    "user_identities": st.one_of(st.fixed_dictionaries({}, optional={
-        "customer_id": st.one_of(st.text(max_size=12), scalars),
-        "email": st.one_of(st.emails(), scalars)}), scalars),
-    "user_attributes": st.one_of(attributes, scalars),
-    "events": st.one_of(st.lists(st.one_of(events, scalars), max_size=4), scalars),
-}).map(lambda b: json.dumps(b).encode())  # the stdlib writes integers beyond 64 bits too
+events = st.fixed_dictionaries(
+    {
+        "event_type": st.sampled_from(
+            ["custom_event", "commerce_event", "screen_view", "session_start", "other", ""]
+        ),
+        "data": st.fixed_dictionaries(
+            {},
+            optional={
+                "event_name": st.one_of(st.text(max_size=15), scalars),
+                "custom_attributes": st.one_of(attributes, scalars),
+                "timestamp_unixtime_ms": st.one_of(st.integers(-1, 2**45), scalars),
+                "product_action": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "action": st.sampled_from(["purchase", "add_to_cart", "refund", "x"]),
+                        "total_amount": scalars,
+                        "products": st.lists(st.one_of(attributes, scalars), max_size=3),
+                    },
+                ),
+            },
+        ),
+    }
+)
+batches = st.fixed_dictionaries(
+    {},
+    optional={
+        "environment": st.sampled_from(["production", "development"]),
+        "mpid": scalars,
+        "user_identities": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "customer_id": st.one_of(st.text(max_size=12), scalars),
+                    "email": st.one_of(st.emails(), scalars),
+                },
+            ),
+            scalars,
+        ),
+        "user_attributes": st.one_of(attributes, scalars),
+        "events": st.one_of(st.lists(st.one_of(events, scalars), max_size=4), scalars),
+    },
+).map(lambda b: json.dumps(b).encode())  # the stdlib writes integers beyond 64 bits too
 
 
 no_newline = st.binary(max_size=120).map(lambda b: b.replace(b"\n", b""))
@@ -75,23 +104,39 @@ def counted_lines(data: bytes) -> int:
 def dry_run(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     with tempfile.TemporaryDirectory() as tmp:
         report, dead = Path(tmp) / "report.json", Path(tmp) / "dead.jsonl"
-        result = CliRunner().invoke(main, [
-            "run", "mparticle-to-moengage", "--input", "-", "--dry-run", "--output",
-            str(Path(tmp) / "requests.jsonl"), "--report", str(report), "--dead-letter",
-            str(dead), "--max-line-bytes", str(MAX_LINE)], input=data, env=ENV,
-            catch_exceptions=False)
+        result = CliRunner().invoke(
+            main,
+            [
+                "run",
+                "mparticle-to-moengage",
+                "--input",
+                "-",
+                "--dry-run",
+                "--output",
+                str(Path(tmp) / "requests.jsonl"),
+                "--report",
+                str(report),
+                "--dead-letter",
+                str(dead),
+                "--max-line-bytes",
+                str(MAX_LINE),
+            ],
+            input=data,
+            env=ENV,
+            catch_exceptions=False,
+        )
         assert result.exit_code == 0, result.stderr
         assert "Traceback" not in result.stderr
-        letters = ([orjson.loads(x) for x in dead.read_bytes().splitlines()]
-                   if dead.exists() else [])
+        letters = [orjson.loads(x) for x in dead.read_bytes().splitlines()] if dead.exists() else []
         return orjson.loads(report.read_bytes()), letters
 
 
 def check(data: bytes) -> None:
     report, letters = dry_run(data)
     assert report["balanced"]
-    assert report["items_in"] == (report["delivered"] + report["dropped_total"]
-                                  + report["dead_lettered_total"])
+    assert report["items_in"] == (
+        report["delivered"] + report["dropped_total"] + report["dead_lettered_total"]
+    )
     assert report["lines_in"] == counted_lines(data)
     assert len(letters) == report["dead_lettered_total"]
     last_line = data.count(b"\n") + 1

@@ -35,17 +35,28 @@ def test_serves_the_page_on_loopback(tmp_path: Path) -> None:
     shutil.copy(EXAMPLES / "acme-overlay.yaml", bundle)
     port = _free_port()
     process = subprocess.Popen(
-        [_script(), "playground", str(bundle), "--input",
-         str(EXAMPLES / "mparticle-batches.jsonl"), "--port", str(port)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MOENGAGE_")})
+        [
+            _script(),
+            "playground",
+            str(bundle),
+            "--input",
+            str(EXAMPLES / "mparticle-batches.jsonl"),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MOENGAGE_")},
+    )
     try:
         assert process.stderr is not None
         ready, _, _ = select.select([process.stderr], [], [], 30)
         assert ready, "the playground printed nothing"
         line = process.stderr.readline()
-        assert line == (f"moerules playground for {bundle}: open http://127.0.0.1:{port}/ "
-                        "(Ctrl+C stops it)\n")
+        assert line == (
+            f"moerules playground for {bundle}: open http://127.0.0.1:{port}/ (Ctrl+C stops it)\n"
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -63,8 +74,9 @@ def test_serves_the_page_on_loopback(tmp_path: Path) -> None:
     assert process.returncode == 0
 
 
-def test_usage_errors(cli: Callable[..., Result], tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_usage_errors(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # no bundle.yaml here
     result = cli("playground")
     assert result.exit_code == 2
@@ -74,5 +86,7 @@ def test_usage_errors(cli: Callable[..., Result], tmp_path: Path,
     assert "no bundle file or shipped bundle named 'no-such-bundle'" in result.stderr
     result = cli("playground", str(EXAMPLES / "acme-overlay.yaml"), "--input", "nope.jsonl")
     assert result.exit_code == 2
-    assert result.stderr == ("moerules: error: input nope.jsonl does not exist; --input takes "
-                             "a JSON Lines file, or - for stdin\n")
+    assert result.stderr == (
+        "moerules: error: input nope.jsonl does not exist; --input takes "
+        "a JSON Lines file, or - for stdin\n"
+    )

@@ -17,7 +17,8 @@ def test_schema_describes_bundles(cli: Callable[..., Result]) -> None:
     assert schema["title"] == "moerules bundle"
     assert set(schema["required"]) == {"bundle", "source", "destination"}
     assert {"identity", "events", "routing", "tables", "user", "extends"} <= set(
-        schema["properties"])
+        schema["properties"]
+    )
     rule = schema["$defs"]["EventRule"]
     assert rule["additionalProperties"] is False
     assert "when" in rule["properties"]
@@ -28,9 +29,14 @@ def test_bundles_lists_shipped(cli: Callable[..., Result]) -> None:
     result = cli("bundles")
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    assert names == ["amplitude-cohorts-to-moengage", "mixpanel-cohorts-to-moengage",
-                     "moengage-to-amplitude", "moengage-to-mixpanel", "moengage-to-segment",
-                     "mparticle-to-moengage"]
+    assert names == [
+        "amplitude-cohorts-to-moengage",
+        "mixpanel-cohorts-to-moengage",
+        "moengage-to-amplitude",
+        "moengage-to-mixpanel",
+        "moengage-to-segment",
+        "mparticle-to-moengage",
+    ]
     assert "mParticle S2S batches" in result.stdout
     assert "MoEngage Streams → Amplitude HTTP V2 API" in result.stdout
     assert "Mixpanel cohort export → MoEngage Cohort Sync" in result.stdout
@@ -57,9 +63,18 @@ def test_schema_takes_settings_from_the_connectors_models(cli: Callable[..., Res
     defs = schema["$defs"]
     assert schema["properties"]["destination"] == {"$ref": "#/$defs/DestinationRef"}
     assert defs["DestinationRef"]["properties"]["connector"]["enum"] == [
-        "amplitude", "mixpanel", "moengage", "moengage-cohort-sync", "segment"]
+        "amplitude",
+        "mixpanel",
+        "moengage",
+        "moengage-cohort-sync",
+        "segment",
+    ]
     assert defs["SourceRef"]["properties"]["connector"]["enum"] == [
-        "amplitude-cohorts", "mixpanel-cohorts", "moengage-streams", "mparticle"]
+        "amplitude-cohorts",
+        "mixpanel-cohorts",
+        "moengage-streams",
+        "mparticle",
+    ]
     settings = defs["MoEngageDataSettings"]
     assert list(settings["properties"]) == list(MoEngageDataSettings.model_fields)
     assert settings["required"] == ["workspace_id", "data_api_key"]
@@ -72,9 +87,14 @@ def test_schema_takes_settings_from_the_connectors_models(cli: Callable[..., Res
         assert list(validator.iter_errors(json.loads(json.dumps(shipped)))) == [], path
 
     def errors(**settings: object) -> list[str]:
-        bundle = {"bundle": "b", "source": {"connector": "mparticle"}, "destination": {
-            "connector": "moengage",
-            "settings": {"workspace_id": "WS", "data_api_key": "${KEY}", **settings}}}
+        bundle = {
+            "bundle": "b",
+            "source": {"connector": "mparticle"},
+            "destination": {
+                "connector": "moengage",
+                "settings": {"workspace_id": "WS", "data_api_key": "${KEY}", **settings},
+            },
+        }
         return sorted(e.message for e in validator.iter_errors(bundle))
 
     assert errors(requests_per_second=250, data_center="02", mode="single") == []

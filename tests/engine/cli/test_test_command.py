@@ -49,8 +49,10 @@ def test_failing_case_shows_a_diff(cli: Callable[..., Result], write: Callable[.
     result = cli("test", str(path))
     assert result.exit_code == 1
     assert f"FAIL {path}:3:5: custom event is sent by name" in result.stdout
-    assert 'requests[0].body.elements[0].actions[0].action: expected "Closed", got "Opened"' \
+    assert (
+        'requests[0].body.elements[0].actions[0].action: expected "Closed", got "Opened"'
         in result.stdout
+    )
     assert '-              "action": "Closed"' in result.stdout
     assert '+              "action": "Opened"' in result.stdout
     assert "Authorization" not in result.stdout  # the diff shows only what the case names
@@ -66,12 +68,14 @@ def test_shipped_bundle_tests_pass(cli: Callable[..., Result]) -> None:
 
 def test_invalid_test_file(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
     write("b/bundle.yaml", MINIMAL_BUNDLE)
-    path = write("b/tests/bad.yaml", "cases:\n  - name: x\n    expect: {requets: []}\n"
-                                     "    input: {}\n")
+    path = write(
+        "b/tests/bad.yaml", "cases:\n  - name: x\n    expect: {requets: []}\n    input: {}\n"
+    )
     result = cli("test", str(path))
     assert result.exit_code == 1
     assert f"{path}:3:14: error: unknown key 'requets' (did you mean 'requests'?)" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 def test_installed_script_test(moerules: Callable[..., object], write: Callable[..., Path]) -> None:

@@ -35,8 +35,7 @@ def test_installed_script_validates(moerules: Callable[..., object], tmp_path: P
     bad.write_text("bundle: x\nsourc: {connector: mparticle}\n")
     result = moerules("validate", str(bad))
     assert result.returncode == 1  # type: ignore[attr-defined]
-    assert f"{bad}:2:1: error: unknown key 'sourc' (did you mean 'source'?)" in (
-        result.stderr)  # type: ignore[attr-defined]
+    assert f"{bad}:2:1: error: unknown key 'sourc' (did you mean 'source'?)" in (result.stderr)  # type: ignore[attr-defined]
     assert "Traceback" not in result.stderr  # type: ignore[attr-defined]
 
 
@@ -46,18 +45,21 @@ def test_valid_minimal_bundle(cli: Callable[..., Result], write: Callable[..., P
     assert result.exit_code == 0, result.stderr
 
 
-def test_yaml_syntax_error_points_at_line(cli: Callable[..., Result],
-                                          write: Callable[..., Path]) -> None:
+def test_yaml_syntax_error_points_at_line(
+    cli: Callable[..., Result], write: Callable[..., Path]
+) -> None:
     path = write("b.yaml", "bundle: x\nevents: [\n  {name: a\n")
     result = cli("validate", str(path))
     assert result.exit_code == 1
-    (line, _col, msg), = errors(result)
+    ((line, _col, msg),) = errors(result)
     assert msg.startswith("invalid YAML")
     assert line >= 3
 
 
 def test_all_problems_in_one_pass(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
-    path = write("bundle.yaml", """
+    path = write(
+        "bundle.yaml",
+        """
         bundle: t
         source: {connector: mparticel}
         destination:
@@ -81,15 +83,19 @@ def test_all_problems_in_one_pass(cli: Callable[..., Result], write: Callable[..
               curent_time: event.data.ts
         tables:
           brands: {a: b}
-        """)
+        """,
+    )
     result = cli("validate", str(path))
     assert result.exit_code == 1
     found = errors(result)
     messages = "\n".join(f"{line}:{col} {msg}" for line, col, msg in found)
     expected = [
         (2, "unknown source connector 'mparticel' (did you mean 'mparticle'?)"),
-        (5, "unknown setting 'data_centre' for destination 'moengage' (did you mean "
-            "'data_center'?)"),
+        (
+            5,
+            "unknown setting 'data_centre' for destination 'moengage' (did you mean "
+            "'data_center'?)",
+        ),
         (8, "unknown identity candidate 'customerid' (did you mean 'customer_id'?)"),
         (11, "invalid JMESPath"),
         (12, "template does not parse"),
@@ -102,15 +108,20 @@ def test_all_problems_in_one_pass(cli: Callable[..., Result], write: Callable[..
     ]
     for line, text in expected:
         assert any(at == line and text in msg for at, _, msg in found), (
-            f"line {line}: {text!r} not in\n{messages}")
+            f"line {line}: {text!r} not in\n{messages}"
+        )
     assert result.stderr.strip().endswith(f"{len(found)} problems found in 1 files")
 
 
 def test_unknown_key_did_you_mean(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
     path = write("bundle.yaml", MINIMAL_BUNDLE.replace("event_name:", "event_nme:"))
     result = cli("validate", str(path))
-    assert (11, 5, "unknown key 'event_nme' (did you mean 'event_name'?); allowed here: "
-            "attributes, drop, emit, event_name, fields, name, spread, when") in errors(result)
+    assert (
+        11,
+        5,
+        "unknown key 'event_nme' (did you mean 'event_name'?); allowed here: "
+        "attributes, drop, emit, event_name, fields, name, spread, when",
+    ) in errors(result)
 
 
 def test_missing_required_key(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
@@ -120,33 +131,41 @@ def test_missing_required_key(cli: Callable[..., Result], write: Callable[..., P
     assert any("missing required key 'destination'" in m for _, _, m in errors(result))
 
 
-@pytest.mark.parametrize("template", [
-    "{{ ''.__class__.__mro__ }}",
-    "{{ event.__class__ }}",
-    "{{ cycler.__init__.__globals__ }}",
-    "{% for x in range(10) %}{{ x }}{% endfor %}",
-    "{{ event.data.items() }}",
-    "{% include 'x' %}",
-])
-def test_sandbox_escape_templates_are_refused(cli: Callable[..., Result],
-                                              write: Callable[..., Path], template: str) -> None:
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ event.__class__ }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{% for x in range(10) %}{{ x }}{% endfor %}",
+        "{{ event.data.items() }}",
+        "{% include 'x' %}",
+    ],
+)
+def test_sandbox_escape_templates_are_refused(
+    cli: Callable[..., Result], write: Callable[..., Path], template: str
+) -> None:
     bundle = MINIMAL_BUNDLE.replace('"{{ event.data.event_name }}"', repr(template))
     path = write("bundle.yaml", bundle)
     result = cli("validate", str(path))
     assert result.exit_code == 1
-    (line, col, msg), = errors(result)
+    ((line, col, msg),) = errors(result)
     assert (line, col) == (11, 17)
     assert "not allowed" in msg or "unknown variable" in msg
 
 
-def test_sandbox_escape_is_never_evaluated(cli: Callable[..., Result],
-                                           write: Callable[..., Path], tmp_path: Path) -> None:
-    bundle = MINIMAL_BUNDLE.replace('"{{ event.data.event_name }}"',
-                                    "\"{{ ''.__class__.__mro__[1].__subclasses__() }}\"")
+def test_sandbox_escape_is_never_evaluated(
+    cli: Callable[..., Result], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    bundle = MINIMAL_BUNDLE.replace(
+        '"{{ event.data.event_name }}"', "\"{{ ''.__class__.__mro__[1].__subclasses__() }}\""
+    )
     path = write("bundle.yaml", bundle)
     data = tmp_path / "in.jsonl"
-    data.write_text('{"user_identities": {"customer_id": "c1"}, "events": '
-                    '[{"event_type": "custom_event", "data": {"event_name": "x"}}]}\n')
+    data.write_text(
+        '{"user_identities": {"customer_id": "c1"}, "events": '
+        '[{"event_type": "custom_event", "data": {"event_name": "x"}}]}\n'
+    )
     result = cli("run", str(path), "--input", str(data), "--dry-run")
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -178,13 +197,19 @@ def test_python_tags_are_refused(cli: Callable[..., Result], write: Callable[...
     path = write("bundle.yaml", "bundle: !!python/object/apply:os.system [echo hacked]\n")
     result = cli("validate", str(path))
     assert result.exit_code == 1
-    assert ":1:9: error: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not " \
-           "allowed" in result.stderr
+    assert (
+        ":1:9: error: tag 'tag:yaml.org,2002:python/object/apply:os.system' is not "
+        "allowed" in result.stderr
+    )
 
 
-def test_routing_declarations_are_checked(cli: Callable[..., Result],
-                                          write: Callable[..., Path]) -> None:
-    path = write("bundle.yaml", MINIMAL_BUNDLE + """
+def test_routing_declarations_are_checked(
+    cli: Callable[..., Result], write: Callable[..., Path]
+) -> None:
+    path = write(
+        "bundle.yaml",
+        MINIMAL_BUNDLE
+        + """
 routing:
   from: event.data.custom_attributes.moe_project_name
   projects:
@@ -193,7 +218,8 @@ routing:
     - {name: " Brand B", code: P1}
     - {name: "", code: P3}
   fallback: drop
-""")
+""",
+    )
     result = cli("validate", str(path))
     found = errors(result)
     msgs = [m for _, _, m in found]
@@ -216,44 +242,69 @@ def test_missing_path_is_an_error(cli: Callable[..., Result], tmp_path: Path) ->
     assert "no such file, directory or shipped bundle" in result.stderr
 
 
-def test_deep_nesting_is_an_error_not_a_crash(moerules: Callable[..., object],
-                                             tmp_path: Path) -> None:
+def test_deep_nesting_is_an_error_not_a_crash(
+    moerules: Callable[..., object], tmp_path: Path
+) -> None:
     # before: the C composer recursed into 50,000 `[` and the process died (SIGSEGV)
     path = tmp_path / "bundle.yaml"
     path.write_text("bundle: x\nsource: " + "[" * 50_000 + "\n")
     result = moerules("validate", str(path))
     assert (result.returncode, result.stdout, result.stderr) == (  # type: ignore[attr-defined]
-        1, "", f"{path}:2:72: error: document nests deeper than 64 levels; refusing to load "
-               "it\n1 problem found in 1 files\n")
-    deep_set = moerules("run", "mparticle-to-moengage", "--input", "-", "--dry-run",
-                        "--set", "identity.precedence=" + "[" * 50_000, input="")
+        1,
+        "",
+        f"{path}:2:72: error: document nests deeper than 64 levels; refusing to load "
+        "it\n1 problem found in 1 files\n",
+    )
+    deep_set = moerules(
+        "run",
+        "mparticle-to-moengage",
+        "--input",
+        "-",
+        "--dry-run",
+        "--set",
+        "identity.precedence=" + "[" * 50_000,
+        input="",
+    )
     assert (deep_set.returncode, deep_set.stderr) == (  # type: ignore[attr-defined]
-        1, "--set identity.precedence:1:63: error: value nests deeper than 64 levels (its "
-           "KEY's included); refusing to load it\n1 problem found\n")
+        1,
+        "--set identity.precedence:1:63: error: value nests deeper than 64 levels (its "
+        "KEY's included); refusing to load it\n1 problem found\n",
+    )
 
 
 def test_huge_integer_is_an_error(cli: Callable[..., Result], write: Callable[..., Path]) -> None:
     path = write("bundle.yaml", "bundle: " + "9" * 5000 + "\n")
     result = cli("validate", str(path))
     assert (result.exit_code, result.stderr) == (
-        1, f"{path}:1:9: error: number has too many digits; write it as a string (in quotes) "
-           "if it is an identifier\n1 problem found in 1 files\n")
+        1,
+        f"{path}:1:9: error: number has too many digits; write it as a string (in quotes) "
+        "if it is an identifier\n1 problem found in 1 files\n",
+    )
 
 
-FLOW = ('{bundle: t, source: {connector: mparticle}, destination: {connector: moengage, '
-        'settings: {workspace_id: WS, data_api_key: K, data_center: "99"}}}\n')
-REST = ('source: {connector: mparticle}\ndestination: {connector: moengage, settings: '
-        '{workspace_id: WS, data_api_key: K, data_center: "99"}}\n')
+FLOW = (
+    "{bundle: t, source: {connector: mparticle}, destination: {connector: moengage, "
+    'settings: {workspace_id: WS, data_api_key: K, data_center: "99"}}}\n'
+)
+REST = (
+    "source: {connector: mparticle}\ndestination: {connector: moengage, settings: "
+    '{workspace_id: WS, data_api_key: K, data_center: "99"}}\n'
+)
 
 
-@pytest.mark.parametrize("text", [
-    FLOW,                                           # flow style
-    '"bundle": t\n' + REST,                         # a quoted key
-    "# a comment first\n" + "".join(f"  {line}\n" for line in f"bundle: t\n{REST}".splitlines()),
-    "? bundle\n: t\n" + REST,                       # an explicit key
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        FLOW,  # flow style
+        '"bundle": t\n' + REST,  # a quoted key
+        "# a comment first\n"
+        + "".join(f"  {line}\n" for line in f"bundle: t\n{REST}".splitlines()),
+        "? bundle\n: t\n" + REST,  # an explicit key
+    ],
+)
 def test_validate_dir_finds_bundles_however_they_are_written(
-        cli: Callable[..., Result], tmp_path: Path, text: str) -> None:
+    cli: Callable[..., Result], tmp_path: Path, text: str
+) -> None:
     (tmp_path / "acme.yaml").write_text(text)
     (tmp_path / "ci.yml").write_text("name: not a rule file\non: [push]\n")  # skipped
     result = cli("validate", str(tmp_path))
@@ -262,17 +313,20 @@ def test_validate_dir_finds_bundles_however_they_are_written(
     assert "unknown data center '99'" in result.stderr
 
 
-def test_validate_dir_finds_overlays_without_a_bundle_key(cli: Callable[..., Result],
-                                                          tmp_path: Path) -> None:
+def test_validate_dir_finds_overlays_without_a_bundle_key(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
     (tmp_path / "o.yaml").write_text("extends: mparticle-to-moengage\nevents: 3\n")
     result = cli("validate", str(tmp_path))
     assert result.exit_code == 1
     assert f"{tmp_path / 'o.yaml'}:2:9: error: events: Input should be a valid list" in (
-        result.stderr)
+        result.stderr
+    )
 
 
-def test_validate_dir_reports_files_it_cannot_read(cli: Callable[..., Result],
-                                                   tmp_path: Path) -> None:
+def test_validate_dir_reports_files_it_cannot_read(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
     (tmp_path / "bad.yaml").write_text("bundle: [x\n")
     (tmp_path / "big.yaml").write_bytes(b"#" * (3 << 20))
     result = cli("validate", str(tmp_path))
@@ -282,4 +336,5 @@ def test_validate_dir_reports_files_it_cannot_read(cli: Callable[..., Result],
     assert lines[1:] == [
         f"{tmp_path / 'big.yaml'}:1:1: error: file is larger than 1048576 bytes; rule files "
         "are limited to 1048576 bytes",
-        "2 problems found in 0 files"]
+        "2 problems found in 0 files",
+    ]

@@ -47,19 +47,22 @@ RULES = """\
 """
 
 
-def problems(cli: Callable[..., Result], write: Callable[..., Path],
-             text: str) -> list[tuple[int, str]]:
+def problems(
+    cli: Callable[..., Result], write: Callable[..., Path], text: str
+) -> list[tuple[int, str]]:
     result = cli("validate", str(write("bundle.yaml", text)))
     assert result.exit_code == 1
     assert "Traceback" not in result.stderr
-    found = [(int(m["line"]), m["msg"]) for line in result.stderr.splitlines()
-             if (m := LINE.match(line))]
+    found = [
+        (int(m["line"]), m["msg"]) for line in result.stderr.splitlines() if (m := LINE.match(line))
+    ]
     assert result.stderr.strip().endswith(f"{len(found)} problems found in 1 files")
     return found
 
 
-def test_every_problem_is_reported_once(cli: Callable[..., Result],
-                                        write: Callable[..., Path]) -> None:
+def test_every_problem_is_reported_once(
+    cli: Callable[..., Result], write: Callable[..., Path]
+) -> None:
     found = problems(cli, write, BUNDLE % (RULES, "[{name: A, code: P1}]"))
     # three rules route events; the routing path is wrong once, and said once
     routing = [msg for line, msg in found if line == 26]
@@ -67,8 +70,9 @@ def test_every_problem_is_reported_once(cli: Callable[..., Result],
     assert len(found) == len(set(found)), found
 
 
-def test_problems_the_code_would_never_meet_are_reported(cli: Callable[..., Result],
-                                                         write: Callable[..., Path]) -> None:
+def test_problems_the_code_would_never_meet_are_reported(
+    cli: Callable[..., Result], write: Callable[..., Path]
+) -> None:
     found = problems(cli, write, BUNDLE % (RULES, "[]"))
     expected = [
         # a candidate precedence leaves out is checked all the same
@@ -88,10 +92,13 @@ def test_problems_the_code_would_never_meet_are_reported(cli: Callable[..., Resu
     assert len(found) == len(expected), found
 
 
-def test_a_sound_bundle_compiles_after_its_checks(cli: Callable[..., Result],
-                                                  write: Callable[..., Path]) -> None:
-    sound = (BUNDLE % ("  - name: one\n    event_name: E\n", "[{name: A, code: P1}]")).replace(
-        '"event.data.["', "event.data.custom_attributes.moe_project_name").replace(
-        "{from: user_identities.email}", "batch.user_identities.email")
+def test_a_sound_bundle_compiles_after_its_checks(
+    cli: Callable[..., Result], write: Callable[..., Path]
+) -> None:
+    sound = (
+        (BUNDLE % ("  - name: one\n    event_name: E\n", "[{name: A, code: P1}]"))
+        .replace('"event.data.["', "event.data.custom_attributes.moe_project_name")
+        .replace("{from: user_identities.email}", "batch.user_identities.email")
+    )
     result = cli("validate", str(write("bundle.yaml", sound)))
     assert result.exit_code == 0, result.stderr

@@ -33,22 +33,26 @@ def test_shipped_bundles_compile_to_their_snapshot(cli: Callable[..., Result], n
     expected = snapshot.read_text(encoding="utf-8")
     assert result.stdout == expected, (
         f"the code {name} compiles to changed; if that is intended, run with "
-        "MOERULES_UPDATE_SNAPSHOTS=1 and review the snapshot's diff")
+        "MOERULES_UPDATE_SNAPSHOTS=1 and review the snapshot's diff"
+    )
 
 
 def test_every_snapshot_is_of_a_shipped_bundle() -> None:
     stale = {p.name.removesuffix(".py.txt") for p in SNAPSHOTS.glob("*.py.txt")} - set(
-        shipped_bundles())
+        shipped_bundles()
+    )
     assert not stale, f"snapshots of bundles no longer shipped: {sorted(stale)}"
 
 
 def test_compile_prints_runnable_code_and_its_constants(cli: Callable[..., Result]) -> None:
-    result = cli("compile", "mparticle-to-moengage", "--set",
-                 "routing.projects=[{name: Brand A, code: BA}]")
+    result = cli(
+        "compile", "mparticle-to-moengage", "--set", "routing.projects=[{name: Brand A, code: BA}]"
+    )
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    assert out.startswith("# mparticle-to-moengage: the Python its rules compile to, as a run "
-                          "runs it.\n")
+    assert out.startswith(
+        "# mparticle-to-moengage: the Python its rules compile to, as a run runs it.\n"
+    )
     assert "\ndef event(batch, event):\n" in out and "\ndef _event_safe(batch, event):\n" in out
     assert "projects_" in out and "{'Brand A': 0}" in out  # the routing table, shown
     assert "mapped_" in out and "= engine.compile.mapped.MappedEvent\n" in out
@@ -63,8 +67,9 @@ def test_compile_trace_shows_the_trace_points(cli: Callable[..., Result]) -> Non
     assert "_event_safe" not in result.stdout
 
 
-def test_compile_of_a_bad_bundle_lists_its_problems(cli: Callable[..., Result],
-                                                    write: Callable[..., Path]) -> None:
+def test_compile_of_a_bad_bundle_lists_its_problems(
+    cli: Callable[..., Result], write: Callable[..., Path]
+) -> None:
     path = write("bundle.yaml", "bundle: t\nsource: {connector: mparticle}\n")
     result = cli("compile", str(path))
     assert result.exit_code == 1

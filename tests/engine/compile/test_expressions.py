@@ -12,9 +12,23 @@ from moerules.engine.compile.values import ValueCompiler
 from moerules.engine.errors import RecordError
 
 DOCS: list[Any] = [
-    {"event": {"event_type": "commerce_event", "data": {"product_action": {"action": "x"},
-               "n": 0, "e": "", "l": [], "o": {}, "f": False, "t": True, "list": [1, "two"],
-               "s": "str", "nul": None}}},
+    {
+        "event": {
+            "event_type": "commerce_event",
+            "data": {
+                "product_action": {"action": "x"},
+                "n": 0,
+                "e": "",
+                "l": [],
+                "o": {},
+                "f": False,
+                "t": True,
+                "list": [1, "two"],
+                "s": "str",
+                "nul": None,
+            },
+        }
+    },
     {"event": {"event_type": "custom_event", "data": "not an object"}},
     {"event": {"event_type": 5, "data": {"list": "abc", "product_action": None}}},
     {"event": [1, 2]},
@@ -28,11 +42,21 @@ CONDITIONS = [
     "event.event_type == 'commerce_event' && event.data.product_action",
     "event.event_type == 'custom_event' || event.data.n",
     "!event.data.product_action",
-    "event.data.n", "event.data.e", "event.data.l", "event.data.o", "event.data.f",
-    "event.data.t", "event.data.nul", "event.data.missing",
-    "event.data.f == `false`", "event.data.nul == null", "event.data.t != `true`",
+    "event.data.n",
+    "event.data.e",
+    "event.data.l",
+    "event.data.o",
+    "event.data.f",
+    "event.data.t",
+    "event.data.nul",
+    "event.data.missing",
+    "event.data.f == `false`",
+    "event.data.nul == null",
+    "event.data.t != `true`",
     "contains(['commerce_event', 'custom_event'], event.event_type)",
-    "event.data.list[0]", "event.data.list[1] == 'two'", "event.data.list[-1] == 'two'",
+    "event.data.list[0]",
+    "event.data.list[1] == 'two'",
+    "event.data.list[-1] == 'two'",
     "event.event_type == `5`",
     "length(event.data.list) > `1`",
     # a part only the interpreter can do, next to parts compiled; run only when needed
@@ -41,27 +65,40 @@ CONDITIONS = [
     "starts_with(to_string(event.data.s), 'x') || event.data.t",
     "event.data.t && length(event.data.list) > `1` && event.data.s == 'str'",
     # starts_with/ends_with on a path: a string method; anything else: the interpreter
-    "starts_with(event.data.s, 'st')", "ends_with(event.data.s, 'tr')",
-    "starts_with(event.data.n, 'st')", "starts_with(event.data.missing, 'x')",
-    "starts_with(to_string(event.data.n), '0')", "starts_with(to_string(event.data.nul), 'nu')",
+    "starts_with(event.data.s, 'st')",
+    "ends_with(event.data.s, 'tr')",
+    "starts_with(event.data.n, 'st')",
+    "starts_with(event.data.missing, 'x')",
+    "starts_with(to_string(event.data.n), '0')",
+    "starts_with(to_string(event.data.nul), 'nu')",
     "event.event_type == 'commerce_event' && (starts_with(to_string(event.data.s), 'x')"
     " || ends_with(to_string(event.data.s), 'r'))",
 ]
 
 VALUES = [
-    "event.event_type", "event.data.product_action.action", "event.data.list[1]",
-    "event.data.list[5]", "event.data.s[0]", "event.data.list[-1]", "event.data",
-    "event.data.list[*]", "event.missing.deeper",
+    "event.event_type",
+    "event.data.product_action.action",
+    "event.data.list[1]",
+    "event.data.list[5]",
+    "event.data.s[0]",
+    "event.data.list[-1]",
+    "event.data",
+    "event.data.list[*]",
+    "event.missing.deeper",
     # `||` in a value: each alternative compiled, the later ones read only when needed
-    "event.data.nul || event.data.s", "event.data.n || event.data.s",
+    "event.data.nul || event.data.s",
+    "event.data.n || event.data.s",
     "event.data.e || event.data.l || event.data.o || event.data.f || event.data.t",
-    "event.data.missing || event.data.nul", "event.data.list[0] || event.data.s",
+    "event.data.missing || event.data.nul",
+    "event.data.list[0] || event.data.s",
     "event.data.missing || (event.data.list[?@ == 'two'] | [0])",
     "(event.data.list[?@ == 'two'] | [0]) || event.data.s",
     # `&&` in a value: a guard keeps the interpreter off records it rules out
     "event.data.list[0] && (event.data.list[?@ == 'two'] | [0])",
-    "event.data.o[0] && (event.data.list[?@ == 'two'] | [0])", "event.data.n && event.data.s",
-    "event.data.e && event.data.s", "event.data.f && event.data.s",
+    "event.data.o[0] && (event.data.list[?@ == 'two'] | [0])",
+    "event.data.n && event.data.s",
+    "event.data.e && event.data.s",
+    "event.data.f && event.data.s",
 ]
 
 
@@ -144,8 +181,10 @@ def test_interpreter_part_of_a_condition_runs_only_when_needed() -> None:
 
 
 def test_starts_with_compiles_to_a_string_method() -> None:
-    expr = ("event.event_type == 'custom_event' && (starts_with(to_string(event.data.name), "
-            "'moe_') || starts_with(event.data.name, 'MOE_'))")
+    expr = (
+        "event.event_type == 'custom_event' && (starts_with(to_string(event.data.name), "
+        "'moe_') || starts_with(event.data.name, 'MOE_'))"
+    )
     cg = Codegen()
     cg.namespace["_MISSING"] = (KeyError, TypeError, IndexError)
     values = ValueCompiler(cg)

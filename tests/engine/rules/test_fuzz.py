@@ -21,9 +21,13 @@ from moerules.engine.rules.loading import load_value, load_yaml
 from tests.conftest import MINIMAL_BUNDLE
 
 PROBLEM = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): error: \S.*$", re.DOTALL)
-BOUNDED = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.too_slow,
-                                          HealthCheck.function_scoped_fixture])
+BOUNDED = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # YAML's own punctuation, weighted in, so the text is garbage of the interesting kind
 YAML_CHARS = st.sampled_from([*"[]{}:,-?&*!|>'\"%@`#\n\t ", "<<", "---", "...", "${"])
@@ -37,8 +41,9 @@ def nested(depth: int) -> st.SearchStrategy[str]:
         leaf,
         lambda inner: st.one_of(
             st.lists(inner, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
-            st.lists(inner, max_size=3).map(lambda xs: "{" + ", ".join(
-                f"k{i}: {x}" for i, x in enumerate(xs)) + "}"),
+            st.lists(inner, max_size=3).map(
+                lambda xs: "{" + ", ".join(f"k{i}: {x}" for i, x in enumerate(xs)) + "}"
+            ),
             inner.map(lambda x: "[" + x),  # unclosed
         ),
         max_leaves=depth,
@@ -66,26 +71,40 @@ def test_any_text_loads_or_is_a_positioned_error(text: str) -> None:
 @BOUNDED
 @given(st.integers(min_value=0, max_value=300), st.sampled_from("[{-"), nested(40))
 def test_deep_and_nested_documents(depth: int, opener: str, tail: str) -> None:
-    prefix = {"[": "[" * depth, "{": "{a: " * depth, "-": "".join(
-        " " * i + "-\n" for i in range(depth))}[opener]
+    prefix = {
+        "[": "[" * depth,
+        "{": "{a: " * depth,
+        "-": "".join(" " * i + "-\n" for i in range(depth)),
+    }[opener]
     try:
         load_yaml("b.yaml", "bundle: x\nsource: " + prefix + tail + "\n")
     except RuleError as exc:
         assert_positioned(exc, "b.yaml")
 
 
-SETTINGS = ["workspace_id", "data_api_key", "data_center", "endpoint", "mode",
-            "max_request_bytes", "requests_per_second", "requests_per_minute", "colour"]
+SETTINGS = [
+    "workspace_id",
+    "data_api_key",
+    "data_center",
+    "endpoint",
+    "mode",
+    "max_request_bytes",
+    "requests_per_second",
+    "requests_per_minute",
+    "colour",
+]
 
 
 @BOUNDED
 @given(st.sampled_from(SETTINGS), st.one_of(TEXT, nested(10)))
-def test_any_setting_value_in_a_file(tmp_path_factory: pytest.TempPathFactory, key: str,
-                                     value: str) -> None:
+def test_any_setting_value_in_a_file(
+    tmp_path_factory: pytest.TempPathFactory, key: str, value: str
+) -> None:
     folder = tmp_path_factory.mktemp("b")
     path = folder / "bundle.yaml"
     text = MINIMAL_BUNDLE.lstrip("\n").replace(
-        "settings: {workspace_id: WS,", f"settings: {{{key}: {value}, workspace_id: WS,")
+        "settings: {workspace_id: WS,", f"settings: {{{key}: {value}, workspace_id: WS,"
+    )
     path.write_text(text, encoding="utf-8")
     try:
         load_bundle(path, env={"TEST_KEY": "a-test-key"})
@@ -93,8 +112,24 @@ def test_any_setting_value_in_a_file(tmp_path_factory: pytest.TempPathFactory, k
         assert_positioned(exc, str(path))
 
 
-KEYS = st.lists(st.sampled_from(["destination", "source", "settings", "identity", "events",
-                                 "routing", "0", "x", "", *SETTINGS]), min_size=0, max_size=6)
+KEYS = st.lists(
+    st.sampled_from(
+        [
+            "destination",
+            "source",
+            "settings",
+            "identity",
+            "events",
+            "routing",
+            "0",
+            "x",
+            "",
+            *SETTINGS,
+        ]
+    ),
+    min_size=0,
+    max_size=6,
+)
 
 
 @settings(BOUNDED, max_examples=80)
@@ -114,8 +149,11 @@ def minimal(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @settings(BOUNDED, max_examples=60)
-@given(st.text(alphabet=string.ascii_letters + string.digits + "[]{}:,'\"&*!#|>-", min_size=0,
-               max_size=30))
+@given(
+    st.text(
+        alphabet=string.ascii_letters + string.digits + "[]{}:,'\"&*!#|>-", min_size=0, max_size=30
+    )
+)
 def test_set_errors_never_echo_a_secret(minimal: Path, noise: str) -> None:
     secret = "Sx9" + "".join(sorted(set(string.ascii_letters))) + "key"
     for value in (noise + secret, secret + noise, f"[{secret}", f"'{secret}", f"{{{secret}:"):
@@ -133,4 +171,3 @@ def test_set_values_alone(value: str, depth: int) -> None:
         load_value("--set k", value, depth)
     except RuleError as exc:
         assert_positioned(exc, "--set k")
-

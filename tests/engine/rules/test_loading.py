@@ -19,14 +19,18 @@ def problems(text: str) -> list[str]:
     return [str(p) for p in info.value.problems]
 
 
-@pytest.mark.parametrize(("text", "where"), [
-    ("bundle: x\nsource: " + "[" * DEEP, "2:72"),  # the 64th `[` is level 65
-    ("bundle: x\nsource: " + "{a: " * DEEP, "2:261"),
-    ("bundle: x\nsource:\n  " + "- " * DEEP + "x", "3:129"),
-])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("bundle: x\nsource: " + "[" * DEEP, "2:72"),  # the 64th `[` is level 65
+        ("bundle: x\nsource: " + "{a: " * DEEP, "2:261"),
+        ("bundle: x\nsource:\n  " + "- " * DEEP + "x", "3:129"),
+    ],
+)
 def test_deep_nesting_is_refused_where_it_starts(text: str, where: str) -> None:
     assert problems(text) == [
-        f"b.yaml:{where}: error: document nests deeper than 64 levels; refusing to load it"]
+        f"b.yaml:{where}: error: document nests deeper than 64 levels; refusing to load it"
+    ]
 
 
 def test_nesting_up_to_the_limit_loads() -> None:
@@ -40,36 +44,54 @@ def test_nesting_up_to_the_limit_loads() -> None:
 def test_an_alias_that_would_nest_too_deep_is_refused() -> None:
     text = "a: &a " + "[" * 40 + "]" * 40 + "\nb: " + "[" * 30 + "*a" + "]" * 30 + "\n"
     assert problems(text) == [
-        "b.yaml:2:34: error: document nests deeper than 64 levels; refusing to load it"]
+        "b.yaml:2:34: error: document nests deeper than 64 levels; refusing to load it"
+    ]
 
 
 def test_a_5000_digit_integer_is_an_error() -> None:
     assert problems("bundle: " + "1" * 5000 + "\n") == [
         "b.yaml:1:9: error: number has too many digits; write it as a string (in quotes) if "
-        "it is an identifier"]
+        "it is an identifier"
+    ]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a: *nope\n", "1:4: error: alias *nope names no anchor defined before it"),
-    ("a: &a [*a]\n", "1:8: error: alias *a refers to a node that contains it"),
-    ("a: 1\n---\nb: 2\n", "2:1: error: a rule file holds one YAML document; found a second "
-                          "(`---`)"),
-    ("<<: {a: 1}\n", "1:1: error: YAML merge keys (<<) are not supported; use `extends:`"),
-    ("a: !foo x\n", "1:4: error: tag '!foo' is not allowed in rule files; use plain YAML "
-                    "scalars, mappings and lists"),
-    ("d: 2001-12-14\nt: !!timestamp 2001-12-14\n",  # implicit dates are text; explicit refused
-     "2:4: error: tag 'tag:yaml.org,2002:timestamp' is not allowed in rule files; use plain "
-     "YAML scalars, mappings and lists"),
-    ("a: b\na: c\n", "2:1: error: duplicate key 'a' (first at line 1)"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: *nope\n", "1:4: error: alias *nope names no anchor defined before it"),
+        ("a: &a [*a]\n", "1:8: error: alias *a refers to a node that contains it"),
+        (
+            "a: 1\n---\nb: 2\n",
+            "2:1: error: a rule file holds one YAML document; found a second (`---`)",
+        ),
+        ("<<: {a: 1}\n", "1:1: error: YAML merge keys (<<) are not supported; use `extends:`"),
+        (
+            "a: !foo x\n",
+            "1:4: error: tag '!foo' is not allowed in rule files; use plain YAML "
+            "scalars, mappings and lists",
+        ),
+        (
+            # implicit dates are text; an explicit timestamp tag is refused
+            "d: 2001-12-14\nt: !!timestamp 2001-12-14\n",
+            "2:4: error: tag 'tag:yaml.org,2002:timestamp' is not allowed in rule files; use plain "
+            "YAML scalars, mappings and lists",
+        ),
+        ("a: b\na: c\n", "2:1: error: duplicate key 'a' (first at line 1)"),
+    ],
+)
 def test_refused_documents(text: str, message: str) -> None:
     assert problems(text) == [f"b.yaml:{message}"]
 
 
 def test_positions_and_aliases_as_a_composer_gives_them() -> None:
     doc = load_yaml("b.yaml", "k: &a [1, {x: y}]\nm: *a\nn: 0o17\nyes: yes\nd: 2024-01-31\n")
-    assert doc == {"k": [1, {"x": "y"}], "m": [1, {"x": "y"}], "n": 15, "yes": "yes",
-                   "d": "2024-01-31"}
+    assert doc == {
+        "k": [1, {"x": "y"}],
+        "m": [1, {"x": "y"}],
+        "n": 15,
+        "yes": "yes",
+        "d": "2024-01-31",
+    }
     assert doc["m"] is not doc["k"]  # each alias is its own copy
     assert str(doc.key_pos["m"]) == "b.yaml:2:1"
     assert str(doc.val_pos["m"]) == "b.yaml:1:4"  # where the anchored value is
@@ -98,8 +120,10 @@ def test_reads_stop_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(os, "read", counting_read)
     with pytest.raises(RuleError) as info:
         read_rule_text(big)
-    assert str(info.value) == (f"{big}:1:1: error: file is larger than 1048576 bytes; rule "
-                               "files are limited to 1048576 bytes")
+    assert str(info.value) == (
+        f"{big}:1:1: error: file is larger than 1048576 bytes; rule "
+        "files are limited to 1048576 bytes"
+    )
     assert sum(read) == MAX_FILE_BYTES + 1
 
 
@@ -121,8 +145,9 @@ def test_only_regular_files_are_read(special: str, tmp_path: Path) -> None:
         pytest.skip(f"no {path}")
     with pytest.raises(RuleError) as info:
         read_rule_text(path)
-    assert str(info.value) == (f"{path}:1:1: error: not a regular file; rule files are plain "
-                               "YAML files")
+    assert str(info.value) == (
+        f"{path}:1:1: error: not a regular file; rule files are plain YAML files"
+    )
 
 
 def test_not_utf8(write: Callable[..., Path], tmp_path: Path) -> None:
@@ -130,5 +155,6 @@ def test_not_utf8(write: Callable[..., Path], tmp_path: Path) -> None:
     path.write_bytes(b"bundle: \xff\n")
     with pytest.raises(RuleError) as info:
         read_rule_text(path)
-    assert str(info.value) == (f"{path}:1:1: error: cannot read file: not UTF-8 text (byte "
-                               "0xff at offset 8)")
+    assert str(info.value) == (
+        f"{path}:1:1: error: cannot read file: not UTF-8 text (byte 0xff at offset 8)"
+    )

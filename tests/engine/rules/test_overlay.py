@@ -51,10 +51,11 @@ def run(path: Path, *events: dict[str, object], **ids: str) -> list[dict[str, An
     return [json.loads(x) for x in out.getvalue().splitlines()]
 
 
-def test_overlay_merges_maps_replaces_lists_and_merges_rules(
-        write: Callable[..., Path]) -> None:
+def test_overlay_merges_maps_replaces_lists_and_merges_rules(write: Callable[..., Path]) -> None:
     write("base/bundle.yaml", BASE)
-    overlay = write("mine.yaml", """
+    overlay = write(
+        "mine.yaml",
+        """
         extends: base/bundle.yaml
         bundle: mine
         destination: {settings: {data_center: "02"}}
@@ -66,18 +67,23 @@ def test_overlay_merges_maps_replaces_lists_and_merges_rules(
         routing:
           projects: [{name: Mine, code: M1}]
         tables: {t1: {c: "3"}}
-        """)
+        """,
+    )
     compiled = load_bundle(overlay)
     model = compiled.model
     assert model.bundle == "mine"
-    assert model.destination.settings == {"workspace_id": "WS", "data_api_key": "K",
-                                          "data_center": "02"}
+    assert model.destination.settings == {
+        "workspace_id": "WS",
+        "data_api_key": "K",
+        "data_center": "02",
+    }
     assert [r.name for r in model.events] == ["custom", "rest", "added"]
     assert model.events[0].when == "event.event_type == 'custom_event'"  # kept from base
     assert compiled.projects == [("Mine", "M1")]  # lists replace whole
     assert model.tables["t1"].values == {"a": "1", "b": "2", "c": "3"}  # maps merge
-    (request,) = run(overlay, {"event_type": "custom_event", "data": {"event_name": "E"}},
-                     email="a@b.c")
+    (request,) = run(
+        overlay, {"event_type": "custom_event", "data": {"event_name": "E"}}, email="a@b.c"
+    )
     assert request["url"].startswith("https://api-02.moengage.com/")
     element = request["body"]["elements"][0]
     assert element["customer_id"] == "a@b.c"
@@ -92,7 +98,9 @@ def test_null_removes_a_key(write: Callable[..., Path]) -> None:
 
 def test_errors_in_overlay_point_at_overlay_lines(write: Callable[..., Path]) -> None:
     write("base/bundle.yaml", BASE)
-    overlay = write("mine.yaml", """
+    overlay = write(
+        "mine.yaml",
+        """
         extends: base/bundle.yaml
         events:
           - name: custom
@@ -101,13 +109,15 @@ def test_errors_in_overlay_point_at_overlay_lines(write: Callable[..., Path]) ->
           projects:
             - {name: Mine, code: M1}
             - {name: Mine, code: M2}
-        """)
+        """,
+    )
     with pytest.raises(RuleError) as info:
         load_bundle(overlay)
     problems = [str(p) for p in info.value.problems]
     assert any(p.startswith(f"{overlay}:4:11: error: invalid JMESPath") for p in problems)
-    assert any(p.startswith(f"{overlay}:8:14: error: project 'Mine' is declared twice")
-               for p in problems)
+    assert any(
+        p.startswith(f"{overlay}:8:14: error: project 'Mine' is declared twice") for p in problems
+    )
 
 
 def test_extends_shipped_bundle_by_name(write: Callable[..., Path]) -> None:
@@ -119,9 +129,11 @@ def test_extends_unknown_bundle(write: Callable[..., Path]) -> None:
     overlay = write("o.yaml", "extends: mparticle-to-moengag\n")
     with pytest.raises(RuleError) as info:
         load_bundle(overlay)
-    assert str(info.value) == (f"{overlay}:1:10: error: cannot find bundle "
-                               "'mparticle-to-moengag' to extend (did you mean "
-                               "'mparticle-to-moengage'?); give a shipped bundle's name or a path")
+    assert str(info.value) == (
+        f"{overlay}:1:10: error: cannot find bundle "
+        "'mparticle-to-moengag' to extend (did you mean "
+        "'mparticle-to-moengage'?); give a shipped bundle's name or a path"
+    )
 
 
 def test_extends_loop(write: Callable[..., Path]) -> None:
@@ -147,10 +159,12 @@ def opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("ref", ["/proc/self/status", "/etc/passwd", "../../../etc/passwd",
-                                 "../outside.yaml"])
+@pytest.mark.parametrize(
+    "ref", ["/proc/self/status", "/etc/passwd", "../../../etc/passwd", "../outside.yaml"]
+)
 def test_extends_outside_the_project_is_refused_unread(
-        ref: str, write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    ref: str, write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     write("outside.yaml", BASE)
     overlay = write("project/o.yaml", f"extends: {ref}\nbundle: o\n")
     seen = opened_paths(monkeypatch)
@@ -158,12 +172,14 @@ def test_extends_outside_the_project_is_refused_unread(
         load_bundle(overlay)
     assert str(info.value) == (
         f"{overlay}:1:10: error: `extends` may name a shipped bundle or a file inside this "
-        f"bundle's folder {overlay.parent.resolve()}; {ref!r} is outside it")
+        f"bundle's folder {overlay.parent.resolve()}; {ref!r} is outside it"
+    )
     assert seen == [str(overlay)]
 
 
 def test_a_link_that_leads_out_of_the_project_is_refused(
-        write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     outside = write("outside.yaml", BASE)
     overlay = write("project/o.yaml", "extends: base.yaml\n")
     (overlay.parent / "base.yaml").symlink_to(outside)
@@ -191,28 +207,44 @@ def test_extends_a_fifo_in_the_project_does_not_wait(write: Callable[..., Path])
     os.mkfifo(overlay.parent / "pipe.yaml")
     with pytest.raises(RuleError) as info:
         load_bundle(overlay)
-    assert str(info.value) == (f"{overlay}:1:10: error: cannot find bundle 'pipe.yaml' to "
-                               "extend; give a shipped bundle's name or a path")
+    assert str(info.value) == (
+        f"{overlay}:1:10: error: cannot find bundle 'pipe.yaml' to "
+        "extend; give a shipped bundle's name or a path"
+    )
 
 
 SECRET = "Sx9-very-secret-key-value"
 
 
-@pytest.mark.parametrize(("sets", "expected"), [
-    ([SECRET], "--set #1:1:1: error: --set takes KEY=VALUE, e.g. destination.data_center=02"),
-    (["destination..x=1"], "--set #1:1:1: error: --set takes KEY=VALUE, e.g. "
-                           "destination.data_center=02"),
-    ([f"destination.data_api_key=[{SECRET}"],
-     "--set destination.data_api_key:1:27: error: invalid YAML: while parsing a flow sequence "
-     "did not find expected ',' or ']'"),
-    ([f"destination.data_api_key='{SECRET}"],
-     "--set destination.data_api_key:1:27: error: invalid YAML: while scanning a quoted scalar "
-     "found unexpected end of stream"),
-    (["identity.precedence=" + "[" * 50_000],
-     "--set identity.precedence:1:63: error: value nests deeper than 64 levels (its KEY's "
-     "included); refusing to load it"),
-    (["a." * 70 + "b=1"], "--set " + ("a." * 40) + "...:1:1: error: KEY has more than 63 parts"),
-])
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ([SECRET], "--set #1:1:1: error: --set takes KEY=VALUE, e.g. destination.data_center=02"),
+        (
+            ["destination..x=1"],
+            "--set #1:1:1: error: --set takes KEY=VALUE, e.g. destination.data_center=02",
+        ),
+        (
+            [f"destination.data_api_key=[{SECRET}"],
+            "--set destination.data_api_key:1:27: error: invalid YAML: "
+            "while parsing a flow sequence did not find expected ',' or ']'",
+        ),
+        (
+            [f"destination.data_api_key='{SECRET}"],
+            "--set destination.data_api_key:1:27: error: invalid YAML: "
+            "while scanning a quoted scalar found unexpected end of stream",
+        ),
+        (
+            ["identity.precedence=" + "[" * 50_000],
+            "--set identity.precedence:1:63: error: value nests deeper than 64 levels (its KEY's "
+            "included); refusing to load it",
+        ),
+        (
+            ["a." * 70 + "b=1"],
+            "--set " + ("a." * 40) + "...:1:1: error: KEY has more than 63 parts",
+        ),
+    ],
+)
 def test_set_errors(sets: list[str], expected: str) -> None:
     with pytest.raises(RuleError) as info:
         load_bundle("mparticle-to-moengage", sets)

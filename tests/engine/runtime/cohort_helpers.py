@@ -22,15 +22,26 @@ MIXPANEL = "mixpanel-cohorts-to-moengage"
 AMPLITUDE = "amplitude-cohorts-to-moengage"
 
 
-def mixpanel(action: str, members: Iterable[str], *, session: str | None = None,
-             page: int | None = None, pages: int | None = None, cohort: str = "1234",
-             name: str = "Power Users", moengage_ids: bool = False) -> dict[str, Any]:
+def mixpanel(
+    action: str,
+    members: Iterable[str],
+    *,
+    session: str | None = None,
+    page: int | None = None,
+    pages: int | None = None,
+    cohort: str = "1234",
+    name: str = "Power Users",
+    moengage_ids: bool = False,
+) -> dict[str, Any]:
     """A Mixpanel cohort sync payload; members by distinct_id (or $moengage_user_id)."""
     key = "$moengage_user_id" if moengage_ids else "mixpanel_distinct_id"
     parameters: dict[str, Any] = {
-        "mixpanel_project_id": "3210", "mixpanel_cohort_id": cohort,
-        "mixpanel_cohort_name": name, "mixpanel_cohort_description": "",
-        "members": [{"email": f"{m}@example.com", key: m} for m in members]}
+        "mixpanel_project_id": "3210",
+        "mixpanel_cohort_id": cohort,
+        "mixpanel_cohort_name": name,
+        "mixpanel_cohort_description": "",
+        "members": [{"email": f"{m}@example.com", key: m} for m in members],
+    }
     if session is not None:
         parameters["mixpanel_session_id"] = session
     if pages is not None:
@@ -38,12 +49,22 @@ def mixpanel(action: str, members: Iterable[str], *, session: str | None = None,
     return {"action": action, "parameters": parameters}
 
 
-def amplitude(entering: bool, users: Iterable[str | None], *, message: str | None = None,
-              at: int | None = None, cohort: str = "ab12cd",
-              name: str = "Power Users") -> dict[str, Any]:
+def amplitude(
+    entering: bool,
+    users: Iterable[str | None],
+    *,
+    message: str | None = None,
+    at: int | None = None,
+    cohort: str = "ab12cd",
+    name: str = "Power Users",
+) -> dict[str, Any]:
     """An Amplitude cohort webhook payload; a None user has no user id."""
-    payload: dict[str, Any] = {"cohort_name": name, "cohort_id": cohort, "in_cohort": entering,
-                               "users": [{"user_id": u} for u in users]}
+    payload: dict[str, Any] = {
+        "cohort_name": name,
+        "cohort_id": cohort,
+        "in_cohort": entering,
+        "users": [{"user_id": u} for u in users],
+    }
     if message is not None:
         payload["message_id"] = message
     if at is not None:
@@ -58,13 +79,27 @@ def write_lines(path: Path, payloads: Sequence[dict[str, Any]]) -> Path:
 
 def run_args(bundle: str, input_path: Path, url: str, state: Path, *extra: str) -> list[str]:
     """``moerules run`` against the emulator; the membership state in ``state``."""
-    return ["run", bundle, "--input", str(input_path), "--state-dir", str(state.parent / "run"),
-            "--set", f"destination.endpoint={url}", "--set", f"destination.state={state}",
-            "--set", "destination.requests_per_minute=6000", "--quiet", *extra]
+    return [
+        "run",
+        bundle,
+        "--input",
+        str(input_path),
+        "--state-dir",
+        str(state.parent / "run"),
+        "--set",
+        f"destination.endpoint={url}",
+        "--set",
+        f"destination.state={state}",
+        "--set",
+        "destination.requests_per_minute=6000",
+        "--quiet",
+        *extra,
+    ]
 
 
-def run(cli: Callable[..., Result], bundle: str, input_path: Path, url: str, state: Path,
-        *extra: str) -> Result:
+def run(
+    cli: Callable[..., Result], bundle: str, input_path: Path, url: str, state: Path, *extra: str
+) -> Result:
     return cli(*run_args(bundle, input_path, url, state, *extra), env=ENV)
 
 
@@ -72,9 +107,15 @@ def spawn(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     """The installed console script, as a runner would start it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOENGAGE_")}
     env.update(ENV)
-    return subprocess.Popen([script(), *args], cwd=cwd, env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [script(), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def stored(state: Path, cohort_id: str) -> set[str]:

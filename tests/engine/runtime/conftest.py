@@ -28,8 +28,14 @@ KEY = "delivery-test-data-api-key"  # long: dead-letter scrubbing replaces every
 ENV = {"MOENGAGE_WORKSPACE_ID": WS, "MOENGAGE_DATA_API_KEY": KEY}
 BUNDLE = "mparticle-to-moengage"
 # small backoffs keep fault tests fast; generous timeouts keep slow answers from timing out
-FAST = DeliveryOptions(concurrency=4, backoff_base=0.01, backoff_cap=0.05, request_timeout=10.0,
-                       drain_timeout=5.0, checkpoint_interval=0.05)
+FAST = DeliveryOptions(
+    concurrency=4,
+    backoff_base=0.01,
+    backoff_cap=0.05,
+    request_timeout=10.0,
+    drain_timeout=5.0,
+    checkpoint_interval=0.05,
+)
 
 
 @pytest.fixture
@@ -64,10 +70,17 @@ def batch(line: int, events: int) -> dict[str, Any]:
         "user_identities": {"customer_id": f"c-{line}"},
         "user_attributes": {"$FirstName": f"N{line}"},
         "device_info": {"platform": "iOS"},
-        "events": [{"event_type": "custom_event",
-                    "data": {"event_name": "Tested", "timestamp_unixtime_ms": 1700000000000,
-                             "custom_attributes": {"msg": f"{line}-{i}"}}}
-                   for i in range(events)],
+        "events": [
+            {
+                "event_type": "custom_event",
+                "data": {
+                    "event_name": "Tested",
+                    "timestamp_unixtime_ms": 1700000000000,
+                    "custom_attributes": {"msg": f"{line}-{i}"},
+                },
+            }
+            for i in range(events)
+        ],
     }
 
 
@@ -124,8 +137,17 @@ def compiled(url: str, *sets: str) -> CompiledBundle:
 
 
 def run_args(url: str, input_path: Path, state_dir: Path, *extra: str) -> list[str]:
-    return ["run", BUNDLE, "--input", str(input_path), "--set", f"destination.endpoint={url}",
-            "--state-dir", str(state_dir), *extra]
+    return [
+        "run",
+        BUNDLE,
+        "--input",
+        str(input_path),
+        "--set",
+        f"destination.endpoint={url}",
+        "--state-dir",
+        str(state_dir),
+        *extra,
+    ]
 
 
 def script() -> str:
@@ -137,9 +159,15 @@ def spawn(args: list[str], cwd: Path, *, stdin: bool = False) -> subprocess.Pope
     """The installed console script, as a runner would start it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOENGAGE_")}
     env.update(ENV)
-    return subprocess.Popen([script(), *args], cwd=cwd, env=env, text=True,
-                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [script(), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -43,14 +43,21 @@ def applied(bundle: str, payloads: list[dict[str, Any]]) -> tuple[dict[str, set[
 words = st.lists(st.tuples(st.sampled_from(USERS), st.booleans()), min_size=1, max_size=25)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(words=words, order=st.randoms(use_true_random=False),
-       repeats=st.lists(st.integers(min_value=0, max_value=24), max_size=10))
-def test_amplitude_any_order_ends_at_the_latest_word(words: list[tuple[str, bool]],
-                                                     order: Any, repeats: list[int]) -> None:
-    payloads = [amplitude(entering, [user], message=f"m-{n}", at=1_718_000_000 + n)
-                for n, (user, entering) in enumerate(words)]
+@settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    words=words,
+    order=st.randoms(use_true_random=False),
+    repeats=st.lists(st.integers(min_value=0, max_value=24), max_size=10),
+)
+def test_amplitude_any_order_ends_at_the_latest_word(
+    words: list[tuple[str, bool]], order: Any, repeats: list[int]
+) -> None:
+    payloads = [
+        amplitude(entering, [user], message=f"m-{n}", at=1_718_000_000 + n)
+        for n, (user, entering) in enumerate(words)
+    ]
     arrived = list(payloads)
     order.shuffle(arrived)
     arrived += [payloads[i] for i in repeats if i < len(payloads)]  # repeats, late
@@ -64,19 +71,28 @@ def test_amplitude_any_order_ends_at_the_latest_word(words: list[tuple[str, bool
 
 # -- Mixpanel: syncs in sequence, pages shuffled and repeated ------------------------------------
 sync = st.one_of(
-    st.tuples(st.just("members"), st.sets(st.sampled_from(USERS)),
-              st.integers(min_value=1, max_value=3)),
-    st.tuples(st.sampled_from(["add_members", "remove_members"]),
-              st.sets(st.sampled_from(USERS), min_size=1), st.just(1)),
+    st.tuples(
+        st.just("members"), st.sets(st.sampled_from(USERS)), st.integers(min_value=1, max_value=3)
+    ),
+    st.tuples(
+        st.sampled_from(["add_members", "remove_members"]),
+        st.sets(st.sampled_from(USERS), min_size=1),
+        st.just(1),
+    ),
 )
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(syncs=st.lists(sync, min_size=1, max_size=6), order=st.randoms(use_true_random=False),
-       repeats=st.lists(st.integers(min_value=0, max_value=20), max_size=6))
+@settings(
+    max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    syncs=st.lists(sync, min_size=1, max_size=6),
+    order=st.randoms(use_true_random=False),
+    repeats=st.lists(st.integers(min_value=0, max_value=20), max_size=6),
+)
 def test_mixpanel_exports_replace_and_pages_may_come_in_any_order(
-        syncs: list[tuple[str, set[str], int]], order: Any, repeats: list[int]) -> None:
+    syncs: list[tuple[str, set[str], int]], order: Any, repeats: list[int]
+) -> None:
     """Syncs follow one another (a sync is older than one whose first page arrived later);
     the pages of an export come in any order, some of them after later syncs' pages, and
     any page may come again later."""
@@ -87,8 +103,10 @@ def test_mixpanel_exports_replace_and_pages_may_come_in_any_order(
         members = sorted(users)
         if action == "members":
             expected = set(members)
-            sent = [mixpanel(action, members[i::pages], session=f"s-{n}", page=i + 1,
-                             pages=pages) for i in range(pages)]
+            sent = [
+                mixpanel(action, members[i::pages], session=f"s-{n}", page=i + 1, pages=pages)
+                for i in range(pages)
+            ]
         else:
             expected = expected | users if action == "add_members" else expected - users
             sent = [mixpanel(action, members, session=f"s-{n}")]

@@ -22,7 +22,7 @@ def cut(data: bytes, block: int, limit: int) -> tuple[list[bytes | LongLine], in
     cutter = LineCutter(limit)
     lines: list[bytes | LongLine] = []
     for i in range(0, len(data), block):
-        lines += cutter.feed(data[i:i + block])
+        lines += cutter.feed(data[i : i + block])
     lines += cutter.end()
     return lines, cutter.take_skipped()
 
@@ -45,7 +45,15 @@ def expected(data: bytes, limit: int) -> list[bytes | LongLine]:
 
 
 INPUTS = [
-    b"", b"\n", b"a", b"a\nb", b"ab\n\ncd\n", BOM, BOM + b"{}\n", BOM[:2], b"\xef\xbbx\n",
+    b"",
+    b"\n",
+    b"a",
+    b"a\nb",
+    b"ab\n\ncd\n",
+    BOM,
+    BOM + b"{}\n",
+    BOM[:2],
+    b"\xef\xbbx\n",
     BOM + b"\n" + BOM + b"x\n",  # only the first BOM is skipped
     b"x" * 5000 + b"\nshort\n" + b"y" * 3000,  # long lines in the middle and at the end
     b"z" * 40 + b"\n" + b"w" * 41 + b"\n",  # at and just over a limit of 40
@@ -71,8 +79,9 @@ def test_long_line_keeps_only_its_excerpt() -> None:
         assert not cutter._parts  # nothing of it is held but the excerpt
     (line,) = cutter.feed(b"tail\nnext\n")[:1]
     assert line == LongLine(b"q" * EXCERPT_BYTES, 1024 * 1000 + 4, 1024 * 1000 + 5, 100)
-    assert line.error == ("the line is 1024004 bytes long; the limit is 100 bytes "
-                          "(--max-line-bytes)")
+    assert line.error == (
+        "the line is 1024004 bytes long; the limit is 100 bytes (--max-line-bytes)"
+    )
 
 
 def test_resumed_input_keeps_a_leading_bom_like_sequence() -> None:
@@ -85,12 +94,14 @@ def test_inputs_that_cannot_be_read(tmp_path: Path) -> None:
     missing = tmp_path / "none.jsonl"
     with pytest.raises(InputError) as info:
         check_input(str(missing))
-    assert str(info.value) == (f"input {missing} does not exist; --input takes a JSON Lines "
-                               "file, or - for stdin")
+    assert str(info.value) == (
+        f"input {missing} does not exist; --input takes a JSON Lines file, or - for stdin"
+    )
     with pytest.raises(InputError) as info:
         check_input(str(tmp_path))
-    assert str(info.value) == (f"input {tmp_path} is a directory; --input takes a JSON Lines "
-                               "file, or - for stdin")
+    assert str(info.value) == (
+        f"input {tmp_path} is a directory; --input takes a JSON Lines file, or - for stdin"
+    )
     with pytest.raises(InputError) as info:
         check_input("/proc/self/mem")  # opens, then refuses to be read
     assert str(info.value) == "cannot read input /proc/self/mem: Input/output error"

@@ -27,18 +27,19 @@ def line(n: int, **extra: object) -> bytes:
     return orjson.dumps({**batch(n, 3), **extra}) + b"\n"
 
 
-def test_huge_line_and_bom_keep_offsets_right(emulator: tuple[TimedEmulator, str],
-                                              tmp_path: Path) -> None:
+def test_huge_line_and_bom_keep_offsets_right(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + line(1) + line(2, pad="p" * 20_000) + line(3))
     options = replace(FAST, max_line_bytes=10_000)
-    report = deliver(compiled(url), str(path), state_dir=tmp_path, quiet=True,
-                     options=options)
+    report = deliver(compiled(url), str(path), state_dir=tmp_path, quiet=True, options=options)
     assert set(delivered(emu)) == expected_ids(1, 1) | expected_ids(3, 3)
     assert report.dead_lettered == {"line too long": 1} and report.balanced()
-    (letter,) = [orjson.loads(x) for x in (tmp_path / "dead-letter.jsonl").read_bytes()
-                 .splitlines()]
+    (letter,) = [
+        orjson.loads(x) for x in (tmp_path / "dead-letter.jsonl").read_bytes().splitlines()
+    ]
     assert (letter["line"], letter["reason"]) == (2, "line too long")
     # the checkpoint ended exactly at the end of the file: a rerun finds it complete
     with path.open("ab") as f:
@@ -65,8 +66,10 @@ def test_named_pipe_input(emulator: tuple[TimedEmulator, str], tmp_path: Path) -
     report = deliver(compiled(url), str(fifo), state_dir=tmp_path, quiet=True, options=FAST)
     thread.join(timeout=10)
     assert set(delivered(emu)) == expected_ids(1, 10)
-    assert report.notes == [f"input {fifo} is a pipe or a device, not a file: no checkpoint "
-                            "is kept, a rerun cannot resume"]
+    assert report.notes == [
+        f"input {fifo} is a pipe or a device, not a file: no checkpoint "
+        "is kept, a rerun cannot resume"
+    ]
     assert not (tmp_path / "state.sqlite").exists()
 
 
@@ -92,6 +95,7 @@ def test_a_read_that_fails_part_way_stops_the_dry_run_cleanly() -> None:
     out = io.BytesIO()
     report = dry_run(bundle, iter_lines(_FailingRead()), out)  # type: ignore[arg-type]
     assert report.interrupted and report.lines_in == 2 and report.balanced()
-    assert report.warnings == [f"reading input flaky.jsonl failed at byte "
-                               f"{len(line(1) + line(2))}: Input/output error"]
+    assert report.warnings == [
+        f"reading input flaky.jsonl failed at byte {len(line(1) + line(2))}: Input/output error"
+    ]
     assert out.getvalue()  # what was read is mapped and written

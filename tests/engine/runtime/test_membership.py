@@ -47,7 +47,12 @@ def test_words_pages_and_acknowledgements_survive_a_reopen(tmp_path: Path) -> No
     again.close()
     (row,) = summarise(path)
     assert (row.segment, row.synced, row.wanted, row.to_add, row.to_remove) == (
-        "Power Users", 1, 2, 1, 0)
+        "Power Users",
+        1,
+        2,
+        1,
+        0,
+    )
     assert row.pending_exports == [("s-2", 1, 2)]
     assert members_of(path, "1234") == {(KEY.scope, "mixpanel"): ["d1"]}
 
@@ -85,8 +90,7 @@ def test_other_files_are_refused_clearly(tmp_path: Path, cli: Callable[..., Resu
     db.execute("UPDATE meta SET value='2' WHERE key='format'")
     db.commit()
     db.close()
-    with pytest.raises(StateError, match="membership state format 2; this moerules reads "
-                                         "format 1"):
+    with pytest.raises(StateError, match="membership state format 2; this moerules reads format 1"):
         MembershipStore(newer, durable=False)
     result = cli("cohorts", str(newer))
     assert result.exit_code == 2 and "format 2" in result.stderr
@@ -107,25 +111,40 @@ def test_memory_keeps_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["text", "directory"])
 def test_a_state_that_cannot_be_used_is_a_one_line_error(
-        cli: Callable[..., Result], tmp_path: Path, kind: str) -> None:
+    cli: Callable[..., Result], tmp_path: Path, kind: str
+) -> None:
     state = tmp_path / "state"
     if kind == "text":
         state.write_text("not a database at all, just some text that is long enough" * 20)
     else:
         state.mkdir()
     payload = tmp_path / "payload.json"
-    payload.write_text('{"action": "add_members", "parameters": {"mixpanel_cohort_id": "1", '
-                       '"mixpanel_cohort_name": "P", "members": [{"mixpanel_distinct_id": '
-                       '"d1"}]}}\n')
+    payload.write_text(
+        '{"action": "add_members", "parameters": {"mixpanel_cohort_id": "1", '
+        '"mixpanel_cohort_name": "P", "members": [{"mixpanel_distinct_id": '
+        '"d1"}]}}\n'
+    )
     env = {"MOENGAGE_WORKSPACE_ID": "WS", "MOENGAGE_DATA_API_KEY": "cohort-key-123"}
-    for args in (["run", "mixpanel-cohorts-to-moengage", "--input", str(payload), "--dry-run"],
-                 ["run", "mixpanel-cohorts-to-moengage", "--input", str(payload),
-                  "--state-dir", str(tmp_path / "run"), "--set",
-                  "destination.endpoint=http://127.0.0.1:9"],
-                 ["explain", "mixpanel-cohorts-to-moengage", "--event", str(payload)]):
+    for args in (
+        ["run", "mixpanel-cohorts-to-moengage", "--input", str(payload), "--dry-run"],
+        [
+            "run",
+            "mixpanel-cohorts-to-moengage",
+            "--input",
+            str(payload),
+            "--state-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "destination.endpoint=http://127.0.0.1:9",
+        ],
+        ["explain", "mixpanel-cohorts-to-moengage", "--event", str(payload)],
+    ):
         result = cli(*args, "--set", f"destination.state={state}", env=env)
         assert result.exit_code == 2, (args, result.stderr)
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"moerules: error: {state}: ")
-        assert ("not a moerules membership state" if kind == "text"
-                else "must be a file, not a directory") in line
+        assert (
+            "not a moerules membership state"
+            if kind == "text"
+            else "must be a file, not a directory"
+        ) in line

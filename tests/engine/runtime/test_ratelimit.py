@@ -119,8 +119,9 @@ def test_every_matching_bucket_must_admit() -> None:
     limiter = RateLimiter([RateLimit(10, 1.0, "event"), RateLimit(4, 1.0, "*")], clock=clock)
     slots = greedy_slots(limiter, ["event", "customer"], 40)
     assert throttled_at_partner(slots, WindowLimit(per_second=4)) == 0
-    only_events = RateLimiter([RateLimit(10, 1.0, "event"), RateLimit(4, 1.0, "customer")],
-                              clock=FakeClock())
+    only_events = RateLimiter(
+        [RateLimit(10, 1.0, "event"), RateLimit(4, 1.0, "customer")], clock=FakeClock()
+    )
     event_slots = greedy_slots(only_events, ["event"], 50)
     assert throttled_at_partner(event_slots, WindowLimit(per_second=10)) == 0
     assert throttled_at_partner(event_slots, WindowLimit(per_second=4)) > 0  # not limited by 4
@@ -164,15 +165,22 @@ async def test_acquire_takes_a_new_slot_after_a_pause() -> None:
     assert time.monotonic() - started >= 0.29
 
 
-def test_rate_at_the_emulator_never_exceeds_the_limit(emulator: tuple[TimedEmulator, str],
-                                                      tmp_path: Path) -> None:
+def test_rate_at_the_emulator_never_exceeds_the_limit(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     limit = 30
     emu.faults.set_rate_limit(WindowLimit(per_second=limit))
     write_input(tmp_path / "in.jsonl", 100)
-    report = deliver(compiled(url, "destination.max_request_bytes=1024",
-                              f"destination.requests_per_second={limit}"),
-                     str(tmp_path / "in.jsonl"), state_dir=tmp_path, quiet=True, options=FAST)
+    report = deliver(
+        compiled(
+            url, "destination.max_request_bytes=1024", f"destination.requests_per_second={limit}"
+        ),
+        str(tmp_path / "in.jsonl"),
+        state_dir=tmp_path,
+        quiet=True,
+        options=FAST,
+    )
     assert emu.stats()["rate_limited"] == 0 and report.throttled == 0
     arrivals = sorted(emu.arrivals)
     assert len(arrivals) == report.requests > limit
@@ -187,11 +195,22 @@ def test_item_limits_cost_each_request_what_it_carries() -> None:
     clock = FakeClock()
     users = RateLimit(100, 10.0, "transition", counts=ITEMS, kind=USER)
     limiter = RateLimiter([users, RateLimit(1000, 1.0)], clock=clock)
-    carrying = WireRequest("POST", "u", {}, b"", [
-        Item(USER, f"c{n}", "", {}, {}, None, (n, -1), "user") for n in range(25)],
-                           limit_key="transition")
-    no_users = WireRequest("POST", "u", {}, b"", [
-        Item(EVENT, "c", "E", {}, {}, None, (1, 0), "r")], limit_key="transition")
+    carrying = WireRequest(
+        "POST",
+        "u",
+        {},
+        b"",
+        [Item(USER, f"c{n}", "", {}, {}, None, (n, -1), "user") for n in range(25)],
+        limit_key="transition",
+    )
+    no_users = WireRequest(
+        "POST",
+        "u",
+        {},
+        b"",
+        [Item(EVENT, "c", "E", {}, {}, None, (1, 0), "r")],
+        limit_key="transition",
+    )
     departures: list[float] = []
     for _ in range(8):  # 200 users: two windows' worth
         at = limiter.reserve("transition", carrying)
@@ -207,7 +226,8 @@ def test_item_limits_cost_each_request_what_it_carries() -> None:
 
 
 def test_a_healthy_run_meets_no_429_from_per_minute_item_caps(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 9.2: the Data API caps users and events per minute across all requests. Paced by
     requests alone, a run of small requests is refused; paced by what requests carry, never.
     (The emulator's minute is scaled down to 2 s so that the test takes seconds.)"""
@@ -215,19 +235,26 @@ def test_a_healthy_run_meets_no_429_from_per_minute_item_caps(
     write_input(tmp_path / "in.jsonl", 40)  # 40 users and 120 events
     sets = ("destination.max_request_bytes=2048",)
 
-    def run(limits: tuple[tuple[str, str, int, float], ...],
-            state: str) -> tuple[int, Any, set[str]]:
+    def run(
+        limits: tuple[tuple[str, str, int, float], ...], state: str
+    ) -> tuple[int, Any, set[str]]:
         monkeypatch.setattr(sink_module, "ENDPOINT_LIMITS", limits)
         emu = TimedEmulator(WS, KEY, limits=caps)
         with serve(emu) as url:
-            report = deliver(compiled(url, *sets), str(tmp_path / "in.jsonl"),
-                             state_dir=tmp_path / state, quiet=True, options=FAST)
+            report = deliver(
+                compiled(url, *sets),
+                str(tmp_path / "in.jsonl"),
+                state_dir=tmp_path / state,
+                quiet=True,
+                options=FAST,
+            )
         assert report.balanced(), report.to_dict()
         return report.statuses["429"], report, set(delivered(emu))
 
     refused, report, _ = run((), "unpaced")  # requests/s only: the caps are met head-on
     assert refused > 0 and report.throttled == refused, report.to_dict()
-    refused, report, got = run((("transition", USER, 30, 2.0), ("transition", EVENT, 90, 2.0)),
-                               "paced")
+    refused, report, got = run(
+        (("transition", USER, 30, 2.0), ("transition", EVENT, 90, 2.0)), "paced"
+    )
     assert refused == 0 and report.throttled == 0 and report.retries == 0
     assert got == expected_ids(1, 40) and not report.dead_lettered

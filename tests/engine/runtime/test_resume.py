@@ -42,14 +42,25 @@ def received_more(emu: TimedEmulator, count: int) -> Callable[[], bool]:
     return lambda: len(emu.received) >= target
 
 
-def test_sigkill_at_random_points_then_rerun(emulator: tuple[TimedEmulator, str],
-                                             tmp_path: Path) -> None:
+def test_sigkill_at_random_points_then_rerun(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     expected = write_input(tmp_path / "in.jsonl", 200)
-    args = run_args(url, tmp_path / "in.jsonl", tmp_path / "state", "-q",
-                    "--concurrency", str(CONCURRENCY), "--backoff-base", "0.01",
-                    "--set", "destination.max_request_bytes=1024",
-                    "--set", "destination.requests_per_second=80")
+    args = run_args(
+        url,
+        tmp_path / "in.jsonl",
+        tmp_path / "state",
+        "-q",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--backoff-base",
+        "0.01",
+        "--set",
+        "destination.max_request_bytes=1024",
+        "--set",
+        "destination.requests_per_second=80",
+    )
     rng = random.Random(20240611)
     kills = 3
     for _ in range(kills):
@@ -70,14 +81,22 @@ def test_sigkill_at_random_points_then_rerun(emulator: tuple[TimedEmulator, str]
 
 
 def test_requests_finished_after_a_slow_one_are_not_sent_again(
-        emulator: tuple[TimedEmulator, str], tmp_path: Path) -> None:
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     """Acknowledgements beyond the watermark survive the crash: only in-flight work repeats."""
     emu, url = emulator
     emu.faults.push(Fault("slow", delay=30.0), count=1)  # the first request never answers
     expected = write_input(tmp_path / "in.jsonl", 60)
-    args = run_args(url, tmp_path / "in.jsonl", tmp_path / "state", "-q",
-                    "--concurrency", str(CONCURRENCY),
-                    "--set", "destination.max_request_bytes=1024")
+    args = run_args(
+        url,
+        tmp_path / "in.jsonl",
+        tmp_path / "state",
+        "-q",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--set",
+        "destination.max_request_bytes=1024",
+    )
     process = spawn(args, tmp_path)
     assert wait_until(lambda: len(emu.received) >= 20, timeout=20)
     time.sleep(0.3)
@@ -97,8 +116,9 @@ def test_requests_finished_after_a_slow_one_are_not_sent_again(
     assert duplicates <= CONCURRENCY * max_items_per_request(emu) < len(done_before)
 
 
-def test_appended_input_resumes_after_the_end(emulator: tuple[TimedEmulator, str],
-                                              tmp_path: Path) -> None:
+def test_appended_input_resumes_after_the_end(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     path = tmp_path / "in.jsonl"
     write_input(path, 30)
@@ -116,9 +136,21 @@ def test_appended_input_resumes_after_the_end(emulator: tuple[TimedEmulator, str
 def test_stdin_cannot_resume(emulator: tuple[TimedEmulator, str], tmp_path: Path) -> None:
     emu, url = emulator
     expected = write_input(tmp_path / "in.jsonl", 5)
-    process = spawn(["run", "mparticle-to-moengage", "--input", "-", "--set",
-                     f"destination.endpoint={url}", "--state-dir", str(tmp_path), "-q"],
-                    tmp_path, stdin=True)
+    process = spawn(
+        [
+            "run",
+            "mparticle-to-moengage",
+            "--input",
+            "-",
+            "--set",
+            f"destination.endpoint={url}",
+            "--state-dir",
+            str(tmp_path),
+            "-q",
+        ],
+        tmp_path,
+        stdin=True,
+    )
     _, stderr = process.communicate((tmp_path / "in.jsonl").read_text(), timeout=30)
     assert process.returncode == 0, stderr
     assert "stdin: no checkpoint is kept" in stderr

@@ -36,8 +36,9 @@ def export(path: Path, first: int, last: int) -> set[str]:
     return expected_ids(1, 1) | expected_ids(first, last)
 
 
-def test_daily_export_with_the_same_header_is_read_whole(emulator: tuple[TimedEmulator, str],
-                                                         tmp_path: Path) -> None:
+def test_daily_export_with_the_same_header_is_read_whole(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     path, state = tmp_path / "export.jsonl", tmp_path / "state"
     export(path, 2, 30)  # day 1
@@ -48,10 +49,12 @@ def test_daily_export_with_the_same_header_is_read_whole(emulator: tuple[TimedEm
     report = deliver(compiled(url), str(path), state_dir=state, quiet=True, options=FAST)
     assert set(delivered(emu)) == day2  # nothing skipped
     assert report.lines_in == 41 and report.balanced() and report.warnings == []
-    assert report.notes == [f"{path} is not the input its checkpoint in "
-                            f"{state / 'state.sqlite'} was made from (its first "
-                            f"{first_size(tmp_path)} bytes differ): read as a new input, from "
-                            "line 1"]
+    assert report.notes == [
+        f"{path} is not the input its checkpoint in "
+        f"{state / 'state.sqlite'} was made from (its first "
+        f"{first_size(tmp_path)} bytes differ): read as a new input, from "
+        "line 1"
+    ]
     emu.reset()
     day3 = export(path, 201, 205)  # day 3: shorter than what the checkpoint read
     report = deliver(compiled(url), str(path), state_dir=state, quiet=True, options=FAST)
@@ -65,27 +68,35 @@ def first_size(tmp_path: Path) -> int:
     return (tmp_path / "day1.jsonl").stat().st_size
 
 
-def test_unfinished_run_of_a_replaced_input(emulator: tuple[TimedEmulator, str],
-                                            tmp_path: Path) -> None:
+def test_unfinished_run_of_a_replaced_input(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     path, state = tmp_path / "export.jsonl", tmp_path / "state"
     export(path, 2, 40)
     emu.faults.push(Fault("echo", echo_status=401, path="/v1/transition"))  # a key revoked
-    stopped = deliver(compiled(url, "destination.max_request_bytes=1024"), str(path),
-                      state_dir=state, quiet=True, options=FAST)
+    stopped = deliver(
+        compiled(url, "destination.max_request_bytes=1024"),
+        str(path),
+        state_dir=state,
+        quiet=True,
+        options=FAST,
+    )
     assert stopped.interrupted
     emu.reset()
     replaced = export(path, 301, 340)
     report = deliver(compiled(url), str(path), state_dir=state, quiet=True, options=FAST)
     assert set(delivered(emu)) == replaced
     (warning,) = report.warnings
-    assert warning.startswith(f"{path} is not the input its checkpoint in "
-                              f"{state / 'state.sqlite'} was made from (")
+    assert warning.startswith(
+        f"{path} is not the input its checkpoint in {state / 'state.sqlite'} was made from ("
+    )
     assert warning.endswith(f"cannot be resumed. {path} is read as a new input, from line 1")
 
 
-def test_an_input_that_grew_resumes_where_it_stopped(emulator: tuple[TimedEmulator, str],
-                                                     tmp_path: Path) -> None:
+def test_an_input_that_grew_resumes_where_it_stopped(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     path, state = tmp_path / "events.jsonl", tmp_path / "state"
     export(path, 2, 20)

@@ -36,13 +36,17 @@ def test_attempts_are_bounded() -> None:
         RetryPolicy(max_attempts=0)
 
 
-def test_429_storm_honours_retry_after(emulator: tuple[TimedEmulator, str],
-                                       tmp_path: Path) -> None:
+def test_429_storm_honours_retry_after(emulator: tuple[TimedEmulator, str], tmp_path: Path) -> None:
     emu, url = emulator
     emu.faults.push(Fault("429", retry_after=1), count=2)
     expected = write_input(tmp_path / "in.jsonl", 3)
-    report = deliver(compiled(url), str(tmp_path / "in.jsonl"), state_dir=tmp_path,
-                     quiet=True, options=replace(FAST, concurrency=1))
+    report = deliver(
+        compiled(url),
+        str(tmp_path / "in.jsonl"),
+        state_dir=tmp_path,
+        quiet=True,
+        options=replace(FAST, concurrency=1),
+    )
     assert set(delivered(emu)) == expected
     first, second, third = emu.arrivals[:3]
     assert second - first >= 0.99 and third - second >= 0.99  # not the 10 ms backoff
@@ -50,14 +54,20 @@ def test_429_storm_honours_retry_after(emulator: tuple[TimedEmulator, str],
     assert report.statuses == {"429": 2, "200": 1}
 
 
-def test_retry_after_holds_back_every_sender(emulator: tuple[TimedEmulator, str],
-                                             tmp_path: Path) -> None:
+def test_retry_after_holds_back_every_sender(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     """One 429 with Retry-After pauses the credential, not just the request that met it."""
     emu, url = emulator
     emu.faults.push(Fault("429", retry_after=1), count=1)
     expected = write_input(tmp_path / "in.jsonl", 60)
-    report = deliver(compiled(url, "destination.max_request_bytes=1024"),
-                     str(tmp_path / "in.jsonl"), state_dir=tmp_path, quiet=True, options=FAST)
+    report = deliver(
+        compiled(url, "destination.max_request_bytes=1024"),
+        str(tmp_path / "in.jsonl"),
+        state_dir=tmp_path,
+        quiet=True,
+        options=FAST,
+    )
     assert set(delivered(emu)) == expected
     throttled_at = emu.arrivals[0]
     # requests already on their way may land just after the 429; nothing else before 1 s
@@ -66,14 +76,19 @@ def test_retry_after_holds_back_every_sender(emulator: tuple[TimedEmulator, str]
     assert report.throttled == 1
 
 
-def test_429_without_retry_after_backs_off(emulator: tuple[TimedEmulator, str],
-                                           tmp_path: Path) -> None:
+def test_429_without_retry_after_backs_off(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     emu.faults.push(Fault("429_bare"), count=3)
     expected = write_input(tmp_path / "in.jsonl", 2)
-    report = deliver(compiled(url), str(tmp_path / "in.jsonl"), state_dir=tmp_path,
-                     quiet=True, options=replace(FAST, concurrency=1, backoff_base=0.05,
-                                                 backoff_cap=0.2))
+    report = deliver(
+        compiled(url),
+        str(tmp_path / "in.jsonl"),
+        state_dir=tmp_path,
+        quiet=True,
+        options=replace(FAST, concurrency=1, backoff_base=0.05, backoff_cap=0.2),
+    )
     assert set(delivered(emu)) == expected
     gaps = [b - a for a, b in zip(emu.arrivals, emu.arrivals[1:], strict=False)]
     assert all(gap < 0.5 for gap in gaps)  # backoff, no invented Retry-After

@@ -20,13 +20,23 @@ from tests.engine.runtime.conftest import (
 EXIT_INTERRUPTED = 4
 
 
-def test_sigint_drains_checkpoints_and_a_rerun_completes(emulator: tuple[TimedEmulator, str],
-                                                         tmp_path: Path) -> None:
+def test_sigint_drains_checkpoints_and_a_rerun_completes(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     expected = write_input(tmp_path / "in.jsonl", 150)
-    args = run_args(url, tmp_path / "in.jsonl", tmp_path / "state", "-q",
-                    "--concurrency", "4", "--set", "destination.max_request_bytes=1024",
-                    "--set", "destination.requests_per_second=40")
+    args = run_args(
+        url,
+        tmp_path / "in.jsonl",
+        tmp_path / "state",
+        "-q",
+        "--concurrency",
+        "4",
+        "--set",
+        "destination.max_request_bytes=1024",
+        "--set",
+        "destination.requests_per_second=40",
+    )
     process = spawn(args, tmp_path)
     assert wait_until(lambda: len(emu.received) >= 3, timeout=20)
     process.send_signal(signal.SIGINT)
@@ -47,13 +57,23 @@ def test_sigint_drains_checkpoints_and_a_rerun_completes(emulator: tuple[TimedEm
     assert set(got.values()) == {1}, "a graceful stop sends nothing twice"
 
 
-def test_sigterm_gives_up_after_the_drain_timeout(emulator: tuple[TimedEmulator, str],
-                                                  tmp_path: Path) -> None:
+def test_sigterm_gives_up_after_the_drain_timeout(
+    emulator: tuple[TimedEmulator, str], tmp_path: Path
+) -> None:
     emu, url = emulator
     expected = write_input(tmp_path / "in.jsonl", 100)
-    args = run_args(url, tmp_path / "in.jsonl", tmp_path / "state", "-q",
-                    "--drain-timeout", "0.5", "--set", "destination.max_request_bytes=1024",
-                    "--set", "destination.requests_per_second=40")
+    args = run_args(
+        url,
+        tmp_path / "in.jsonl",
+        tmp_path / "state",
+        "-q",
+        "--drain-timeout",
+        "0.5",
+        "--set",
+        "destination.max_request_bytes=1024",
+        "--set",
+        "destination.requests_per_second=40",
+    )
     process = spawn(args, tmp_path)
     assert wait_until(lambda: len(emu.received) >= 3, timeout=20)
     emu.faults.push(Fault("429", retry_after=30))  # whatever is in flight now waits 30 s

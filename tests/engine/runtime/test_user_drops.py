@@ -15,7 +15,9 @@ from moerules.engine.errors import RuleError
 from tests.conftest import MINIMAL_BUNDLE
 
 REASON = "user attribute deletion not forwarded"
-BUNDLE = MINIMAL_BUNDLE + f"""
+BUNDLE = (
+    MINIMAL_BUNDLE
+    + f"""
 user:
   when: batch.user_attributes
   spread: [{{from: batch.user_attributes}}]
@@ -23,10 +25,12 @@ user:
     - {{each: batch.deleted_user_attributes, reason: {REASON}}}
     - {{each: batch.gone, reason: other}}
 """
+)
 
 
-def run(tmp_path: Path, bundle: str,
-        *batches: dict[str, object]) -> tuple[list[bytes], dict[str, Any]]:
+def run(
+    tmp_path: Path, bundle: str, *batches: dict[str, object]
+) -> tuple[list[bytes], dict[str, Any]]:
     path = tmp_path / "bundle.yaml"
     path.write_text(bundle)
     compiled = load_bundle(path, env={"TEST_KEY": "k"})
@@ -38,11 +42,18 @@ def run(tmp_path: Path, bundle: str,
 
 def test_each_entry_is_one_dropped_user_update(tmp_path: Path) -> None:
     requests, report = run(
-        tmp_path, BUNDLE,
-        {"user_identities": {"customer_id": "c1"}, "user_attributes": {"tier": "gold"},
-         "deleted_user_attributes": ["old_plan", "promo"]},
-        {"user_identities": {"customer_id": "c2"}, "deleted_user_attributes": ["x"],
-         "gone": ["a", "b", "c"]},
+        tmp_path,
+        BUNDLE,
+        {
+            "user_identities": {"customer_id": "c1"},
+            "user_attributes": {"tier": "gold"},
+            "deleted_user_attributes": ["old_plan", "promo"],
+        },
+        {
+            "user_identities": {"customer_id": "c2"},
+            "deleted_user_attributes": ["x"],
+            "gone": ["a", "b", "c"],
+        },
         # not a list, or absent: nothing to count
         {"user_identities": {"customer_id": "c3"}, "deleted_user_attributes": "old_plan"},
         {"user_identities": {"customer_id": "c4"}},
@@ -64,10 +75,13 @@ def test_counted_without_an_identity_too(tmp_path: Path) -> None:
     assert report["balanced"] is True
 
 
-@pytest.mark.parametrize(("drop", "message"), [
-    ("{each: batch.deleted_user_attributes, reason: '  '}", "drop reason is blank"),
-    ("{each: 'deleted_user_attributes', reason: r}", "starts at 'deleted_user_attributes'"),
-])
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("{each: batch.deleted_user_attributes, reason: '  '}", "drop reason is blank"),
+        ("{each: 'deleted_user_attributes', reason: r}", "starts at 'deleted_user_attributes'"),
+    ],
+)
 def test_bad_drop_is_an_error_at_its_position(tmp_path: Path, drop: str, message: str) -> None:
     path = tmp_path / "bundle.yaml"
     path.write_text(MINIMAL_BUNDLE + f"user:\n  drop:\n    - {drop}\n")

@@ -49,8 +49,9 @@ class ImportSink(Sink):
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        self.batch_policy = BatchPolicy(max_items=int(settings.get("max_items", 4)),
-                                        max_request_bytes=10 << 20, max_age=1.0)
+        self.batch_policy = BatchPolicy(
+            max_items=int(settings.get("max_items", 4)), max_request_bytes=10 << 20, max_age=1.0
+        )
         token = base64.b64encode(f"{settings['api_secret']}:".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
 
@@ -59,13 +60,20 @@ class ImportSink(Sink):
 
     def element(self, item: Item) -> dict[str, Any]:
         line, index = item.ref
-        return {"event": item.name, "properties": {
-            "time": 1_700_000_000, "distinct_id": item.identity,
-            "$insert_id": f"{line}-{index}", **item.attributes}}
+        return {
+            "event": item.name,
+            "properties": {
+                "time": 1_700_000_000,
+                "distinct_id": item.identity,
+                "$insert_id": f"{line}-{index}",
+                **item.attributes,
+            },
+        }
 
     def request(self, key: object, body: bytes, items: list[Item]) -> WireRequest:
-        return WireRequest("POST", f"{self.settings['endpoint']}/import?strict=1",
-                           dict(self.headers), body, items)
+        return WireRequest(
+            "POST", f"{self.settings['endpoint']}/import?strict=1", dict(self.headers), body, items
+        )
 
     def classify(self, request: WireRequest, response: Response) -> Verdict:
         status = response.status
@@ -82,8 +90,11 @@ class ImportSink(Sink):
         if status == 401:
             return Fatal("HTTP 401")
         if status == 429 or status >= 500:
-            return Retry(f"HTTP {status}", after=retry_after_seconds(
-                response.header("retry-after")), throttled=status == 429)
+            return Retry(
+                f"HTTP {status}",
+                after=retry_after_seconds(response.header("retry-after")),
+                throttled=status == 429,
+            )
         return Reject(f"HTTP {status}")
 
 
@@ -103,8 +114,12 @@ def bundle(url: str, tmp_path: Path, **settings: Any) -> CompiledBundle:
 
 
 def accepted(emu: MixpanelEmulator) -> list[str]:
-    return [r["properties"]["$insert_id"] for rec in emu.received if rec.status in (200, 400)
-            for r in rec.records]
+    return [
+        r["properties"]["$insert_id"]
+        for rec in emu.received
+        if rec.status in (200, 400)
+        for r in rec.records
+    ]
 
 
 def letters(path: Path) -> list[dict[str, Any]]:
@@ -114,16 +129,23 @@ def letters(path: Path) -> list[dict[str, Any]]:
 def run(compiled: CompiledBundle, tmp_path: Path, lines: int) -> tuple[Any, Path]:
     write_input(tmp_path / "in.jsonl", lines)
     dead = tmp_path / "dead.jsonl"
-    report = deliver(compiled, str(tmp_path / "in.jsonl"), dead_letter=dead,
-                     state_dir=tmp_path / "state", quiet=True, options=FAST)
+    report = deliver(
+        compiled,
+        str(tmp_path / "in.jsonl"),
+        dead_letter=dead,
+        state_dir=tmp_path / "state",
+        quiet=True,
+        options=FAST,
+    )
     return report, dead
 
 
 ALL = [f"{line}-{i}" for line in range(1, 5) for i in range(3)]  # 4 lines of 3 events
 
 
-def test_a_partial_failure_dead_letters_exactly_the_failed_records(mixpanel: Any,
-                                                                   tmp_path: Path) -> None:
+def test_a_partial_failure_dead_letters_exactly_the_failed_records(
+    mixpanel: Any, tmp_path: Path
+) -> None:
     emu, url = mixpanel
     emu.faults.push(Fault("record_400", indices=(1, 3), message="rejected by test"))
     report, dead = run(bundle(url, tmp_path), tmp_path, 4)
@@ -133,15 +155,18 @@ def test_a_partial_failure_dead_letters_exactly_the_failed_records(mixpanel: Any
     got = letters(dead)
     assert [f"{x['line']}-{x['event_index']}" for x in got] == refused
     assert {(x["reason"], x["error"], x["status"]) for x in got} == {
-        ("rejected by the destination: HTTP 400", "rejected by test", 400)}
+        ("rejected by the destination: HTTP 400", "rejected by test", 400)
+    }
     assert SECRET not in dead.read_text()
     assert report.delivered == 10 and report.dead_lettered == {
-        "rejected by the destination: HTTP 400": 2}
+        "rejected by the destination: HTTP 400": 2
+    }
     assert report.balanced() and not report.interrupted
 
 
-def test_429_with_retry_after_5xx_and_413_reach_every_record_once(mixpanel: Any,
-                                                                  tmp_path: Path) -> None:
+def test_429_with_retry_after_5xx_and_413_reach_every_record_once(
+    mixpanel: Any, tmp_path: Path
+) -> None:
     emu, url = mixpanel
     emu.faults.push(Fault("429", retry_after=1)).push("503")
     emu.max_events = 2  # the partner takes fewer than the sink packs: 413, split in halves
@@ -162,6 +187,12 @@ def test_a_fatal_verdict_stops_the_run_resumable(mixpanel: Any, tmp_path: Path) 
     assert any("the destination refused the request (HTTP 401)" in w for w in report.warnings)
     assert "wrong-secret-0123456" not in " ".join(report.warnings)
     assert report.delivered == 0 and report.balanced() and accepted(emu) == []
-    again = deliver(bundle(url, tmp_path), str(tmp_path / "in.jsonl"), dead_letter=dead,
-                    state_dir=tmp_path / "state", quiet=True, options=FAST)
+    again = deliver(
+        bundle(url, tmp_path),
+        str(tmp_path / "in.jsonl"),
+        dead_letter=dead,
+        state_dir=tmp_path / "state",
+        quiet=True,
+        options=FAST,
+    )
     assert sorted(accepted(emu)) == sorted(ALL) and again.delivered == len(ALL)

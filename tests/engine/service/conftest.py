@@ -45,12 +45,18 @@ class ServiceProcess:
     """One ``moerules serve`` process and its log."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        full = {k: v for k, v in os.environ.items()
-                if not k.startswith(("MOENGAGE_", "MOERULES_AUTH"))}
+        full = {
+            k: v for k, v in os.environ.items() if not k.startswith(("MOENGAGE_", "MOERULES_AUTH"))
+        }
         full.update(env)
-        self.process = subprocess.Popen([script(), "serve", *args], cwd=cwd, env=full,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [script(), "serve", *args],
+            cwd=cwd,
+            env=full,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.lines: list[str] = []
         self.events: list[dict[str, Any]] = []
         self._new = threading.Condition()
@@ -74,9 +80,13 @@ class ServiceProcess:
         with self._new:
             self._new.notify_all()
 
-    def wait_event(self, event: str, timeout: float = 20.0,
-                   where: Callable[[dict[str, Any]], bool] = lambda e: True,
-                   after: int = 0) -> dict[str, Any]:
+    def wait_event(
+        self,
+        event: str,
+        timeout: float = 20.0,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+        after: int = 0,
+    ) -> dict[str, Any]:
         """The first log entry ``event`` (from the ``after``-th entry on) matching ``where``."""
         deadline = time.monotonic() + timeout
         with self._new:
@@ -86,8 +96,9 @@ class ServiceProcess:
                         return entry
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no {event!r} log line; the log:\n"
-                                         + "\n".join(self.lines[-40:]))
+                    raise AssertionError(
+                        f"no {event!r} log line; the log:\n" + "\n".join(self.lines[-40:])
+                    )
                 self._new.wait(min(left, 0.2))
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
@@ -97,12 +108,23 @@ class ServiceProcess:
     def route(self, bundle: str = BUNDLE) -> str:
         return f"{self.url}/ingest/{bundle}"
 
-    def post(self, payload: Any, *, bundle: str = BUNDLE, auth: Any = AUTH,
-             headers: dict[str, str] | None = None, content: bytes | None = None
-             ) -> httpx.Response:
+    def post(
+        self,
+        payload: Any,
+        *,
+        bundle: str = BUNDLE,
+        auth: Any = AUTH,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
         body = content if content is not None else orjson.dumps(payload)
-        return httpx.post(self.route(bundle), content=body, auth=auth,
-                          headers=JSON if headers is None else headers, timeout=30)
+        return httpx.post(
+            self.route(bundle),
+            content=body,
+            auth=auth,
+            headers=JSON if headers is None else headers,
+            timeout=30,
+        )
 
     def metrics(self) -> dict[str, float]:
         """``name{labels}`` -> value, from GET /metrics."""
@@ -146,13 +168,20 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Start ``moerules serve`` with ARGS (and extra environment); stopped at the end."""
     started: list[ServiceProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, bundle: str = BUNDLE,
-              state_dir: Path | None = None, wait: bool = True) -> ServiceProcess:
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        bundle: str = BUNDLE,
+        state_dir: Path | None = None,
+        wait: bool = True,
+    ) -> ServiceProcess:
         full_env = dict(ENV)
         full_env.update(env or {})
-        process = ServiceProcess([bundle, "--port", "0", "--state-dir",
-                                  str(state_dir or tmp_path / "state"), *args],
-                                 tmp_path, full_env)
+        process = ServiceProcess(
+            [bundle, "--port", "0", "--state-dir", str(state_dir or tmp_path / "state"), *args],
+            tmp_path,
+            full_env,
+        )
         started.append(process)
         return process.start() if wait else process
 

@@ -32,12 +32,15 @@ DEPTH = f'moerules_spool_depth{{bundle="{BUNDLE}"}}'
 
 def expected(first: int, last: int, events: int = 2) -> set[str]:
     return {f"user:c-{n}" for n in range(first, last + 1)} | {
-        f"event:{n}-{i}" for n in range(first, last + 1) for i in range(events)}
+        f"event:{n}-{i}" for n in range(first, last + 1) for i in range(events)
+    }
 
 
 def test_kill_9_between_acknowledgement_and_delivery(
-        start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str],
-        tmp_path: Path) -> None:
+    start_service: Callable[..., ServiceProcess],
+    emulator: tuple[MoEngageEmulator, str],
+    tmp_path: Path,
+) -> None:
     """Every payload answered 202 is delivered after a restart, exactly once here: nothing
     reached the partner before the crash (its every answer was 503)."""
     emu, url = emulator
@@ -46,8 +49,9 @@ def test_kill_9_between_acknowledgement_and_delivery(
     first = start_service("--set", endpoint(url), "--backoff-base", "60", "--backoff-cap", "60")
     for payload in payloads(1, 20):
         assert first.post(payload).status_code == 202
-    assert wait_until(lambda: emu.stats()["by_status"].get("503", 0) >= 1, timeout=DEFAULT_MAX_AGE
-                      + 10), "no delivery was tried"
+    assert wait_until(
+        lambda: emu.stats()["by_status"].get("503", 0) >= 1, timeout=DEFAULT_MAX_AGE + 10
+    ), "no delivery was tried"
     first.kill()
     assert first.process.returncode == -signal.SIGKILL
     assert accepted_ids(emu) == {}
@@ -61,13 +65,23 @@ def test_kill_9_between_acknowledgement_and_delivery(
 
 
 def test_kill_9_at_random_points_delivers_everything_at_least_once(
-        start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str],
-        tmp_path: Path) -> None:
+    start_service: Callable[..., ServiceProcess],
+    emulator: tuple[MoEngageEmulator, str],
+    tmp_path: Path,
+) -> None:
     """Payloads keep coming and deliveries are under way at each kill; the MoEngage Data API
     does not de-duplicate, so a payload in flight at a kill may arrive twice, never zero times."""
     emu, url = emulator
-    args = ("--set", endpoint(url), "--set", "destination.max_request_bytes=1024",
-            "--set", "destination.requests_per_second=5", "--concurrency", "2")
+    args = (
+        "--set",
+        endpoint(url),
+        "--set",
+        "destination.max_request_bytes=1024",
+        "--set",
+        "destination.requests_per_second=5",
+        "--concurrency",
+        "2",
+    )
     rng = random.Random(13)
     sent = 0
     for _ in range(3):
@@ -82,8 +96,7 @@ def test_kill_9_at_random_points_delivers_everything_at_least_once(
         def arrived(b: int = before) -> bool:
             return len(emu.received) >= b + 2
 
-        assert wait_until(arrived, timeout=20), \
-            service.log_text()
+        assert wait_until(arrived, timeout=20), service.log_text()
         time.sleep(rng.uniform(0.0, 0.5))
         service.kill()
         assert set(accepted_ids(emu)) != expected(1, sent), "nothing was left at the kill"
@@ -95,13 +108,22 @@ def test_kill_9_at_random_points_delivers_everything_at_least_once(
 
 
 def test_a_burst_past_capacity_gets_429_and_loses_nothing(
-        start_service: Callable[..., ServiceProcess],
-        emulator: tuple[MoEngageEmulator, str]) -> None:
+    start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str]
+) -> None:
     emu, url = emulator
     emu.faults.push(Fault("slow", delay=0.3), count=100_000)  # a partner slower than the burst
-    service = start_service("--set", endpoint(url), "--max-spool-messages", "10",
-                            "--retry-after", "1", "--concurrency", "1",
-                            "--set", "destination.max_request_bytes=1024")
+    service = start_service(
+        "--set",
+        endpoint(url),
+        "--max-spool-messages",
+        "10",
+        "--retry-after",
+        "1",
+        "--concurrency",
+        "1",
+        "--set",
+        "destination.max_request_bytes=1024",
+    )
     batches = payloads(1, 80)
     statuses: dict[int, list[int]] = {}
     lock = threading.Lock()
@@ -130,14 +152,23 @@ def test_a_burst_past_capacity_gets_429_and_loses_nothing(
     assert wait_until(lambda: set(accepted_ids(emu)) == expected(1, 80), timeout=60)
     assert set(accepted_ids(emu).values()) == {1}
     metrics = service.metrics()
-    assert metrics[f'moerules_ingest_requests_total{{bundle="{BUNDLE}",partner="mparticle",'
-                   'status="429"}'] == throttled
-    assert metrics[f'moerules_ingest_requests_total{{bundle="{BUNDLE}",partner="mparticle",'
-                   'status="202"}'] == 80
+    assert (
+        metrics[
+            f'moerules_ingest_requests_total{{bundle="{BUNDLE}",partner="mparticle",status="429"}}'
+        ]
+        == throttled
+    )
+    assert (
+        metrics[
+            f'moerules_ingest_requests_total{{bundle="{BUNDLE}",partner="mparticle",status="202"}}'
+        ]
+        == 80
+    )
 
 
-def test_a_quiet_stream_is_flushed_on_time(start_service: Callable[..., ServiceProcess],
-                                           emulator: tuple[MoEngageEmulator, str]) -> None:
+def test_a_quiet_stream_is_flushed_on_time(
+    start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str]
+) -> None:
     """One payload and then silence: the batch leaves when its max_age is reached, not when
     a request fills up or the service stops."""
     emu, url = emulator
@@ -152,17 +183,29 @@ def test_a_quiet_stream_is_flushed_on_time(start_service: Callable[..., ServiceP
 
 
 def test_sigterm_drains_within_the_deadline_and_keeps_the_rest(
-        start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str],
-        tmp_path: Path) -> None:
+    start_service: Callable[..., ServiceProcess],
+    emulator: tuple[MoEngageEmulator, str],
+    tmp_path: Path,
+) -> None:
     emu, url = emulator
     emu.faults.push(Fault("503"), count=100_000)  # nothing can be delivered for now
-    service = start_service("--set", endpoint(url), "--drain-timeout", "1",
-                            "--backoff-base", "0.2", "--backoff-cap", "0.2",
-                            "--max-attempts", "1000")
+    service = start_service(
+        "--set",
+        endpoint(url),
+        "--drain-timeout",
+        "1",
+        "--backoff-base",
+        "0.2",
+        "--backoff-cap",
+        "0.2",
+        "--max-attempts",
+        "1000",
+    )
     for payload in payloads(1, 5):
         assert service.post(payload).status_code == 202
-    assert wait_until(lambda: emu.stats()["by_status"].get("503", 0) >= 1,
-                      timeout=DEFAULT_MAX_AGE + 10)
+    assert wait_until(
+        lambda: emu.stats()["by_status"].get("503", 0) >= 1, timeout=DEFAULT_MAX_AGE + 10
+    )
     stopped_at = time.monotonic()
     service.signal(signal.SIGTERM)
     assert service.wait(timeout=20) == 0
@@ -177,8 +220,8 @@ def test_sigterm_drains_within_the_deadline_and_keeps_the_rest(
 
 
 def test_sigterm_with_nothing_pending_exits_at_once(
-        start_service: Callable[..., ServiceProcess],
-        emulator: tuple[MoEngageEmulator, str]) -> None:
+    start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str]
+) -> None:
     emu, url = emulator
     service = start_service("--set", endpoint(url))
     assert service.post(payloads(1, 1)[0]).status_code == 202
@@ -189,8 +232,8 @@ def test_sigterm_with_nothing_pending_exits_at_once(
 
 
 def test_a_refused_key_pauses_delivery_and_keeps_accepting(
-        start_service: Callable[..., ServiceProcess],
-        emulator: tuple[MoEngageEmulator, str]) -> None:
+    start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str]
+) -> None:
     """401 from the partner is fatal for a run; the service keeps the payloads, keeps
     accepting, and tries again later (here: after the partner's key was put right)."""
     emu, url = emulator

@@ -19,8 +19,15 @@ from moerules.engine.service.logs import LOGGER, log_event, service_logger
 def _loggers() -> Iterator[None]:
     """service_logger configures process-wide loggers: put them back afterwards."""
     names = (LOGGER, "uvicorn", "uvicorn.error")
-    saved = [(logging.getLogger(n), list(logging.getLogger(n).handlers),
-              logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names]
+    saved = [
+        (
+            logging.getLogger(n),
+            list(logging.getLogger(n).handlers),
+            logging.getLogger(n).propagate,
+            logging.getLogger(n).level,
+        )
+        for n in names
+    ]
     yield
     for logger, handlers, propagate, level in saved:
         logger.handlers[:] = handlers
@@ -40,8 +47,14 @@ def test_json_lines_off_a_terminal_text_on_one_secrets_scrubbed() -> None:
     for stream, is_json in ((io.StringIO(), True), (_Terminal(), False)):
         logger, scrubber = service_logger(stream=stream)
         scrubber.update([secret])
-        log_event(logger, "request", status=202, bundle="b", ms=1.5,
-                  error=f"echoed {secret} and Basic {token}")
+        log_event(
+            logger,
+            "request",
+            status=202,
+            bundle="b",
+            ms=1.5,
+            error=f"echoed {secret} and Basic {token}",
+        )
         line = stream.getvalue().strip()
         assert secret not in line and token not in line
         if is_json:
@@ -55,8 +68,7 @@ def test_json_lines_off_a_terminal_text_on_one_secrets_scrubbed() -> None:
 
 
 def test_route_credentials_from_the_environment() -> None:
-    env = {"MOERULES_AUTH_MY_BUNDLE_BASIC": "u:p-secret",
-           "MOERULES_AUTH_BEARER": "shared-token"}
+    env = {"MOERULES_AUTH_MY_BUNDLE_BASIC": "u:p-secret", "MOERULES_AUTH_BEARER": "shared-token"}
     own = route_auth("my-bundle", env)
     assert own.basic == (b"u:p-secret",) and own.bearer == ()  # its own wins, alone
     shared = route_auth("other", env)
@@ -80,9 +92,16 @@ def test_route_credentials_from_the_environment() -> None:
 
 
 def test_set_values_reach_their_bundle() -> None:
-    sets = ("destination.endpoint=http://a:1", "b1:destination.x=1",
-            "rules/b2/bundle.yaml:destination.y=2", "b2:destination.z=http://c:3")
+    sets = (
+        "destination.endpoint=http://a:1",
+        "b1:destination.x=1",
+        "rules/b2/bundle.yaml:destination.y=2",
+        "b2:destination.z=http://c:3",
+    )
     assert _sets_for(sets, "b1") == ["destination.endpoint=http://a:1", "destination.x=1"]
     assert _sets_for(sets, "rules/b2/bundle.yaml") == [
-        "destination.endpoint=http://a:1", "destination.y=2", "destination.z=http://c:3"]
+        "destination.endpoint=http://a:1",
+        "destination.y=2",
+        "destination.z=http://c:3",
+    ]
     assert _sets_for(sets, "other") == ["destination.endpoint=http://a:1"]

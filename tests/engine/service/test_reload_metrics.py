@@ -55,22 +55,35 @@ def write_overlay(path: Path, name: str) -> None:
 
 def post_and_wait(service: ServiceProcess, emu: MoEngageEmulator, number: int) -> list[str]:
     """Post payload ``number``; the names its events were delivered with."""
-    assert service.post(payloads(number, number)[0], bundle="reload-test",
-                        auth=("x", PASSWORD)).status_code == 202
+    assert (
+        service.post(
+            payloads(number, number)[0], bundle="reload-test", auth=("x", PASSWORD)
+        ).status_code
+        == 202
+    )
     assert wait_until(lambda: f"event:{number}-1" in accepted_ids(emu), timeout=20)
     return event_names(emu)[-2:]
 
 
 def test_a_broken_rule_file_keeps_the_old_rules_serving(
-        start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str],
-        tmp_path: Path) -> None:
+    start_service: Callable[..., ServiceProcess],
+    emulator: tuple[MoEngageEmulator, str],
+    tmp_path: Path,
+) -> None:
     emu, url = emulator
     rules = tmp_path / "rules" / "bundle.yaml"
     rules.parent.mkdir()
     write_overlay(rules, "v1 {{ event.data.event_name }}")
-    service = start_service("--set", endpoint(url), "--watch-interval", "0.1",
-                            "--set", "destination.max_request_bytes=1024", bundle=str(rules),
-                            env=AUTH_ENV)
+    service = start_service(
+        "--set",
+        endpoint(url),
+        "--watch-interval",
+        "0.1",
+        "--set",
+        "destination.max_request_bytes=1024",
+        bundle=str(rules),
+        env=AUTH_ENV,
+    )
     assert post_and_wait(service, emu, 1) == ["v1 Tested", "v1 Tested"]
 
     seen = len(service.events)
@@ -78,8 +91,9 @@ def test_a_broken_rule_file_keeps_the_old_rules_serving(
     rejected = service.wait_event("reload rejected", after=seen)
     assert rejected["trigger"] == "file changed"
     assert rejected["note"] == "the previous version keeps serving"
-    assert any(p.startswith(f"{rules}:6:") and "error" in p for p in rejected["problems"]), \
+    assert any(p.startswith(f"{rules}:6:") and "error" in p for p in rejected["problems"]), (
         rejected["problems"]
+    )
     assert httpx.get(f"{service.url}/readyz").status_code == 200
     assert post_and_wait(service, emu, 2) == ["v1 Tested", "v1 Tested"]
 
@@ -93,13 +107,16 @@ def test_a_broken_rule_file_keeps_the_old_rules_serving(
 
 
 def test_sighup_reloads_and_a_renamed_bundle_is_refused(
-        start_service: Callable[..., ServiceProcess], emulator: tuple[MoEngageEmulator, str],
-        tmp_path: Path) -> None:
+    start_service: Callable[..., ServiceProcess],
+    emulator: tuple[MoEngageEmulator, str],
+    tmp_path: Path,
+) -> None:
     emu, url = emulator
     rules = tmp_path / "overlay.yaml"
     write_overlay(rules, "v1 {{ event.data.event_name }}")
-    service = start_service("--set", endpoint(url), "--watch-interval", "0", bundle=str(rules),
-                            env=AUTH_ENV)
+    service = start_service(
+        "--set", endpoint(url), "--watch-interval", "0", bundle=str(rules), env=AUTH_ENV
+    )
     write_overlay(rules, "v2 {{ event.data.event_name }}")
     time.sleep(0.3)  # not watched: nothing happens until the signal
     assert not any(e["event"].startswith("reload") for e in service.events)
@@ -116,9 +133,11 @@ def test_sighup_reloads_and_a_renamed_bundle_is_refused(
     assert post_and_wait(service, emu, 2) == ["v2 Tested", "v2 Tested"]
 
 
-def test_metrics_count_what_happened(start_service: Callable[..., ServiceProcess],
-                                     emulator: tuple[MoEngageEmulator, str],
-                                     tmp_path: Path) -> None:
+def test_metrics_count_what_happened(
+    start_service: Callable[..., ServiceProcess],
+    emulator: tuple[MoEngageEmulator, str],
+    tmp_path: Path,
+) -> None:
     emu, url = emulator
     service = start_service("--set", endpoint(url))
     good = payloads(1, 3)
@@ -130,8 +149,10 @@ def test_metrics_count_what_happened(start_service: Callable[..., ServiceProcess
         assert service.post(payload).status_code == 202
     assert service.post({}, auth=None).status_code == 401
     assert service.post([], auth=AUTH).status_code == 400
-    assert wait_until(lambda: service.metrics().get(
-        f'moerules_spool_acked_total{{bundle="{BUNDLE}"}}') == 5, timeout=20)
+    assert wait_until(
+        lambda: service.metrics().get(f'moerules_spool_acked_total{{bundle="{BUNDLE}"}}') == 5,
+        timeout=20,
+    )
     m = service.metrics()
     requests = 'moerules_ingest_requests_total{bundle="%s",partner="mparticle",status="%s"}'
     assert m[requests % (BUNDLE, "202")] == 5
@@ -144,11 +165,13 @@ def test_metrics_count_what_happened(start_service: Callable[..., ServiceProcess
     assert m[records % (BUNDLE, "dropped", "not supported by the MoEngage integration")] == 1
     # the batch without identities: its 2 events and its user update
     assert m[records % (BUNDLE, "dead_lettered", "no usable identity")] == 3
-    assert m[f'moerules_dead_letters_total{{bundle="{BUNDLE}",reason="no usable identity"}}'] \
-        == 3
+    assert m[f'moerules_dead_letters_total{{bundle="{BUNDLE}",reason="no usable identity"}}'] == 3
     sent = sum(v for k, v in m.items() if k.startswith("moerules_delivery_requests_total"))
-    assert sent == len(emu.received) == m[
-        f'moerules_delivery_requests_total{{bundle="{BUNDLE}",status="200"}}']
+    assert (
+        sent
+        == len(emu.received)
+        == m[f'moerules_delivery_requests_total{{bundle="{BUNDLE}",status="200"}}']
+    )
     assert m[f'moerules_spool_depth{{bundle="{BUNDLE}"}}'] == 0
     assert m[f'moerules_delivery_up{{bundle="{BUNDLE}"}}'] == 1
     assert m["moerules_ready"] == 1

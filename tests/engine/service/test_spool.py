@@ -108,7 +108,8 @@ async def test_what_was_not_acknowledged_is_redelivered_after_a_kill(tmp_path: P
 
 @pytest.mark.anyio
 async def test_a_stopping_service_is_not_ready_and_asks_partners_to_come_back(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     import httpx
     from moerules.engine.service.app import IngestLimits, IngestRoute, build_app
     from moerules.engine.service.auth import RouteAuth
@@ -121,9 +122,14 @@ async def test_a_stopping_service_is_not_ready_and_asks_partners_to_come_back(
     stopping = [False]
     async with SqliteSpool(tmp_path) as spool:
         metrics = ServiceMetrics({}, spool, lambda: not stopping[0])
-        app = build_app({served.name: IngestRoute(served, RouteAuth(open=True))}, spool,
-                        metrics, IngestLimits(retry_after=7), ready=lambda: not stopping[0],
-                        stopping=lambda: stopping[0])
+        app = build_app(
+            {served.name: IngestRoute(served, RouteAuth(open=True))},
+            spool,
+            metrics,
+            IngestLimits(retry_after=7),
+            ready=lambda: not stopping[0],
+            stopping=lambda: stopping[0],
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             body = payloads(1, 1)[0]

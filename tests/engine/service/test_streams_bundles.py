@@ -43,8 +43,11 @@ class _AnswersFirstLate(Emulator):
         self.held = threading.Event()  # the first request is stored; its answer waits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.held.is_set() or \
-                str(scope.get("path", "")).startswith("/_emulator"):
+        if (
+            scope["type"] != "http"
+            or self.held.is_set()
+            or str(scope.get("path", "")).startswith("/_emulator")
+        ):
             await super().__call__(scope, receive, send)
             return
 
@@ -79,15 +82,23 @@ class Partner:
 
 PARTNERS = {
     "moengage-to-amplitude": Partner(
-        LateAmplitude, {"AMPLITUDE_API_KEY": "test-amplitude-key"},
-        lambda body: [e["insert_id"] for e in body["events"]], lambda r: r["insert_id"]),
+        LateAmplitude,
+        {"AMPLITUDE_API_KEY": "test-amplitude-key"},
+        lambda body: [e["insert_id"] for e in body["events"]],
+        lambda r: r["insert_id"],
+    ),
     "moengage-to-mixpanel": Partner(
-        LateMixpanel, {"MIXPANEL_PROJECT_TOKEN": "test-mixpanel-token"},
+        LateMixpanel,
+        {"MIXPANEL_PROJECT_TOKEN": "test-mixpanel-token"},
         lambda body: [e["properties"]["$insert_id"] for e in body],
-        lambda r: r["properties"]["$insert_id"]),
+        lambda r: r["properties"]["$insert_id"],
+    ),
     "moengage-to-segment": Partner(
-        LateSegment, {"SEGMENT_WRITE_KEY": "test-segment-write-key"},
-        lambda body: [m["messageId"] for m in body["batch"]], lambda r: r["messageId"]),
+        LateSegment,
+        {"SEGMENT_WRITE_KEY": "test-segment-write-key"},
+        lambda body: [m["messageId"] for m in body["batch"]],
+        lambda r: r["messageId"],
+    ),
 }
 STREAMS_USER, STREAMS_PASSWORD = "moengage-streams", "streams-ingest-secret"
 
@@ -106,27 +117,50 @@ def streams_payloads(copies: int) -> list[bytes]:
     out = []
     for copy in range(copies):
         for line in lines:
-            out.append(line.replace(b"-4000-8000-", b"-4000-%04x-" % (0x8000 + copy))
-                       .replace(b"-4e5f-9a7b-", b"-4e5f-%04x-" % (0x9a00 + copy)))
+            out.append(
+                line.replace(b"-4000-8000-", b"-4000-%04x-" % (0x8000 + copy)).replace(
+                    b"-4e5f-9a7b-", b"-4e5f-%04x-" % (0x9A00 + copy)
+                )
+            )
     return out
 
 
 @pytest.mark.parametrize("bundle", sorted(PARTNERS))
 def test_streams_kill_9_after_the_partner_ingested_delivers_exactly_once(
-        bundle: str, start_service: Callable[..., ServiceProcess],
-        cli: Callable[..., Result], tmp_path: Path) -> None:
+    bundle: str,
+    start_service: Callable[..., ServiceProcess],
+    cli: Callable[..., Result],
+    tmp_path: Path,
+) -> None:
     partner = PARTNERS[bundle]
     payloads = streams_payloads(4)
     sample = tmp_path / "payloads.jsonl"
     sample.write_bytes(b"\n".join(payloads) + b"\n")
-    settings = ["--set", "destination.max_events_per_request=5",
-                "--set", "destination.max_wait_seconds=0.5"]
-    dry = cli("run", bundle, "--input", str(sample), "--dry-run", "--output",
-              str(tmp_path / "requests.jsonl"), "--dead-letter", str(tmp_path / "dry-dl.jsonl"),
-              *settings, env=partner.env)
+    settings = [
+        "--set",
+        "destination.max_events_per_request=5",
+        "--set",
+        "destination.max_wait_seconds=0.5",
+    ]
+    dry = cli(
+        "run",
+        bundle,
+        "--input",
+        str(sample),
+        "--dry-run",
+        "--output",
+        str(tmp_path / "requests.jsonl"),
+        "--dead-letter",
+        str(tmp_path / "dry-dl.jsonl"),
+        *settings,
+        env=partner.env,
+    )
     assert dry.exit_code == 0, dry.stderr
-    expected = [i for line in (tmp_path / "requests.jsonl").read_bytes().splitlines()
-                for i in partner.ids_in_request(orjson.loads(line)["body"])]
+    expected = [
+        i
+        for line in (tmp_path / "requests.jsonl").read_bytes().splitlines()
+        for i in partner.ids_in_request(orjson.loads(line)["body"])
+    ]
     assert len(expected) == len(set(expected)) > 10
 
     emu = partner.emulator()
@@ -135,8 +169,9 @@ def test_streams_kill_9_after_the_partner_ingested_delivers_exactly_once(
     with serve(emu) as url:
         args = ("--set", f"destination.endpoint={url}", *settings)
         first = start_service(*args, bundle=bundle, env=env)
-        with httpx.Client(auth=(STREAMS_USER, STREAMS_PASSWORD), headers=JSON,
-                          timeout=30) as client:
+        with httpx.Client(
+            auth=(STREAMS_USER, STREAMS_PASSWORD), headers=JSON, timeout=30
+        ) as client:
             for body in payloads:
                 assert client.post(first.route(bundle), content=body).status_code == 202
         # the partner has stored the first request and holds its answer back: the crash
@@ -153,10 +188,12 @@ def test_streams_kill_9_after_the_partner_ingested_delivers_exactly_once(
         def ingested() -> Counter[str]:
             return Counter(partner.id_of_record(r) for r in emu.records())
 
-        assert wait_until(lambda: set(ingested()) == set(expected), timeout=30), \
-            second.log_text()[-3000:]
-        assert wait_until(lambda: second.metrics()[
-            f'moerules_spool_depth{{bundle="{bundle}"}}'] == 0)
+        assert wait_until(lambda: set(ingested()) == set(expected), timeout=30), second.log_text()[
+            -3000:
+        ]
+        assert wait_until(
+            lambda: second.metrics()[f'moerules_spool_depth{{bundle="{bundle}"}}'] == 0
+        )
         assert set(ingested().values()) == {1}, "every event exactly once in the partner"
         sent = Counter(i for r in emu.received for i in _ids_sent(partner, r.body))
         assert max(sent.values()) >= 2, "nothing was sent twice: the crash tested nothing"
