@@ -202,11 +202,8 @@ def build_app(
         status = 202
         try:
             if route is None:
-                raise _Refused(
-                    404,
-                    "no such route",
-                    "this service serves: " + ", ".join(f"/ingest/{n}" for n in sorted(routes)),
-                )
+                # the bundles served are not listed: a caller has not authenticated yet
+                raise _Refused(404, "no such route", f"no bundle {name[:100]!r} is served here")
             if stopping():
                 raise _Refused(
                     503,

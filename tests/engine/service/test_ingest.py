@@ -245,7 +245,7 @@ def test_malformed_and_wrong_shape_bodies_are_400(
 def test_unknown_route_and_wrong_method(service: ServiceProcess) -> None:
     response = service.post({}, bundle="no-such-bundle")
     body = refused(response, 404, "no such route")
-    assert body["detail"] == f"this service serves: /ingest/{BUNDLE}"
+    assert body["detail"] == "no bundle 'no-such-bundle' is served here"  # nor which are
     assert httpx.get(service.route(), timeout=10).status_code == 405
 
 
