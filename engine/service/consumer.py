@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectSendStream
 from moerules.engine.compile.compiler import CompiledBundle
 from moerules.engine.connector import Item, Refused, Response, SinkEncoder, Verdict, WireRequest
@@ -48,7 +49,9 @@ from moerules.engine.service.spool import Message, Spool
 
 __all__ = ["BundleConsumer", "DeliveryTotals", "dead_letter_path"]
 
-CLAIM_BATCH = 64  # messages claimed at once
+# messages claimed at once: mapping them runs without a pause, so few enough that the ingest
+# routes sharing the event loop are not held up long
+CLAIM_BATCH = 16
 ACK_INTERVAL = 0.05  # seconds between acknowledgement commits, at most
 FATAL_BACKOFF = (1.0, 60.0)  # first and longest wait after a fatal verdict
 
@@ -107,6 +110,7 @@ class SpoolInput:
             return []
         with anyio.CancelScope() as scope:
             self._scope = scope
+            await checkpoint()  # a claim of ready messages never waits: let requests in first
             # cancelled while waiting (a stop, a time flush), nothing is claimed
             messages = await self.spool.claim(self.bundle, self.batch)
             self.pending.extend(messages)
